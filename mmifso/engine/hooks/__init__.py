@@ -1,0 +1,3 @@
+from .pruning_hook import PruningHook
+
+__all__ = ['PruningHook']

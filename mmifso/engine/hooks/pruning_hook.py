@@ -1,0 +1,282 @@
+"""Interleaved pruning schedule: score while training, prune every interval."""
+import copy
+import logging
+import math
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+
+from mmifso.models.algorithms import PruningAlgorithm
+from mmifso.models.importance import BaseImportance, ScoringContext
+from mmifso.models.mutators import select_channels
+from mmifso.registry import HOOKS, TASK_UTILS
+
+DEFAULT_THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+
+
+def progress_bar(done: float, width: int = 20) -> str:
+    done = min(max(done, 0.0), 1.0)
+    filled = int(round(done * width))
+    return '[' + '#' * filled + '-' * (width - filled) + f'] {done:4.0%}'
+
+
+@HOOKS.register_module()
+class PruningHook(Hook):
+    """Prune ``channels_per_step`` channels every ``interval`` iterations.
+
+    The IFSO schedule: the weights keep training; in every iteration the
+    criterion scores ``score_batches`` batches (drawn from a separate
+    iterator over the training data, so the training stream is untouched)
+    and accumulates; every ``interval`` iterations the globally least
+    important channels (score / cost^p) are removed and the accumulator is
+    reset. A checkpoint ``flops_{xx}.pth`` is saved whenever the FLOPs ratio
+    falls below a threshold, and training stops once ``target_flops`` is
+    reached.
+
+    Args:
+        importance (dict): Criterion config, e.g.
+            ``dict(type='mmifso.IFSOImportance')``.
+        target_flops (float): Final FLOPs ratio in (0, 1).
+        interval (int): Training iterations between pruning steps.
+        channels_per_step (int): Channels removed per pruning step.
+        score_batches (int): Batches scored per iteration.
+        cost (str): ``'acts'``, ``'flops'`` or ``'none'``.
+        cost_power (float): Exponent ``p`` of ``score / cost^p``.
+        save_thresholds (Sequence[float]): FLOPs ratios at which a checkpoint
+            is saved (the target is always included).
+        start_iter (int): First iteration that scores.
+        stop_at_target (bool): Stop training when the target is reached.
+        scoring_dataloader (dict, optional): Dataloader config for scoring;
+            defaults to the runner's ``train_dataloader`` config.
+    """
+
+    priority = 'LOW'
+
+    def __init__(self,
+                 importance: dict = dict(type='mmifso.IFSOImportance'),
+                 target_flops: float = 0.5,
+                 interval: int = 10,
+                 channels_per_step: int = 1,
+                 score_batches: int = 2,
+                 cost: str = 'acts',
+                 cost_power: float = 0.5,
+                 save_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                 start_iter: int = 0,
+                 stop_at_target: bool = True,
+                 scoring_dataloader: Optional[dict] = None) -> None:
+        if not 0 < target_flops < 1:
+            raise ValueError(
+                f'target_flops must be in (0, 1), got {target_flops}: it is '
+                'the fraction of the FLOPs that remains after pruning')
+        if interval < 1 or channels_per_step < 1 or score_batches < 0:
+            raise ValueError('interval >= 1, channels_per_step >= 1 and '
+                             'score_batches >= 0 are required')
+        if cost not in ('acts', 'flops', 'none'):
+            raise ValueError(
+                f"cost must be 'acts', 'flops' or 'none', got {cost!r}")
+        self.importance: BaseImportance = TASK_UTILS.build(importance) \
+            if isinstance(importance, dict) else importance
+        if not isinstance(self.importance, BaseImportance):
+            raise TypeError(f'{importance} is not a pruning criterion')
+        if self.importance.requires_data and score_batches < 1:
+            raise ValueError(f'{type(self.importance).__name__} needs data: '
+                             'set score_batches >= 1')
+        self.target_flops = target_flops
+        self.interval = interval
+        self.channels_per_step = channels_per_step
+        self.score_batches = score_batches
+        self.cost = cost
+        self.cost_power = cost_power
+        self.thresholds = sorted(
+            {float(t)
+             for t in save_thresholds if target_flops < t < 1} |
+            {float(target_flops)},
+            reverse=True)
+        self.start_iter = start_iter
+        self.stop_at_target = stop_at_target
+        self.scoring_dataloader = scoring_dataloader
+        self.crossed: List[float] = []
+        self.done = False
+        self._score_iter: Optional[Iterator] = None
+        self._steps = 0
+        self._pruned_total = 0
+
+    # ------------------------------------------------------------------ #
+    @staticmethod
+    def _algorithm(runner) -> PruningAlgorithm:
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if not isinstance(model, PruningAlgorithm):
+            raise TypeError(
+                'PruningHook needs model=dict(type="mmifso.PruningAlgorithm", '
+                f'architecture=...), got {type(model).__name__}')
+        return model
+
+    def before_train(self, runner) -> None:
+        algo = self._algorithm(runner)
+        if getattr(self.importance, 'lam', 0) is None:
+            wd = runner.optim_wrapper.optimizer.param_groups[0].get(
+                'weight_decay', 0)
+            if not wd:
+                raise ValueError(
+                    'IFSOImportance(lam=None) takes lambda from the '
+                    "optimizer's weight decay, which is 0: set "
+                    'importance.lam explicitly')
+            self.importance.lam = float(wd)
+            runner.logger.info(f'[mmifso] IFSO lambda = weight decay = {wd}')
+        self.ctx = ScoringContext(algo.architecture, algo.mutator)
+        self._initial = algo.mutator.resources(exclude=None)
+        full = algo.mutator.layer_records
+        self._log_state(runner, algo, 'start')
+        if self._initial['flops_ratio'] <= self.target_flops:
+            self.done = True
+            runner.logger.info('[mmifso] the model is already at the FLOPs '
+                               'target; nothing to prune')
+        del full
+
+    def _next_scoring_batch(self, runner) -> dict:
+        if self._score_iter is None:
+            cfg = self.scoring_dataloader or copy.deepcopy(
+                runner.cfg.get('train_dataloader'))
+            if cfg is None:
+                loader = runner.train_dataloader
+            else:
+                cfg = copy.deepcopy(cfg)
+                cfg['persistent_workers'] = False
+                loader = runner.build_dataloader(cfg, seed=runner.seed)
+            if len(loader) == 0:
+                raise RuntimeError('the scoring dataloader is empty')
+            self._loader = loader
+            self._score_iter = iter(loader)
+        try:
+            return next(self._score_iter)
+        except StopIteration:
+            self._score_iter = iter(self._loader)
+            return next(self._score_iter)
+
+    def before_train_iter(self, runner, batch_idx: int,
+                          data_batch=None) -> None:
+        if self.done or runner.iter < self.start_iter or \
+                not self.importance.requires_data:
+            return
+        for _ in range(self.score_batches):
+            self.importance.update(self.ctx, self._next_scoring_batch(runner))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if self.done or runner.iter < self.start_iter:
+            return
+        if (runner.iter + 1 - self.start_iter) % self.interval != 0:
+            return
+        algo = self._algorithm(runner)
+        scores = self.importance.compute(self.ctx)
+        self.importance.reset()
+        if any(not torch.isfinite(s).all() for s in scores):
+            runner.logger.warning(
+                '[mmifso] NaN/Inf in the scores; this pruning step is '
+                'skipped (check the loss and lam)')
+            return
+        removed = select_channels(
+            algo.mutator,
+            scores,
+            self.channels_per_step,
+            cost=self.cost,
+            cost_power=self.cost_power,
+            target_flops=self.target_flops)
+        self._steps += 1
+        self._pruned_total += len(removed)
+        if not removed:
+            runner.logger.warning(
+                '[mmifso] no channel could be removed (every unit is at '
+                'min_channels); stopping pruning')
+            self.done = True
+            return
+        self._log_state(runner, algo, 'step', removed)
+        res = algo.mutator.resources()
+        for thr in self.thresholds:
+            if res['flops_ratio'] <= thr and thr not in self.crossed:
+                self.crossed.append(thr)
+                name = f'flops_{int(round(thr * 100)):02d}.pth'
+                runner.save_checkpoint(
+                    runner.work_dir, name, save_optimizer=False,
+                    save_param_scheduler=False)
+                runner.logger.info(
+                    f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} <= {thr}: '
+                    f'saved {name}\n' + self._unit_table(algo))
+        if res['flops_ratio'] <= self.target_flops:
+            self.done = True
+            runner.logger.info(
+                f'[mmifso] reached target FLOPs {self.target_flops} after '
+                f'{self._steps} steps ({self._pruned_total} channels)')
+            if self.stop_at_target:
+                runner.train_loop.stop_training = True
+
+    # ------------------------------------------------------------------ #
+    def _log_state(self, runner, algo: PruningAlgorithm, when: str,
+                   removed: Optional[list] = None) -> None:
+        res = algo.mutator.resources()
+        span = 1 - self.target_flops
+        done = (1 - res['flops_ratio']) / span if span > 0 else 1.0
+        runner.message_hub.update_scalar('train/flops_ratio',
+                                         res['flops_ratio'])
+        runner.message_hub.update_scalar('train/params_ratio',
+                                         res['params_ratio'])
+        runner.visualizer.add_scalars(
+            {
+                'prune/flops_ratio': res['flops_ratio'],
+                'prune/params_ratio': res['params_ratio'],
+                'prune/flops': res['flops'],
+                'prune/params': res['params'],
+                **{
+                    f'channels/{u.name}': u.num_alive
+                    for u in algo.mutator.units
+                }
+            },
+            step=runner.iter)
+        msg = (f'[mmifso] {when} iter {runner.iter + 1}: FLOPs '
+               f'{res["flops"] / 1e6:.2f}M ({res["flops_ratio"]:.4f}, target '
+               f'{self.target_flops}) {progress_bar(done)} | params '
+               f'{res["params"] / 1e6:.3f}M ({res["params_ratio"]:.4f})')
+        if removed:
+            units: Dict[str, int] = {}
+            for i, _ in removed:
+                name = algo.mutator.units[i].name
+                units[name] = units.get(name, 0) + 1
+            msg += ' | removed ' + ', '.join(
+                f'{n}:-{k}->{algo.mutator.units[[u.name for u in algo.mutator.units].index(n)].num_alive}'  # noqa: E501
+                for n, k in units.items())
+        runner.logger.info(msg)
+
+    @staticmethod
+    def _unit_table(algo: PruningAlgorithm) -> str:
+        rows = [f'  {u.name:<48} {u.num_alive:>5}/{u.num_channels:<5}'
+                for u in algo.mutator.units]
+        return 'channels per unit:\n' + '\n'.join(rows)
+
+    # ------------------------------------------------------------------ #
+    # Resume: the schedule's own state travels in the checkpoint.
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})['mmifso_pruning_hook'] = dict(
+            crossed=list(self.crossed),
+            done=self.done,
+            steps=self._steps,
+            pruned_total=self._pruned_total,
+            importance=self.importance.state_dict())
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('meta', {}).get('mmifso_pruning_hook')
+        if not state:
+            return
+        self.crossed = list(state['crossed'])
+        self.done = state['done']
+        self._steps = state['steps']
+        self._pruned_total = state['pruned_total']
+        self.importance.load_state_dict(state['importance'])
+        print_log(
+            f'[mmifso] resumed pruning state: {self._steps} steps, '
+            f'thresholds crossed {self.crossed}',
+            logger='current',
+            level=logging.INFO)

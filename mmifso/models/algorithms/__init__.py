@@ -1,0 +1,3 @@
+from .pruning_algorithm import PrunedModel, PruningAlgorithm
+
+__all__ = ['PrunedModel', 'PruningAlgorithm']

@@ -1,0 +1,112 @@
+"""Model wrappers used in configs: the masked model and the pruned one."""
+import copy
+from typing import Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS as ROOT_MODELS
+
+from mmifso.registry import MODELS
+from mmifso.structures import (apply_structure, export_pruned_model,
+                               load_structure)
+from ..mutators import ChannelMutator
+
+ARCH_PREFIX = 'architecture.'
+MUTATOR_PREFIX = 'mutator.'
+
+
+def build_architecture(architecture: Union[dict, nn.Module]) -> nn.Module:
+    """Build a model config in the current default scope (mmpretrain,
+    mmdet, ...)."""
+    if isinstance(architecture, nn.Module):
+        return architecture
+    return ROOT_MODELS.build(copy.deepcopy(architecture))
+
+
+@MODELS.register_module()
+class PruningAlgorithm(BaseModel):
+    """Wraps any mmpretrain/mmdet model with channel masks.
+
+    All modes of the wrapped model (``loss``, ``predict``, ``tensor``) and its
+    data preprocessor work unchanged; the mutator's gates remove the masked
+    channels from the computation. Checkpoints store the weights under
+    ``architecture.`` and the masks under ``mutator.``. A plain checkpoint of
+    the wrapped model (e.g. ``load_from`` a trained mmpretrain classifier)
+    loads too: its keys are mapped under ``architecture.``.
+
+    Args:
+        architecture (dict | nn.Module): Config of the model to prune.
+        mutator (dict): Config of the :class:`ChannelMutator`.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 architecture: Union[dict, nn.Module],
+                 mutator: dict = dict(type='mmifso.ChannelMutator'),
+                 init_cfg: Optional[dict] = None) -> None:
+        arch = build_architecture(architecture)
+        if not isinstance(arch, BaseModel):
+            raise TypeError(
+                f'architecture must build an mmengine BaseModel (an '
+                f'mmpretrain classifier or mmdet detector), got '
+                f'{type(arch).__name__}')
+        super().__init__(
+            data_preprocessor=arch.data_preprocessor, init_cfg=init_cfg)
+        self.architecture = arch
+        self.mutator: ChannelMutator = MODELS.build(mutator) if isinstance(
+            mutator, dict) else mutator
+        self.mutator.prepare_from_supernet(self.architecture)
+        self._register_load_state_dict_pre_hook(self._map_plain_checkpoint)
+
+    def forward(self,
+                inputs: torch.Tensor,
+                data_samples: Optional[List] = None,
+                mode: str = 'tensor'):
+        return self.architecture(inputs, data_samples, mode=mode)
+
+    def _map_plain_checkpoint(self, state_dict: Dict, prefix: str, *args):
+        """Accept checkpoints of the bare architecture."""
+        ours = prefix + ARCH_PREFIX
+        if any(k.startswith(ours) for k in state_dict):
+            return
+        if any(k.startswith(prefix + MUTATOR_PREFIX) for k in state_dict):
+            return
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            state_dict[ours + key[len(prefix):]] = state_dict.pop(key)
+        # A plain checkpoint has no masks: keep every channel.
+        for name, buf in self.mutator.named_buffers():
+            state_dict.setdefault(prefix + MUTATOR_PREFIX + name, buf.clone())
+
+    def export(self) -> tuple:
+        """Physically pruned copy of the architecture and its structure."""
+        return export_pruned_model(self.architecture, self.mutator,
+                                   self.mutator.resources())
+
+
+def PrunedModel(architecture: dict, structure: Union[str, dict]) -> nn.Module:
+    """Build the physically pruned model described by a structure file.
+
+    Used as ``model = dict(type='mmifso.PrunedModel', architecture=...,
+    structure='path/to/structure.json')`` in deploy and fine-tune configs. It
+    returns the architecture itself (an mmpretrain classifier, mmdet
+    detector, ...), so every tool, hook and metric of the upstream toolbox
+    works unchanged, and its checkpoints have the upstream key names.
+
+    Args:
+        architecture (dict): Config of the original, unpruned model.
+        structure (str | dict): Path of the structure JSON, or its content.
+
+    Returns:
+        nn.Module: The pruned model, with the weights of a fresh build (load
+        the exported checkpoint on top, e.g. with ``load_from``).
+    """
+    if isinstance(structure, str):
+        structure = load_structure(structure)
+    model = build_architecture(architecture)
+    apply_structure(model, structure)
+    model._mmifso_structure = structure
+    return model
+
+
+MODELS.register_module(name='PrunedModel', module=PrunedModel)

@@ -1,0 +1,92 @@
+"""ResNet for 32x32 inputs (He et al. 2016, Sec. 4.2): ResNet-20/32/56/110."""
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmengine.model import BaseModule
+
+from mmifso.registry import MODELS
+
+
+class CifarBasicBlock(BaseModule):
+    """Two 3x3 convs with a 1x1-conv projection when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int,
+                 norm_cfg: dict) -> None:
+        super().__init__()
+        self.conv1 = build_conv_layer(
+            None, in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, out_channels)[1]
+        self.conv2 = build_conv_layer(
+            None, out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = build_norm_layer(norm_cfg, out_channels)[1]
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                build_conv_layer(
+                    None, in_channels, out_channels, 1, stride, bias=False),
+                build_norm_layer(norm_cfg, out_channels)[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+@MODELS.register_module()
+class CifarResNet(BaseModule):
+    """CIFAR-style ResNet with three stages of ``(depth - 2) / 6`` blocks.
+
+    Args:
+        depth (int): 6n + 2, e.g. 20, 32, 56 or 110.
+        base_channels (int): Width of the first stage (16 in the paper);
+            stages are 1x, 2x and 4x as wide.
+        in_channels (int): Image channels.
+        out_indices (Sequence[int]): Stages whose outputs are returned.
+        norm_cfg (dict): Normalisation layer config.
+        init_cfg (dict | list, optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 depth: int = 56,
+                 base_channels: int = 16,
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (2, ),
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg=[
+                     dict(type='Kaiming', layer=['Conv2d']),
+                     dict(type='Constant', val=1, layer=['_BatchNorm'])
+                 ]) -> None:
+        super().__init__(init_cfg)
+        if depth < 8 or (depth - 2) % 6 != 0:
+            raise ValueError(f'depth must be 6n + 2 (20, 32, 56, 110, ...), '
+                             f'got {depth}')
+        blocks = (depth - 2) // 6
+        self.out_indices = tuple(out_indices)
+        self.conv1 = build_conv_layer(
+            None, in_channels, base_channels, 3, 1, 1, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, base_channels)[1]
+        self.relu = nn.ReLU(inplace=True)
+        self.stages = nn.ModuleList()
+        channels = base_channels
+        for i in range(3):
+            out_channels = base_channels * 2**i
+            layers = []
+            for j in range(blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(
+                    CifarBasicBlock(channels, out_channels, stride, norm_cfg))
+                channels = out_channels
+            self.stages.append(nn.Sequential(*layers))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        x = self.relu(self.bn1(self.conv1(x)))
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

@@ -1,0 +1,3 @@
+from .mutable_channel_unit import MutableChannelUnit
+
+__all__ = ['MutableChannelUnit']

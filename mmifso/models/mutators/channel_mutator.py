@@ -1,0 +1,278 @@
+"""The channel mutator: builds units, gates consumers, counts resources."""
+import logging
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+
+from mmifso.registry import MODELS, TASK_UTILS
+from ..mutables import MutableChannelUnit
+from ..task_modules.channel_analyzer import (AnalysisResult, ChannelAnalyzer,
+                                             compose_gate)
+from ..task_modules.resource import count_resources, record_layers
+
+
+class NoPrunableUnitsError(RuntimeError):
+    """The analysis found nothing that can be pruned."""
+
+
+class InputGate:
+    """Forward pre-hook multiplying a layer's input by its units' masks.
+
+    Each part is ``(unit, idxs, root_idxs)``: input channels ``idxs`` of the
+    layer carry channels ``root_idxs`` of ``unit``. The masks are read at call
+    time, so loading a checkpoint or pruning updates the gate at once, and the
+    product is differentiable w.r.t. the masks (used by the criteria).
+    """
+
+    def __init__(self, num_channels: int, channel_dim: int,
+                 parts: List[tuple]) -> None:
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.parts = parts
+        # One unit covering the layer's channels in order: the mask is the
+        # gate, no indexing needed (the common case; keeps overhead low).
+        unit, idxs, root = parts[0]
+        self.identity = (
+            len(parts) == 1 and unit.num_channels == num_channels
+            and idxs.tolist() == list(range(num_channels))
+            and root.tolist() == list(range(num_channels)))
+
+    def gate(self, like: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return self.parts[0][0].mask.to(like.dtype)
+        parts = [(u.mask, i.to(like.device), r.to(like.device))
+                 for u, i, r in self.parts]
+        return compose_gate(self.num_channels, parts, like)
+
+    def __call__(self, module: nn.Module, args: tuple):
+        x = args[0]
+        gate = self.gate(x)
+        dim = self.channel_dim % x.dim()
+        shape = [1] * x.dim()
+        shape[dim] = self.num_channels
+        return (x * gate.view(shape), ) + tuple(args[1:])
+
+
+def strip_gates(model: nn.Module) -> None:
+    """Remove every :class:`InputGate` hook from ``model`` (e.g. a copy)."""
+    for m in model.modules():
+        for key in [k for k, h in m._forward_pre_hooks.items()
+                    if isinstance(h, InputGate)]:
+            del m._forward_pre_hooks[key]
+
+
+@MODELS.register_module()
+class ChannelMutator(BaseModule):
+    """Builds one :class:`MutableChannelUnit` per coupled channel group.
+
+    Args:
+        demo_input (dict): Config of the demo-input builder used to trace the
+            model, e.g. ``dict(type='mmifso.DemoInput', input_shape=(1, 3, 32,
+            32))``.
+        min_channels (int): Channels every unit keeps at least.
+        frozen (str): ``'error'`` or ``'skip'`` for units with frozen
+            parameters; see :class:`ChannelAnalyzer`.
+        init_cfg (dict, optional): Unused; for the BaseModule interface.
+    """
+
+    def __init__(self,
+                 demo_input: Union[dict, object] = dict(
+                     type='mmifso.DemoInput', input_shape=(1, 3, 224, 224)),
+                 min_channels: int = 1,
+                 frozen: str = 'error',
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        if isinstance(demo_input, dict):
+            demo_input = TASK_UTILS.build(demo_input)
+        self.demo_input = demo_input
+        if min_channels < 1:
+            raise ValueError(f'min_channels must be >= 1, got {min_channels}')
+        self.min_channels = min_channels
+        self.frozen = frozen
+        self.units = nn.ModuleList()
+        self.analysis: Optional[AnalysisResult] = None
+        self._gated: Dict[str, List] = {}
+        self._sites: Dict[str, Dict[str, List]] = {}
+
+    # ------------------------------------------------------------------ #
+    # Building
+    # ------------------------------------------------------------------ #
+    def prepare_from_supernet(self, model: nn.Module) -> None:
+        """Analyse ``model``, create the units and install the input gates.
+
+        Raises:
+            NoPrunableUnitsError: if no unit can be pruned.
+        """
+        analyzer = ChannelAnalyzer(
+            self.demo_input, frozen=self.frozen,
+            min_channels=self.min_channels)
+        self.analysis = analyzer.analyse(model)
+        if not self.analysis.units:
+            skipped = '; '.join(f'{s.name}: {s.reason}'
+                                for s in self.analysis.skipped) or 'none'
+            raise NoPrunableUnitsError(
+                f'{type(model).__name__} has no prunable channel units '
+                f'(groups found and why they were skipped: {skipped}).')
+        with torch.no_grad():
+            self.layer_records = record_layers(model, self.demo_input)
+        self.units = nn.ModuleList(
+            MutableChannelUnit.from_spec(spec, self.min_channels)
+            for spec in self.analysis.units)
+        self._install_gates(model)
+        self._model_param_count = sum(p.numel() for p in model.parameters())
+        self._per_channel_params = {
+            name: self._params_per_channel(model.get_submodule(name))
+            for name in self._sites['param']
+        }
+        print_log(
+            f'[mmifso] {len(self.units)} prunable units, '
+            f'{sum(u.num_channels for u in self.units)} channels; '
+            f'{len(self.analysis.skipped)} groups not prunable.',
+            logger='current',
+            level=logging.INFO)
+
+    def _install_gates(self, model: nn.Module) -> None:
+        sites: Dict[str, Dict[str, List]] = {
+            'in': defaultdict(list),
+            'out': defaultdict(list),
+            'param': defaultdict(list)
+        }
+        for unit in self.units:
+            for site in unit.sites:
+                sites[site.role][site.module].append(
+                    (unit, torch.tensor(site.idxs, dtype=torch.long),
+                     torch.tensor(site.root_idxs, dtype=torch.long)))
+        self._sites = sites
+        for name, parts in sites['in'].items():
+            module = model.get_submodule(name)
+            if isinstance(module, nn.Linear):
+                gate = InputGate(module.in_features, -1, parts)
+            else:
+                gate = InputGate(module.in_channels, 1, parts)
+            module.register_forward_pre_hook(gate)
+
+    @staticmethod
+    def _params_per_channel(module: nn.Module) -> int:
+        channels = getattr(module, 'num_features', None) or getattr(
+            module, 'num_channels', None) or getattr(module,
+                                                     'num_parameters', None)
+        return sum(p.numel() // p.shape[0]
+                   for p in module.parameters(recurse=False)
+                   if p.dim() >= 1 and p.shape[0] == channels)
+
+    # ------------------------------------------------------------------ #
+    # Choices
+    # ------------------------------------------------------------------ #
+    def get_choices(self) -> Dict[str, List[int]]:
+        """``{unit_name: kept_channel_indices}``."""
+        return {u.name: u.current_choice for u in self.units}
+
+    def set_choices(self, choices: Dict[str, Sequence[int]]) -> None:
+        """Set the kept channels of the named units."""
+        by_name = {u.name: u for u in self.units}
+        unknown = set(choices) - set(by_name)
+        if unknown:
+            raise KeyError(f'unknown units {sorted(unknown)}; the model has '
+                           f'{sorted(by_name)}')
+        for name, kept in choices.items():
+            by_name[name].current_choice = list(kept)
+
+    # ------------------------------------------------------------------ #
+    # Resources
+    # ------------------------------------------------------------------ #
+    def _alive(self, role: str, exclude: Optional[tuple] = None
+               ) -> Dict[str, int]:
+        """Alive channel counts of every layer with sites of ``role``."""
+        out = {}
+        for name, parts in self._sites[role].items():
+            rec = self.layer_records.get(name)
+            n = rec.in_channels if rec is not None and role == 'in' else (
+                rec.out_channels if rec is not None else
+                parts[0][0].num_channels)
+            if rec is None:  # 'param' sites: size from the largest index
+                n = max(int(i.max()) + 1 for _, i, _ in parts)
+            dead = torch.zeros(n, dtype=torch.bool)
+            for unit, idxs, root in parts:
+                m = ~unit.alive.cpu()
+                if exclude is not None and exclude[0] is unit:
+                    m = m.clone()
+                    m[exclude[1]] = True
+                dead[idxs] |= m[root]
+            out[name] = n - int(dead.sum())
+        return out
+
+    def resources(self, exclude: Optional[tuple] = None) -> Dict[str, float]:
+        """FLOPs (conv/linear MACs per image) and params of the masked model.
+
+        Args:
+            exclude (tuple, optional): ``(unit, channel)`` counted as removed
+                in addition to the current masks (for cost estimates).
+
+        Returns:
+            dict: ``flops``, ``params`` and their ratios to the unpruned
+            model, ``flops_ratio`` and ``params_ratio``.
+        """
+        alive_in = self._alive('in', exclude)
+        alive_out = self._alive('out', exclude)
+        res = count_resources(self.layer_records, alive_in, alive_out)
+        full = count_resources(self.layer_records)
+        removed_params = full['layer_params'] - res['layer_params']
+        alive_param = self._alive('param', exclude)
+        for name, n_alive in alive_param.items():
+            parts = self._sites['param'][name]
+            n = max(int(i.max()) + 1 for _, i, _ in parts)
+            removed_params += (n - n_alive) * self._per_channel_params[name]
+        params = self._model_param_count - removed_params
+        return dict(
+            flops=res['flops'],
+            params=params,
+            flops_ratio=res['flops'] / max(full['flops'], 1),
+            params_ratio=params / max(self._model_param_count, 1))
+
+    def channel_costs(self, kind: str = 'acts') -> List[torch.Tensor]:
+        """Cost of removing one more channel of each unit.
+
+        Args:
+            kind (str): ``'flops'`` (MACs saved), ``'acts'`` (activation
+                elements per image the channel's producers write, IFSO's
+                default) or ``'none'`` (all ones).
+
+        Returns:
+            list[Tensor]: Per unit, shape ``(num_channels, )``; the same value
+            for every channel of a unit.
+        """
+        costs = []
+        if kind == 'flops':
+            base = self.resources()['flops']
+        for unit in self.units:
+            if kind == 'none':
+                c = 1.0
+            elif kind == 'acts':
+                c = 0.0
+                for site in unit.sites:
+                    rec = self.layer_records.get(site.module)
+                    if rec is not None and site.role == 'out':
+                        c += rec.spatial * len(site.idxs) / unit.num_channels
+                    elif rec is not None and rec.depthwise:
+                        c += rec.spatial * len(site.idxs) / unit.num_channels
+                c = max(c, 1.0)
+            elif kind == 'flops':
+                alive = unit.alive.nonzero().flatten()
+                if len(alive) == 0:
+                    c = 1.0
+                else:
+                    after = self.resources((unit, int(alive[0])))['flops']
+                    c = max(base - after, 1)
+            else:
+                raise ValueError(
+                    f"cost must be 'acts', 'flops' or 'none', got {kind!r}")
+            costs.append(torch.full((unit.num_channels, ), float(c)))
+        return costs
+
+    def channel_counts(self) -> Dict[str, str]:
+        """``{unit_name: 'alive/total'}`` for logging."""
+        return {u.name: f'{u.num_alive}/{u.num_channels}' for u in self.units}

@@ -1,0 +1,3 @@
+from .io import atomic_write, load_checkpoint_file, save_json, save_torch
+
+__all__ = ['atomic_write', 'load_checkpoint_file', 'save_json', 'save_torch']
