@@ -245,7 +245,8 @@ class ChannelAnalyzer:
             reason = (f'it has {num_channels} channel(s), not more than '
                       f'min_channels={self.min_channels}')
         if reason is None and not any(s.role == 'in' for s in spec.sites):
-            reason = 'no conv/linear layer consumes its channels'
+            reason = ('no conv/linear layer consumes its channels (they reach '
+                      'the model output, and predictions are never pruned)')
         return spec, reason
 
     @staticmethod
