@@ -16,12 +16,21 @@ ARCH_PREFIX = 'architecture.'
 MUTATOR_PREFIX = 'mutator.'
 
 
-def build_architecture(architecture: Union[dict, nn.Module]) -> nn.Module:
+def build_architecture(architecture: Union[dict, nn.Module],
+                       data_preprocessor: Optional[dict] = None) -> nn.Module:
     """Build a model config in the current default scope (mmpretrain,
-    mmdet, ...)."""
+    mmdet, ...).
+
+    ``data_preprocessor`` is the top-level config field that mmengine's
+    Runner merges into ``model``; it goes to the architecture, as it would
+    without mmifso.
+    """
     if isinstance(architecture, nn.Module):
         return architecture
-    return ROOT_MODELS.build(copy.deepcopy(architecture))
+    architecture = copy.deepcopy(architecture)
+    if data_preprocessor is not None:
+        architecture.setdefault('data_preprocessor', data_preprocessor)
+    return ROOT_MODELS.build(architecture)
 
 
 @MODELS.register_module()
@@ -38,14 +47,18 @@ class PruningAlgorithm(BaseModel):
     Args:
         architecture (dict | nn.Module): Config of the model to prune.
         mutator (dict): Config of the :class:`ChannelMutator`.
+        data_preprocessor (dict, optional): Passed to the architecture when
+            it has none (mmengine's Runner fills it from the top-level
+            ``data_preprocessor`` field of mmpretrain configs).
         init_cfg (dict, optional): Initialisation config.
     """
 
     def __init__(self,
                  architecture: Union[dict, nn.Module],
                  mutator: dict = dict(type='mmifso.ChannelMutator'),
+                 data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        arch = build_architecture(architecture)
+        arch = build_architecture(architecture, data_preprocessor)
         if not isinstance(arch, BaseModel):
             raise TypeError(
                 f'architecture must build an mmengine BaseModel (an '
@@ -84,7 +97,9 @@ class PruningAlgorithm(BaseModel):
                                    self.mutator.resources())
 
 
-def PrunedModel(architecture: dict, structure: Union[str, dict]) -> nn.Module:
+def PrunedModel(architecture: dict,
+                structure: Union[str, dict],
+                data_preprocessor: Optional[dict] = None) -> nn.Module:
     """Build the physically pruned model described by a structure file.
 
     Used as ``model = dict(type='mmifso.PrunedModel', architecture=...,
@@ -96,6 +111,7 @@ def PrunedModel(architecture: dict, structure: Union[str, dict]) -> nn.Module:
     Args:
         architecture (dict): Config of the original, unpruned model.
         structure (str | dict): Path of the structure JSON, or its content.
+        data_preprocessor (dict, optional): See :class:`PruningAlgorithm`.
 
     Returns:
         nn.Module: The pruned model, with the weights of a fresh build (load
@@ -103,7 +119,7 @@ def PrunedModel(architecture: dict, structure: Union[str, dict]) -> nn.Module:
     """
     if isinstance(structure, str):
         structure = load_structure(structure)
-    model = build_architecture(architecture)
+    model = build_architecture(architecture, data_preprocessor)
     apply_structure(model, structure)
     model._mmifso_structure = structure
     return model

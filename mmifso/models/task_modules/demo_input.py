@@ -35,7 +35,9 @@ class DemoInput:
         """Keyword arguments of the demo forward."""
         param = next(model.parameters(), None)
         device = param.device if param is not None else 'cpu'
-        x = torch.rand(self.input_shape, device=device)
+        # requires_grad: layers whose weights are frozen still join the
+        # autograd graph, so they are traced (and reported) like the others.
+        x = torch.rand(self.input_shape, device=device, requires_grad=True)
         if isinstance(model, BaseModel):
             return dict(inputs=x, mode='tensor')
         return dict(input=x)

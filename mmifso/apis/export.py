@@ -1,0 +1,168 @@
+"""Turn a masked pruning checkpoint into a physically smaller model."""
+import copy
+import os
+import os.path as osp
+from typing import Dict, Union
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from mmifso.models.task_modules import (count_params, count_resources,
+                                        record_layers)
+from mmifso.structures import save_structure
+from mmifso.utils import atomic_write, load_checkpoint_file, save_torch
+
+
+class ExportError(RuntimeError):
+    """The masked and exported models disagree, or the input is wrong."""
+
+
+def build_from_config(cfg: Config):
+    """Build ``cfg.model`` in the config's default scope."""
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    import mmifso  # noqa: F401  (registers modules)
+    from mmifso.registry import MODELS
+    return MODELS.build(copy.deepcopy(cfg.model))
+
+
+def load_masked_weights(model, checkpoint: str) -> Dict:
+    """Load a masked checkpoint strictly into a PruningAlgorithm."""
+    ckpt = load_checkpoint_file(checkpoint)
+    state = ckpt.get('state_dict', ckpt)
+    if not any(k.startswith('mutator.units.') for k in state):
+        raise ExportError(
+            f'{checkpoint} holds no channel masks: it is not a checkpoint '
+            'of a pruning run (model.type="mmifso.PruningAlgorithm"). '
+            'Export the flops_XX.pth checkpoint written by the PruningHook.')
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ExportError(
+            f'{checkpoint} does not match the architecture of the config: '
+            f'{str(e)[:600]}') from e
+    return ckpt
+
+
+def pruning_deploy_config(cfg: Config, structure_path: str,
+                          checkpoint_path: str) -> Config:
+    """The pruning config with the model replaced by its pruned form."""
+    deploy = copy.deepcopy(cfg)
+    deploy.model = dict(
+        type='mmifso.PrunedModel',
+        architecture=cfg.model['architecture'],
+        structure=structure_path)
+    hooks = deploy.get('custom_hooks', None) or []
+    deploy.custom_hooks = [
+        h for h in hooks if not str(h.get('type', '')).endswith('PruningHook')
+    ]
+    deploy.load_from = checkpoint_path
+    deploy.resume = False
+    imports = list(deploy.get('custom_imports', {}).get('imports', []))
+    if 'mmifso' not in imports:
+        deploy.custom_imports = dict(
+            imports=imports + ['mmifso'], allow_failed_imports=False)
+    return deploy
+
+
+def export_checkpoint(config: Union[str, Config],
+                      checkpoint: str,
+                      out_dir: str,
+                      atol: float = 1e-4) -> Dict:
+    """Export a masked checkpoint; write checkpoint, structure and config.
+
+    Writes ``out_dir/pruned.pth`` (upstream key names, smaller shapes),
+    ``out_dir/structure.json`` and ``out_dir/deploy_config.py`` (rebuilds the
+    pruned model; use it with ``tools/test.py`` and ``tools/train.py``). Every
+    file is written atomically; the source checkpoint is only read.
+
+    Args:
+        config (str | Config): The pruning config.
+        checkpoint (str): Masked checkpoint of that config.
+        out_dir (str): Output directory.
+        atol (float): Largest allowed absolute difference between masked and
+            exported outputs on the demo input.
+
+    Returns:
+        dict: Paths written, ``max_abs_diff`` and FLOPs/params before and
+        after (conv/linear MACs per image).
+    """
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    if not str(cfg.model.get('type', '')).endswith('PruningAlgorithm'):
+        raise ExportError(
+            f'model.type of the config is {cfg.model.get("type")!r}; '
+            'export needs the pruning config (model.type='
+            '"mmifso.PruningAlgorithm") that produced the checkpoint')
+    algo = build_from_config(cfg)
+    load_masked_weights(algo, checkpoint)
+    algo.eval()
+    masked_res = algo.mutator.resources()
+    pruned, structure = algo.export()
+    pruned.eval()
+
+    demo = algo.mutator.demo_input
+    with torch.no_grad():
+        torch.manual_seed(0)
+        expected = demo(algo.architecture)
+        torch.manual_seed(0)
+        actual = demo(pruned)
+    diff = max_abs_diff(expected, actual)
+    if not diff <= atol:
+        raise ExportError(
+            f'masked and exported outputs differ by {diff:.3g} > {atol}; '
+            'a layer on the channel path is not handled. Run '
+            'tools/analysis/coverage.py on the config to find it.')
+    with torch.no_grad():
+        exported = count_resources(record_layers(pruned, demo))
+    if exported['flops'] != masked_res['flops']:
+        raise ExportError(
+            f'FLOPs counted on the exported model ({exported["flops"]}) differ '
+            f'from the masked count ({masked_res["flops"]})')
+
+    os.makedirs(out_dir, exist_ok=True)
+    out_dir = osp.abspath(out_dir)
+    structure_path = osp.join(out_dir, 'structure.json')
+    ckpt_path = osp.join(out_dir, 'pruned.pth')
+    config_path = osp.join(out_dir, 'deploy_config.py')
+    full = count_resources(algo.mutator.layer_records)
+    summary = dict(
+        flops=exported['flops'],
+        params=count_params(pruned),
+        flops_unpruned=full['flops'],
+        params_unpruned=algo.mutator._model_param_count,
+        max_abs_diff=diff)
+    structure['resources'] = summary
+    save_structure(structure, structure_path)
+    save_torch(
+        dict(
+            state_dict=pruned.state_dict(),
+            meta=dict(
+                mmifso=dict(
+                    kind='pruned',
+                    structure=structure_path,
+                    deploy_config=config_path,
+                    source_checkpoint=osp.abspath(checkpoint),
+                    **summary))), ckpt_path)
+    deploy = pruning_deploy_config(cfg, structure_path, ckpt_path)
+    text = deploy.pretty_text
+    atomic_write(config_path, lambda tmp: open(tmp, 'w').write(text))
+    return dict(
+        checkpoint=ckpt_path,
+        structure=structure_path,
+        config=config_path,
+        **summary)
+
+
+def max_abs_diff(a, b) -> float:
+    """Largest absolute difference between two (nested) tensor outputs."""
+    if isinstance(a, torch.Tensor):
+        if a.shape != b.shape:
+            return float('inf')
+        return float((a - b).abs().max()) if a.numel() else 0.0
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return float('inf')
+        return max([max_abs_diff(x, y) for x, y in zip(a, b)] or [0.0])
+    if isinstance(a, dict):
+        return max([max_abs_diff(a[k], b[k]) for k in a] or [0.0])
+    return 0.0
