@@ -1,7 +1,6 @@
 """Interleaved pruning schedule: score while training, prune every interval."""
 import copy
 import logging
-import math
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -128,14 +127,11 @@ class PruningHook(Hook):
             self.importance.lam = float(wd)
             runner.logger.info(f'[mmifso] IFSO lambda = weight decay = {wd}')
         self.ctx = ScoringContext(algo.architecture, algo.mutator)
-        self._initial = algo.mutator.resources(exclude=None)
-        full = algo.mutator.layer_records
         self._log_state(runner, algo, 'start')
-        if self._initial['flops_ratio'] <= self.target_flops:
+        if algo.mutator.resources()['flops_ratio'] <= self.target_flops:
             self.done = True
             runner.logger.info('[mmifso] the model is already at the FLOPs '
                                'target; nothing to prune')
-        del full
 
     def _next_scoring_batch(self, runner) -> dict:
         if self._score_iter is None:
@@ -196,6 +192,7 @@ class PruningHook(Hook):
             return
         self._log_state(runner, algo, 'step', removed)
         res = algo.mutator.resources()
+        self.done = res['flops_ratio'] <= self.target_flops
         for thr in self.thresholds:
             if res['flops_ratio'] <= thr and thr not in self.crossed:
                 self.crossed.append(thr)
@@ -206,8 +203,7 @@ class PruningHook(Hook):
                 runner.logger.info(
                     f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} <= {thr}: '
                     f'saved {name}\n' + self._unit_table(algo))
-        if res['flops_ratio'] <= self.target_flops:
-            self.done = True
+        if self.done:
             runner.logger.info(
                 f'[mmifso] reached target FLOPs {self.target_flops} after '
                 f'{self._steps} steps ({self._pruned_total} channels)')
@@ -245,9 +241,9 @@ class PruningHook(Hook):
             for i, _ in removed:
                 name = algo.mutator.units[i].name
                 units[name] = units.get(name, 0) + 1
+            alive = {u.name: u.num_alive for u in algo.mutator.units}
             msg += ' | removed ' + ', '.join(
-                f'{n}:-{k}->{algo.mutator.units[[u.name for u in algo.mutator.units].index(n)].num_alive}'  # noqa: E501
-                for n, k in units.items())
+                f'{n} -{k} ({alive[n]} left)' for n, k in units.items())
         runner.logger.info(msg)
 
     @staticmethod
