@@ -1,0 +1,111 @@
+"""Export of a masked checkpoint from a real pruning run."""
+import hashlib
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from engine.test_hooks.test_pruning_hook import runner_cfg
+from helpers import TINY_CLASSIFIER
+from mmifso.apis.export import ExportError, export_checkpoint
+from mmifso.structures import StructureMismatchError, load_structure
+
+
+@pytest.fixture(scope='module')
+def pruned_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp('prune')
+    cfg = runner_cfg(work, target=0.6)
+    cfg.val_dataloader = dict(
+        batch_size=64,
+        num_workers=0,
+        dataset=dict(
+            type='mmifso.DigitsDataset',
+            split='test',
+            image_size=16,
+            pipeline=[dict(type='PackInputs')]),
+        sampler=dict(type='DefaultSampler', shuffle=False))
+    cfg.val_evaluator = dict(type='Accuracy', topk=(1, ))
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.val_cfg = dict()
+    cfg.test_cfg = dict()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    masked_metrics = runner.test()
+    return cfg, str(work / 'flops_60.pth'), masked_metrics
+
+
+def sha(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+def test_export_and_evaluate_from_deploy_config(pruned_run, tmp_path):
+    cfg, ckpt, masked_metrics = pruned_run
+    digest = sha(ckpt)
+    out = export_checkpoint(cfg, ckpt, str(tmp_path / 'export'))
+    assert sha(ckpt) == digest  # the source checkpoint is never modified
+    for key in ('checkpoint', 'structure', 'config'):
+        assert osp.isfile(out[key])
+    assert out['max_abs_diff'] <= 1e-4
+    assert out['flops'] / out['flops_unpruned'] <= 0.6
+    assert out['params'] < out['params_unpruned']
+    # The deploy config rebuilds the smaller model and tools/test.py-style
+    # evaluation gives the masked model's accuracy.
+    deploy = Config.fromfile(out['config'])
+    assert deploy.model.type == 'mmifso.PrunedModel'
+    assert not any('PruningHook' in h['type'] for h in deploy.custom_hooks)
+    deploy.work_dir = str(tmp_path / 'deploy')
+    runner = Runner.from_cfg(deploy)
+    metrics = runner.test()
+    assert metrics['accuracy/top1'] == pytest.approx(
+        masked_metrics['accuracy/top1'], abs=1e-6)
+    n_params = sum(p.numel() for p in runner.model.parameters())
+    assert n_params == out['params']
+    ckpt_data = torch.load(out['checkpoint'], map_location='cpu')
+    assert ckpt_data['meta']['mmifso']['kind'] == 'pruned'
+
+
+def test_export_rejects_plain_checkpoint(pruned_run, tmp_path):
+    cfg, ckpt, _ = pruned_run
+    state = torch.load(ckpt, map_location='cpu')['state_dict']
+    plain = {k[len('architecture.'):]: v
+             for k, v in state.items() if k.startswith('architecture.')}
+    path = str(tmp_path / 'plain.pth')
+    torch.save(dict(state_dict=plain), path)
+    with pytest.raises(ExportError, match='no channel masks'):
+        export_checkpoint(cfg, path, str(tmp_path / 'out'))
+    plain_cfg = cfg.copy()
+    plain_cfg.model = TINY_CLASSIFIER
+    with pytest.raises(ExportError, match='PruningAlgorithm'):
+        export_checkpoint(plain_cfg, ckpt, str(tmp_path / 'out'))
+
+
+def test_structure_of_another_architecture(pruned_run, tmp_path):
+    cfg, ckpt, _ = pruned_run
+    out = export_checkpoint(cfg, ckpt, str(tmp_path / 'export'))
+    from mmifso.models.algorithms import PrunedModel
+    other = dict(TINY_CLASSIFIER,
+                 backbone=dict(type='mmifso.CifarResNet', depth=8,
+                               base_channels=6),
+                 head=dict(TINY_CLASSIFIER['head'], in_channels=24))
+    with pytest.raises(StructureMismatchError, match='another architecture'):
+        PrunedModel(other, out['structure'])
+    bad = tmp_path / 'bad.json'
+    bad.write_text(open(out['structure']).read()[:50])
+    with pytest.raises(StructureMismatchError, match='truncated'):
+        load_structure(str(bad))
+
+
+def test_plain_checkpoint_loads_into_pruning_model(pruned_run, tmp_path):
+    from helpers import build_algorithm
+    cfg, ckpt, _ = pruned_run
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    plain = {k: v.clone() for k, v in algo.architecture.state_dict().items()}
+    fresh = build_algorithm(input_shape=(1, 3, 16, 16))
+    missing, unexpected = fresh.load_state_dict(plain, strict=True)
+    assert not missing and not unexpected
+    for k, v in plain.items():
+        assert torch.equal(fresh.architecture.state_dict()[k], v)
+    assert all(u.num_alive == u.num_channels for u in fresh.mutator.units)
