@@ -82,6 +82,33 @@ class ScoringContext:
             return data
         return dict(inputs=data[0], data_samples=data[1])
 
+    def per_sample_mask_grads(self, data: dict) -> List[torch.Tensor]:
+        """Gradients of each sample's loss w.r.t. the unit masks.
+
+        Every unit gets a per-sample gate of ones, shape ``(N, C_u)``; the
+        gradient of the mean loss w.r.t. row n is ``dl_n/dm / N``. This is the
+        sum over the unit's consumers of activation x gradient over positions
+        (Group Fisher's statistic), from one backward pass.
+
+        Returns:
+            list[Tensor]: Per unit, shape ``(N, C_u)``: ``dl_n / dm``.
+        """
+        n = batch_size(data)
+        gates = [
+            torch.ones(n, u.num_channels, dtype=u.mask.dtype,
+                       device=u.mask.device, requires_grad=True)
+            for u in self.units
+        ]
+        try:
+            for u, g in zip(self.units, gates):
+                u.sample_gate = g
+            loss = self.loss(data)
+            grads = grad_or_zeros(loss, gates)
+        finally:
+            for u in self.units:
+                u.sample_gate = None
+        return [g.detach() * n for g in grads]
+
     def loss(self, data: dict) -> torch.Tensor:
         """Training loss (no weight decay) of pre-processed ``data``."""
         with torch.random.fork_rng(devices=[]):
@@ -89,6 +116,14 @@ class ScoringContext:
             losses = self.model(**data, mode='loss')
         loss, _ = self.model.parse_losses(losses)
         return loss.float()
+
+
+def batch_size(data: dict) -> int:
+    """Number of samples of a pre-processed batch."""
+    inputs = data['inputs']
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0]
+    return len(inputs)
 
 
 def grad_or_zeros(outputs: torch.Tensor,

@@ -1,5 +1,5 @@
 """A mutable channel unit: the mask of one coupled channel group."""
-from typing import List
+from typing import List, Optional
 
 import torch
 from mmengine.model import BaseModule
@@ -35,10 +35,20 @@ class MutableChannelUnit(BaseModule):
         self.sites = sites
         self.min_channels = min_channels
         self.register_buffer('mask', torch.ones(num_channels))
+        #: Optional ``(N, num_channels)`` multiplier of the mask, one row per
+        #: sample; set by criteria that need per-sample mask gradients.
+        self.sample_gate: Optional[torch.Tensor] = None
 
     @classmethod
     def from_spec(cls, spec: UnitSpec, min_channels: int = 1):
         return cls(spec.name, spec.num_channels, spec.sites, min_channels)
+
+    @property
+    def effective_mask(self) -> torch.Tensor:
+        """The gate applied in forward: ``mask`` or ``mask * sample_gate``."""
+        if self.sample_gate is None:
+            return self.mask
+        return self.mask * self.sample_gate
 
     @property
     def alive(self) -> torch.Tensor:

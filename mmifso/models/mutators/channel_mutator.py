@@ -42,9 +42,10 @@ class InputGate:
             and root.tolist() == list(range(num_channels)))
 
     def gate(self, like: torch.Tensor) -> torch.Tensor:
+        """``(C, )``, or ``(N, C)`` while a unit has per-sample gates."""
         if self.identity:
-            return self.parts[0][0].mask.to(like.dtype)
-        parts = [(u.mask, i.to(like.device), r.to(like.device))
+            return self.parts[0][0].effective_mask.to(like.dtype)
+        parts = [(u.effective_mask, i.to(like.device), r.to(like.device))
                  for u, i, r in self.parts]
         return compose_gate(self.num_channels, parts, like)
 
@@ -54,6 +55,8 @@ class InputGate:
         dim = self.channel_dim % x.dim()
         shape = [1] * x.dim()
         shape[dim] = self.num_channels
+        if gate.dim() == 2:  # per-sample gates: batch is dim 0
+            shape[0] = gate.shape[0]
         return (x * gate.view(shape), ) + tuple(args[1:])
 
 

@@ -272,15 +272,22 @@ def compose_gate(num_channels: int, parts: Sequence[Tuple[torch.Tensor,
 
     Args:
         num_channels (int): Channels of the gated tensor.
-        parts: ``(mask, idxs, root_idxs)`` triples: ``gate[idxs] =
-            mask[root_idxs]``.
+        parts: ``(mask, idxs, root_idxs)`` triples: ``gate[..., idxs] =
+            mask[..., root_idxs]``. Masks have shape ``(C_u, )`` or, for
+            per-sample gates, ``(N, C_u)``.
         like (Tensor): Gives dtype and device of the result.
 
     Returns:
-        Tensor: The gate, shape ``(num_channels, )``; differentiable w.r.t.
-        every mask.
+        Tensor: The gate, shape ``(num_channels, )`` or ``(N, num_channels)``;
+        differentiable w.r.t. every mask.
     """
-    gate = torch.ones(num_channels, dtype=like.dtype, device=like.device)
+    lead = ()
+    for mask, _, _ in parts:
+        if mask.dim() == 2:
+            lead = (mask.shape[0], )
+    gate = torch.ones(lead + (num_channels, ), dtype=like.dtype,
+                      device=like.device)
     for mask, idxs, root_idxs in parts:
-        gate = gate.index_put((idxs, ), mask[root_idxs].to(like.dtype))
+        src = mask[..., root_idxs].to(like.dtype).expand(lead + (-1, ))
+        gate = gate.scatter(-1, idxs.expand(lead + (-1, )), src)
     return gate

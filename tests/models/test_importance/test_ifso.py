@@ -128,3 +128,16 @@ def test_lam_is_required():
         IFSOImportance(lam=-1.0)
     with pytest.raises(ValueError, match="'exact' or 'finite_diff'"):
         IFSOImportance(hvp='fd')
+
+
+def test_per_sample_mask_grads_match_single_sample_losses(setup):
+    model, mutator, ctx, data = setup
+    with ctx.session():
+        got = ctx.per_sample_mask_grads(data)
+        for n in range(3):
+            one = dict(inputs=data['inputs'][n:n + 1],
+                       data_samples=data['data_samples'][n:n + 1])
+            loss = ctx.loss(one)
+            ref = grad_or_zeros(loss, ctx.masks)
+            for g, r in zip(got, ref):
+                assert torch.allclose(g[n], r, atol=1e-10)
