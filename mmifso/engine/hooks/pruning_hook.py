@@ -4,6 +4,7 @@ import logging
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
+from mmengine.dist import broadcast
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -100,6 +101,7 @@ class PruningHook(Hook):
         self.crossed: List[float] = []
         self.done = False
         self._score_iter: Optional[Iterator] = None
+        self._consumed = 0  # scoring batches drawn so far
         self._steps = 0
         self._pruned_total = 0
 
@@ -133,25 +135,47 @@ class PruningHook(Hook):
             runner.logger.info('[mmifso] the model is already at the FLOPs '
                                'target; nothing to prune')
 
+    def _build_scoring_loader(self, runner):
+        cfg = self.scoring_dataloader or runner.cfg.get('train_dataloader')
+        if cfg is None:
+            return runner.train_dataloader
+        cfg = copy.deepcopy(cfg)
+        cfg['persistent_workers'] = False
+        return runner.build_dataloader(cfg, seed=runner.seed)
+
     def _next_scoring_batch(self, runner) -> dict:
+        """Next batch of a separate, resumable pass over the scoring data.
+
+        Position and epoch follow from the number of batches consumed, so a
+        resumed run draws exactly the batches an uninterrupted one would.
+        """
         if self._score_iter is None:
-            cfg = self.scoring_dataloader or copy.deepcopy(
-                runner.cfg.get('train_dataloader'))
-            if cfg is None:
-                loader = runner.train_dataloader
-            else:
-                cfg = copy.deepcopy(cfg)
-                cfg['persistent_workers'] = False
-                loader = runner.build_dataloader(cfg, seed=runner.seed)
-            if len(loader) == 0:
-                raise RuntimeError('the scoring dataloader is empty')
-            self._loader = loader
-            self._score_iter = iter(loader)
+            self._loader = self._build_scoring_loader(runner)
+            if len(self._loader) == 0:
+                raise RuntimeError(
+                    'the scoring dataloader is empty: check the dataset of '
+                    'train_dataloader (or scoring_dataloader)')
+            epoch, skip = divmod(self._consumed, len(self._loader))
+            self._score_iter = self._start_epoch(epoch)
+            for _ in range(skip):
+                next(self._score_iter)
         try:
-            return next(self._score_iter)
+            batch = next(self._score_iter)
         except StopIteration:
-            self._score_iter = iter(self._loader)
-            return next(self._score_iter)
+            self._score_iter = self._start_epoch(
+                self._consumed // len(self._loader))
+            batch = next(self._score_iter)
+        self._consumed += 1
+        return batch
+
+    def _start_epoch(self, epoch: int) -> Iterator:
+        sampler = getattr(self._loader, 'sampler', None)
+        if hasattr(sampler, 'set_epoch'):
+            sampler.set_epoch(epoch)
+        return iter(self._loader)
+
+    def _batch_seed(self, runner) -> int:
+        return ((runner.seed or 0) * 1000003 + self._consumed) % (2**31 - 1)
 
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
@@ -159,7 +183,8 @@ class PruningHook(Hook):
                 not self.importance.requires_data:
             return
         for _ in range(self.score_batches):
-            self.importance.update(self.ctx, self._next_scoring_batch(runner))
+            batch = self._next_scoring_batch(runner)
+            self.importance.update(self.ctx, batch, self._batch_seed(runner))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
@@ -182,6 +207,11 @@ class PruningHook(Hook):
             cost=self.cost,
             cost_power=self.cost_power,
             target_flops=self.target_flops)
+        # Every rank computed the same all-reduced scores; broadcasting the
+        # masks of rank 0 guarantees identical models whatever the float
+        # ties.
+        for unit in algo.mutator.units:
+            broadcast(unit.mask, src=0)
         self._steps += 1
         self._pruned_total += len(removed)
         if not removed:
@@ -260,6 +290,7 @@ class PruningHook(Hook):
             done=self.done,
             steps=self._steps,
             pruned_total=self._pruned_total,
+            consumed=self._consumed,
             importance=self.importance.state_dict())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -270,6 +301,8 @@ class PruningHook(Hook):
         self.done = state['done']
         self._steps = state['steps']
         self._pruned_total = state['pruned_total']
+        self._consumed = state.get('consumed', 0)
+        self._score_iter = None
         self.importance.load_state_dict(state['importance'])
         print_log(
             f'[mmifso] resumed pruning state: {self._steps} steps, '

@@ -72,9 +72,19 @@ class ScoringContext:
                     u.mask.requires_grad_(False)
                     u.mask.copy_(m)
 
-    def prepare(self, data_batch: dict) -> dict:
-        """Pre-process a data batch once (the result is reused by passes)."""
-        self._seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    def prepare(self, data_batch: dict, seed: Optional[int] = None) -> dict:
+        """Pre-process a data batch once (the result is reused by passes).
+
+        Args:
+            data_batch (dict): A raw batch as the dataloader yields it.
+            seed (int, optional): Seed of the batch augmentation and of every
+                loss pass on this batch (dropout); drawn from the global RNG
+                when not given. Hooks pass a seed derived from the iteration
+                so a resumed run scores exactly like an uninterrupted one.
+        """
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self._seed = int(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
             data = self.model.data_preprocessor(data_batch, True)
@@ -170,12 +180,21 @@ class BaseImportance:
         """Scores that need no data (weights only)."""
         raise NotImplementedError
 
-    def update(self, ctx: ScoringContext, data_batch: dict) -> None:
-        """Score one raw data batch (as yielded by a dataloader)."""
+    def update(self,
+               ctx: ScoringContext,
+               data_batch: dict,
+               seed: Optional[int] = None) -> None:
+        """Score one raw data batch (as yielded by a dataloader).
+
+        Args:
+            ctx (ScoringContext): The model to score.
+            data_batch (dict): Raw batch.
+            seed (int, optional): See :meth:`ScoringContext.prepare`.
+        """
         if not self.requires_data:
             return
         with ctx.session():
-            data = ctx.prepare(data_batch)
+            data = ctx.prepare(data_batch, seed)
             scores = [s.detach().double() for s in self.batch_scores(ctx, data)]
         if self._sum is None:
             self._sum = scores
