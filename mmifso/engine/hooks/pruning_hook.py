@@ -49,6 +49,9 @@ class PruningHook(Hook):
             is saved (the target is always included).
         start_iter (int): First iteration that scores.
         stop_at_target (bool): Stop training when the target is reached.
+            Epoch-based loops check this between epochs, so the current
+            epoch finishes (training with the final masks); the
+            ``flops_XX.pth`` checkpoint is saved at the crossing itself.
         scoring_dataloader (dict, optional): Dataloader config for scoring;
             defaults to the runner's ``train_dataloader`` config.
     """
