@@ -1,0 +1,223 @@
+"""Train a model: any mmifso, mmpretrain or mmdet config.
+
+Usage:
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                                 [--cfg-options k=v ...]
+    bash tools/dist_train.sh CONFIG GPUS [args]
+
+The same command trains a baseline (upstream config), prunes it
+(``model.type='mmifso.PruningAlgorithm'`` with the ``mmifso.PruningHook``)
+and fine-tunes the exported model (``deploy_config.py`` written by
+``tools/export_pruned.py``). A checkpoint given by ``load_from`` or
+``--resume CKPT`` is checked against the config first: a masked, exported or
+plain checkpoint used with the wrong kind of config stops with what to use
+instead (mmengine would only warn and train random layers).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+# ``python tools/train.py`` from a checkout works without installing mmifso.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='If specify checkpoint path, resume from it, while if not '
+        'specify, try to auto resume from the latest checkpoint '
+        'in the work directory.')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--no-validate',
+        action='store_true',
+        help='whether not to evaluate the checkpoint during training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='whether to auto scale the learning rate according to the '
+        'actual batch size and the original batch size.')
+    parser.add_argument(
+        '--no-pin-memory',
+        action='store_true',
+        help='whether to disable the pin_memory option in dataloaders.')
+    parser.add_argument(
+        '--no-persistent-workers',
+        action='store_true',
+        help='whether to disable the persistent_workers option in dataloaders.'
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
+    # will pass the `--local-rank` parameter to `tools/train.py` instead
+    # of `--local_rank`.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def set_dataloader_defaults(cfg, args) -> None:
+    """mmpretrain's tools/train.py dataloader defaults, for mmpretrain
+    configs only (mmdet configs choose their own collate functions)."""
+    import torch
+    if cfg.get('default_scope', None) != 'mmpretrain':
+        return
+    for field in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if cfg.get(field, None) is None:
+            continue
+        loader = ConfigDict(
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=True,
+            collate_fn=dict(type='default_collate'))
+        loader.update(cfg[field])
+        if args.no_pin_memory:
+            loader.pin_memory = False
+        if args.no_persistent_workers or not loader.get('num_workers', 0):
+            # DataLoader refuses persistent workers without workers.
+            loader.persistent_workers = False
+        cfg[field] = loader
+
+
+def merge_args(cfg, args):
+    """Merge CLI arguments to config."""
+    if args.no_validate:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+
+    cfg.launcher = args.launcher
+
+    # work_dir is determined in this priority: CLI > segment in file > filename
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    # enable automatic-mixed-precision training
+    if args.amp:
+        from mmengine.device import is_cuda_available, is_npu_available
+        if not (is_cuda_available() or is_npu_available()):
+            raise SystemExit(
+                '--amp needs a GPU (or NPU): mmengine\'s AmpOptimWrapper does '
+                'not run on CPU; drop --amp')
+        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if optim_wrapper == 'AmpOptimWrapper':
+            print('AMP training is already enabled in your config.')
+        else:
+            assert optim_wrapper == 'OptimWrapper', (
+                '`--amp` is only supported when the optimizer wrapper type is '
+                f'`OptimWrapper` but got {optim_wrapper}.')
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    # enable automatically scaling LR
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' in cfg and 'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise RuntimeError('Can not find "auto_scale_lr" or '
+                               '"auto_scale_lr.base_batch_size" in your'
+                               ' configuration file.')
+
+    set_dataloader_defaults(cfg, args)
+
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # resume training (after --cfg-options, which may set work_dir/load_from)
+    if args.resume == 'auto':
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(cfg.work_dir) if osp.isdir(
+            cfg.work_dir) else None
+        if latest is not None:
+            cfg.resume = True
+            cfg.load_from = None  # the runner resumes the latest checkpoint
+        else:
+            # Nothing to resume yet: start as the config says (keeping its
+            # load_from, e.g. the pruned.pth of a deploy config) instead of
+            # silently training from scratch.
+            print(f'--resume: no checkpoint in {cfg.work_dir} yet; starting '
+                  'a new run' + (f' from load_from={cfg.load_from}'
+                                 if cfg.get('load_from', None) else ''))
+            cfg.resume = False
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def checkpoint_to_check(cfg):
+    """The checkpoint the runner will load, or None."""
+    if cfg.get('resume', False):
+        if cfg.get('load_from', None):
+            return cfg.load_from
+        from mmengine.runner import find_latest_checkpoint
+        return find_latest_checkpoint(cfg.work_dir) if osp.isdir(
+            cfg.work_dir) else None
+    return cfg.get('load_from', None)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    import mmifso  # noqa: F401  (registers the mmifso modules)
+    from mmifso.apis.checks import (CheckpointConfigMismatch,
+                                    check_checkpoint_matches_config)
+
+    # load config
+    cfg = Config.fromfile(args.config)
+
+    # merge cli arguments to config
+    cfg = merge_args(cfg, args)
+
+    checkpoint = checkpoint_to_check(cfg)
+    if checkpoint:
+        try:
+            check_checkpoint_matches_config(cfg, checkpoint)
+        except (CheckpointConfigMismatch, FileNotFoundError,
+                RuntimeError) as e:
+            sys.exit(f'tools/train.py: {type(e).__name__}: {e}')
+
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    # build the runner from config
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+
+    # start training
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
