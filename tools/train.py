@@ -209,6 +209,9 @@ def main(argv=None):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from mmifso.engine import setup_distributed
+    setup_distributed(cfg)  # torchrun on CPUs: gloo + CPU-capable DDP
+
     # build the runner from config
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)

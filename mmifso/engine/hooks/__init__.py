@@ -1,3 +1,8 @@
 from .pruning_hook import PruningHook
+from .schedules import (GradualPruningHook, IterativePruningHook,
+                        OneShotPruningHook, ScheduledPruningHook)
 
-__all__ = ['PruningHook']
+__all__ = [
+    'PruningHook', 'ScheduledPruningHook', 'OneShotPruningHook',
+    'IterativePruningHook', 'GradualPruningHook'
+]
