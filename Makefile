@@ -21,3 +21,6 @@ bench: env
 
 clean:
 	rm -rf work_dirs
+
+demo-det: env
+	$(PY) tools/demo_det.py --work-dir work_dirs/demo_det

@@ -6,9 +6,17 @@ Usage:
 Writes DIR/pruned.pth, DIR/structure.json and DIR/deploy_config.py; then
 ``python tools/test.py DIR/deploy_config.py DIR/pruned.pth`` evaluates the
 pruned model and ``tools/train.py DIR/deploy_config.py`` fine-tunes it.
+
+Every file is written to a temporary file next to it and renamed, so a
+killed export leaves each file either as it was or complete (and
+``pruned.pth`` records the hash of the structure exported with it). The
+checkpoint is read without unpickling code; set MMIFSO_TRUST_CHECKPOINTS=1
+for a trusted checkpoint holding other objects. Bad input exits with a
+message that says what to do.
 """
 import argparse
 import json
+import sys
 
 from mmengine.config import Config, DictAction
 
@@ -30,10 +38,17 @@ def parse_args():
 def main():
     args = parse_args()
     from mmifso.apis.export import export_checkpoint
+    from mmifso.structures import StructureMismatchError
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    result = export_checkpoint(cfg, args.checkpoint, args.out_dir, args.atol)
+    try:
+        result = export_checkpoint(cfg, args.checkpoint, args.out_dir,
+                                   args.atol)
+    except (FileNotFoundError, RuntimeError, StructureMismatchError) as e:
+        # ExportError, UnsafeCheckpointError and unreadable checkpoints are
+        # RuntimeErrors: their messages say what to do.
+        sys.exit(f'tools/export_pruned.py: {type(e).__name__}: {e}')
     flops_ratio = result['flops'] / result['flops_unpruned']
     params_ratio = result['params'] / result['params_unpruned']
     print(json.dumps(result, indent=2))

@@ -18,8 +18,10 @@ error that says which config to use. ``tools/train.py`` and
 ``tools/test.py`` call it before they build the runner.
 """
 import ast
+import glob
+import hashlib
 import os.path as osp
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from mmifso.utils import load_checkpoint_file
 
@@ -37,6 +39,11 @@ EXPORT_HINT = ('`python tools/export_pruned.py CONFIG CKPT --out-dir DIR`')
 
 class CheckpointConfigMismatch(ValueError):
     """The checkpoint is of another kind than the config's model."""
+
+
+class ArchitectureMismatch(CheckpointConfigMismatch):
+    """The checkpoint's tensors have other shapes than the model's: it was
+    saved from another architecture."""
 
 
 # --------------------------------------------------------------------------- #
@@ -220,6 +227,12 @@ def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
     upstream_type = _shown_type(upstream)
     meta = _mmifso_meta(ckpt)
 
+    if ckpt_kind == PRUNED and PRUNED in (cfg_kind, arch_kind):
+        structure = (model_cfg if cfg_kind == PRUNED else arch).get(
+            'structure')
+        message = _structure_hash_message(ckpt_path, meta, structure)
+        if message is not None:
+            return message
     if ckpt_kind == cfg_kind:
         return None
     if cfg_kind == MASKED and ckpt_kind == PLAIN and arch_kind != PRUNED:
@@ -282,6 +295,34 @@ def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
             f'model.type={_shown_type(model_cfg)} ({cfg_kind}).')
 
 
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _structure_hash_message(ckpt_path: str, meta: Mapping,
+                            structure: Any) -> Optional[str]:
+    """None unless the structure file differs from the one exported with
+    the checkpoint (``meta['mmifso']['structure_sha256']``)."""
+    recorded = meta.get('structure_sha256')
+    if not recorded or not isinstance(structure, str) or \
+            not osp.isfile(structure):
+        return None
+    if file_sha256(structure) == recorded:
+        return None
+    source = meta.get('source_checkpoint') or 'the masked checkpoint'
+    return (f'{ckpt_path} was exported together with another structure file '
+            f'than {structure} (the SHA-256 recorded in the checkpoint '
+            'differs): an export was interrupted between its files, or the '
+            'files of two exports were mixed. Run the export again: '
+            f'{EXPORT_HINT} (CKPT = {source}) and use the deploy_config.py, '
+            'structure.json and pruned.pth it writes, together.')
+
+
 def check_checkpoint_matches_config(cfg: Any,
                                     checkpoint_path: str) -> Optional[str]:
     """Raise if ``checkpoint_path`` is of another kind than ``cfg.model``.
@@ -316,3 +357,219 @@ def check_checkpoint_matches_config(cfg: Any,
     if message is not None:
         raise CheckpointConfigMismatch(message)
     return kind
+
+
+# --------------------------------------------------------------------------- #
+# Checkpoint of another architecture
+# --------------------------------------------------------------------------- #
+#: Config fields that decide layer shapes, shown when describing a model.
+SHAPE_KEYS = ('depth', 'arch', 'base_channels', 'stem_channels',
+              'widen_factor', 'num_stages', 'in_channels', 'out_channels',
+              'num_classes', 'structure')
+#: Config fields holding sub-models, described recursively.
+NESTED_KEYS = ('architecture', 'module', 'backbone', 'neck', 'head',
+               'rpn_head', 'roi_head', 'bbox_head')
+
+
+def _literal(node: ast.AST) -> Any:
+    """Python value of a config expression (``dict(...)`` calls included);
+    None where it is not a literal."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == 'dict' and not node.args:
+        return {
+            kw.arg: _literal(kw.value)
+            for kw in node.keywords if kw.arg is not None
+        }
+    if isinstance(node, ast.Dict):
+        return {
+            _literal(k): _literal(v)
+            for k, v in zip(node.keys, node.values) if k is not None
+        }
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError,
+            RecursionError):
+        return None
+
+
+def saved_model_cfg(ckpt: Mapping) -> Optional[Dict]:
+    """``model`` of the config text a runner stored in ``meta['cfg']``
+    (read with :mod:`ast`, not executed), or None."""
+    meta = ckpt.get('meta') if isinstance(ckpt, Mapping) else None
+    text = meta.get('cfg') if isinstance(meta, Mapping) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, TypeError):
+        return None
+    model = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == 'model'
+                for t in node.targets):
+            model = _literal(node.value)
+    return model if isinstance(model, dict) else None
+
+
+def describe_model_cfg(model_cfg: Any, _depth: int = 0) -> str:
+    """Short description of a model config: its types and the fields that
+    decide layer shapes, e.g. ``ImageClassifier(backbone=ResNet(depth=50),
+    head=LinearClsHead(in_channels=2048, num_classes=1000))``."""
+    if not isinstance(model_cfg, Mapping):
+        return repr(model_cfg)
+    name = _type_name(model_cfg.get('type')) or '?'
+    parts = []
+    for key in NESTED_KEYS:
+        value = model_cfg.get(key)
+        if isinstance(value, Mapping) and _depth < 4:
+            parts.append(f'{key}={describe_model_cfg(value, _depth + 1)}')
+    for key in SHAPE_KEYS:
+        if key in model_cfg and not isinstance(model_cfg[key], Mapping):
+            parts.append(f'{key}={model_cfg[key]!r}')
+    return f'{name}({", ".join(parts)})'
+
+
+def _configs_next_to(path: Optional[str]) -> List[str]:
+    """Config files a runner dumped next to a checkpoint (its work_dir)."""
+    if not path or is_remote(path):
+        return []
+    return sorted(glob.glob(osp.join(glob.escape(osp.dirname(
+        osp.abspath(path))), '*.py')))[:3]
+
+
+def config_hint(ckpt: Mapping,
+                path: Optional[str] = None,
+                model_cfg: Optional[Mapping] = None) -> str:
+    """Which config a checkpoint belongs to, from what it carries."""
+    saved = saved_model_cfg(ckpt)
+    hint = ''
+    if saved is not None:
+        hint += ('The run that saved it built model='
+                 f'{describe_model_cfg(saved)}')
+        if model_cfg is not None:
+            hint += (', this config builds model='
+                     f'{describe_model_cfg(_model_cfg(model_cfg))}')
+        hint += '. '
+    files = _configs_next_to(path)
+    hint += 'Use the config of the run that saved the checkpoint'
+    if files:
+        hint += f' (next to it: {", ".join(files)})'
+    if saved is not None:
+        hint += ("; its text is stored in the checkpoint: mmengine's "
+                 "Config.fromstring(ckpt['meta']['cfg'], '.py')")
+    return hint + '.'
+
+
+def _strip_module(state: Mapping) -> Dict:
+    """mmengine strips ``module.`` (DDP) when loading; so do we."""
+    return {(k[len('module.'):] if isinstance(k, str) and
+             k.startswith('module.') else k): v
+            for k, v in state.items()}
+
+
+def _is_head_key(key: str) -> bool:
+    return any('head' in part for part in key.split('.')[:-1])
+
+
+def checkpoint_model_mismatches(model, ckpt: Mapping
+                                ) -> Tuple[List[Tuple[str, tuple, tuple]],
+                                           List[str], List[str]]:
+    """Compare a checkpoint's tensors with a model's state dict.
+
+    A plain checkpoint loaded into a ``PruningAlgorithm`` is compared under
+    ``architecture.``, as the algorithm maps it when loading.
+
+    Returns:
+        tuple: ``(mismatched, missing_masks, unknown_masks)``: tensors found
+        in both with other shapes ``(key, ckpt_shape, model_shape)``; mask
+        keys of the model absent from a masked checkpoint; mask keys of the
+        checkpoint absent from the model.
+    """
+    import torch
+    own = model.state_dict()
+    state = _strip_module(_state_dict(ckpt))
+    prefixed = any(isinstance(k, str) and k.startswith('architecture.')
+                   for k in own)
+    theirs_prefixed = any(
+        isinstance(k, str) and k.startswith(('architecture.', 'mutator.'))
+        for k in state)
+    if prefixed and not theirs_prefixed:
+        state = {f'architecture.{k}': v for k, v in state.items()}
+    mismatched = []
+    for key, value in state.items():
+        mine = own.get(key)
+        if isinstance(value, torch.Tensor) and mine is not None and \
+                tuple(value.shape) != tuple(mine.shape):
+            mismatched.append((key, tuple(value.shape), tuple(mine.shape)))
+    own_masks = {k for k in own if k.startswith(MASK_PREFIXES)}
+    their_masks = {k for k in state
+                   if isinstance(k, str) and k.startswith(MASK_PREFIXES)}
+    missing, unknown = [], []
+    if their_masks:
+        missing = sorted(own_masks - their_masks)
+        unknown = sorted(their_masks - own_masks)
+    return mismatched, missing, unknown
+
+
+def check_checkpoint_fits_model(model,
+                                ckpt: Mapping,
+                                path: Optional[str] = None,
+                                model_cfg: Optional[Mapping] = None,
+                                allow_head_mismatch: bool = True
+                                ) -> List[Tuple[str, tuple, tuple]]:
+    """Raise if a checkpoint was saved from another architecture.
+
+    mmengine loads checkpoints with ``strict=False``: tensors of other shapes
+    are skipped with a warning, so a checkpoint of another architecture
+    would leave layers randomly initialised and, for a masked checkpoint,
+    the channel masks unloaded (an unpruned model that looks pruned).
+
+    * masked checkpoint (channel masks): any shape mismatch, or masks of
+      other units, is an error;
+    * plain checkpoint: a mismatch outside the heads is an error; one only in
+      ``*head*`` modules (a new classifier for another number of classes) is
+      returned for the caller to warn about when ``allow_head_mismatch``.
+
+    Args:
+        model (nn.Module): The model the checkpoint will be loaded into.
+        ckpt (dict): The loaded checkpoint.
+        path (str, optional): Its file, for the message.
+        model_cfg (dict, optional): The config's model, for the message.
+        allow_head_mismatch (bool): See above.
+
+    Returns:
+        list: The tolerated head mismatches ``(key, ckpt_shape,
+        model_shape)``.
+
+    Raises:
+        ArchitectureMismatch: the message lists the mismatches and says which
+            config to use.
+    """
+    mismatched, missing, unknown = checkpoint_model_mismatches(model, ckpt)
+    masked = checkpoint_kind(ckpt) == MASKED
+    if not (mismatched or missing or unknown):
+        return []
+    if mismatched and not (missing or unknown) and not masked and \
+            allow_head_mismatch and all(_is_head_key(k)
+                                        for k, _, _ in mismatched):
+        return mismatched
+    what = f'checkpoint {path}' if path else 'the checkpoint'
+    problems = []
+    if mismatched:
+        shown = '; '.join(f'{k}: checkpoint {list(a)} vs model {list(b)}'
+                          for k, a, b in mismatched[:3])
+        problems.append(f'{len(mismatched)} tensors have other shapes than '
+                        f'in the model built from the config ({shown}'
+                        f'{"; ..." if len(mismatched) > 3 else ""})')
+    if unknown:
+        problems.append(f'it has channel masks of units the model does not '
+                        f'have ({", ".join(unknown[:3])})')
+    if missing:
+        problems.append(f'it lacks the channel masks of units '
+                        f'{", ".join(missing[:3])}')
+    raise ArchitectureMismatch(
+        f'{what} was saved from another architecture: '
+        + '; '.join(problems) + '. ' + config_hint(ckpt, path, model_cfg))

@@ -2,7 +2,7 @@
 import copy
 import os
 import os.path as osp
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 from mmengine.config import Config
@@ -11,7 +11,10 @@ from mmengine.registry import init_default_scope
 from mmifso.models.task_modules import (count_params, count_resources,
                                         record_layers)
 from mmifso.structures import save_structure
-from mmifso.utils import atomic_write, load_checkpoint_file, save_torch
+from mmifso.utils import (load_checkpoint_file, remove_stale_temp_files,
+                          save_text, save_torch)
+from .checks import (ArchitectureMismatch, check_checkpoint_fits_model,
+                     file_sha256)
 
 
 class ExportError(RuntimeError):
@@ -26,15 +29,29 @@ def build_from_config(cfg: Config):
     return MODELS.build(copy.deepcopy(cfg.model))
 
 
-def load_masked_weights(model, checkpoint: str) -> Dict:
-    """Load a masked checkpoint strictly into a PruningAlgorithm."""
+def load_masked_weights(model, checkpoint: str,
+                        model_cfg: Optional[dict] = None) -> Dict:
+    """Load a masked checkpoint strictly into a PruningAlgorithm.
+
+    Raises:
+        ExportError: the checkpoint has no masks, or was saved from another
+            architecture (the message says which config to use).
+    """
     ckpt = load_checkpoint_file(checkpoint)
+    if not isinstance(ckpt, dict):
+        raise ExportError(f'{checkpoint} is not a checkpoint (it holds a '
+                          f'{type(ckpt).__name__})')
     state = ckpt.get('state_dict', ckpt)
     if not any(k.startswith('mutator.units.') for k in state):
         raise ExportError(
             f'{checkpoint} holds no channel masks: it is not a checkpoint '
             'of a pruning run (model.type="mmifso.PruningAlgorithm"). '
             'Export the flops_XX.pth checkpoint written by the PruningHook.')
+    try:
+        check_checkpoint_fits_model(
+            model, ckpt, checkpoint, model_cfg, allow_head_mismatch=False)
+    except ArchitectureMismatch as e:
+        raise ExportError(str(e)) from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -95,7 +112,7 @@ def export_checkpoint(config: Union[str, Config],
             'export needs the pruning config (model.type='
             '"mmifso.PruningAlgorithm") that produced the checkpoint')
     algo = build_from_config(cfg)
-    load_masked_weights(algo, checkpoint)
+    load_masked_weights(algo, checkpoint, cfg.model)
     algo.eval()
     masked_res = algo.mutator.resources()
     pruned, structure = algo.export()
@@ -129,6 +146,8 @@ def export_checkpoint(config: Union[str, Config],
     structure_path = osp.join(out_dir, 'structure.json')
     ckpt_path = osp.join(out_dir, 'pruned.pth')
     config_path = osp.join(out_dir, 'deploy_config.py')
+    for path in (structure_path, ckpt_path, config_path):
+        remove_stale_temp_files(path)  # of an export killed before
     full = count_resources(algo.mutator.layer_records)
     summary = dict(
         flops=exported['flops'],
@@ -137,6 +156,10 @@ def export_checkpoint(config: Union[str, Config],
         params_unpruned=algo.mutator._model_param_count,
         max_abs_diff=diff)
     structure['resources'] = summary
+    # Each file is replaced atomically; the checkpoint records the hash of
+    # the structure written just before it, so a structure and a checkpoint
+    # of two different exports (one killed in between) are detected by
+    # mmifso.apis.check_checkpoint_matches_config (tools/test.py, train.py).
     save_structure(structure, structure_path)
     save_torch(
         dict(
@@ -145,12 +168,12 @@ def export_checkpoint(config: Union[str, Config],
                 mmifso=dict(
                     kind='pruned',
                     structure=structure_path,
+                    structure_sha256=file_sha256(structure_path),
                     deploy_config=config_path,
                     source_checkpoint=osp.abspath(checkpoint),
                     **summary))), ckpt_path)
     deploy = pruning_deploy_config(cfg, structure_path, ckpt_path)
-    text = deploy.pretty_text
-    atomic_write(config_path, lambda tmp: open(tmp, 'w').write(text))
+    save_text(deploy.pretty_text, config_path)
     return dict(
         checkpoint=ckpt_path,
         structure=structure_path,

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Dict, Optional, Tuple
 
+import torch
 import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
@@ -96,6 +97,7 @@ def apply_structure(model: nn.Module, structure: Dict) -> nn.Module:
             the model or has another number of channels.
     """
     from mmifso.models.task_modules.channel_analyzer import ChannelAnalyzer
+    from mmifso.models.task_modules.groups import get_pruning_group
     demo_input = TASK_UTILS.build(structure['demo_input'])
     graph = ChannelAnalyzer(demo_input).build_graph(model)
     names = dict(model.named_modules())
@@ -121,10 +123,46 @@ def apply_structure(model: nn.Module, structure: Dict) -> nn.Module:
             raise StructureMismatchError(
                 f'unit {name!r}: invalid pruned channels {pruned} for '
                 f'{channels} channels')
-        group = graph.get_pruning_group(module, pruner.prune_out_channels,
-                                        list(pruned))
+        group = get_pruning_group(graph, module, pruner.prune_out_channels,
+                                  list(pruned))
         group.prune()
+    fix_channel_attributes(model, demo_input)
     return model
+
+
+def _is_roi_extractor(module: nn.Module) -> bool:
+    """mmdet RoI extractors allocate their output with ``out_channels``."""
+    return hasattr(module, 'roi_layers') and isinstance(
+        getattr(module, 'out_channels', None), int)
+
+
+def fix_channel_attributes(model: nn.Module, demo_input) -> None:
+    """Update channel counts that modules keep as plain attributes.
+
+    DepGraph prunes parameters; a few layers without parameters size their
+    outputs from a config value instead (mmdet's RoI extractors:
+    ``out_channels``). One demo forward reads the channels they really
+    receive. Nothing runs for models without such layers.
+    """
+    extractors = [m for m in model.modules() if _is_roi_extractor(m)]
+    if not extractors:
+        return
+
+    def read_channels(module, args):
+        feats = args[0]
+        module.out_channels = int(feats[0].shape[1])
+
+    handles = [m.register_forward_pre_hook(read_channels) for m in extractors]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            demo_input(model)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def export_pruned_model(model: nn.Module,

@@ -1,3 +1,10 @@
-from .io import atomic_write, load_checkpoint_file, save_json, save_torch
+from .io import (ATOMIC_BACKEND, ATOMIC_BACKEND_ARGS, AtomicLocalBackend,
+                 atomic_write, load_checkpoint_file, remove_stale_temp_files,
+                 save_json, save_text, save_torch)
+from .safe_pickle import UnsafeCheckpointError
 
-__all__ = ['atomic_write', 'load_checkpoint_file', 'save_json', 'save_torch']
+__all__ = [
+    'ATOMIC_BACKEND', 'ATOMIC_BACKEND_ARGS', 'AtomicLocalBackend',
+    'UnsafeCheckpointError', 'atomic_write', 'load_checkpoint_file',
+    'remove_stale_temp_files', 'save_json', 'save_text', 'save_torch'
+]

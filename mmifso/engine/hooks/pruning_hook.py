@@ -1,6 +1,8 @@
 """Interleaved pruning schedule: score while training, prune every interval."""
 import copy
 import logging
+import math
+import numbers
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -13,8 +15,60 @@ from mmifso.models.algorithms import PruningAlgorithm
 from mmifso.models.importance import BaseImportance, ScoringContext
 from mmifso.models.mutators import select_channels
 from mmifso.registry import HOOKS, TASK_UTILS
+from mmifso.utils import ATOMIC_BACKEND_ARGS
+from .checkpoint_hook import AtomicCheckpointHook  # noqa: F401 (registers)
 
 DEFAULT_THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+EMPTY_LOADER = ('the scoring dataloader is empty: check the dataset of '
+                'train_dataloader (or scoring_dataloader), its batch_size and '
+                'drop_last')
+
+
+def _check_int(name: str, value, minimum: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise ValueError(f'PruningHook: {name} must be an integer >= '
+                         f'{minimum} ({what}), got {value!r}')
+
+
+def _check_ratio(name: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not 0 < value < 1:
+        raise ValueError(f'{name} must be in (0, 1), got {value!r}: {what}')
+    return float(value)
+
+
+def check_save_thresholds(save_thresholds) -> List[float]:
+    """FLOPs ratios in (0, 1), strictly decreasing (the order in which
+    pruning crosses them)."""
+    if isinstance(save_thresholds, (str, bytes)) or not isinstance(
+            save_thresholds, Sequence):
+        raise TypeError(
+            'save_thresholds must be a sequence of FLOPs ratios in (0, 1), '
+            f'e.g. (0.9, 0.8, 0.7); got {save_thresholds!r}')
+    what = ('each threshold is the FLOPs ratio at which a flops_XX.pth '
+            'checkpoint is saved')
+    values = [_check_ratio('save_thresholds', t, what) for t in save_thresholds]
+    for a, b in zip(values, values[1:]):
+        if not b < a:
+            raise ValueError(
+                'save_thresholds must be strictly decreasing (pruning crosses '
+                f'them from 1 down to the target), got {tuple(values)}: '
+                f'{b} follows {a}')
+    return values
+
+
+def _unknown_criterion(importance: dict) -> Optional[str]:
+    """A message if ``importance['type']`` is not a registered criterion."""
+    name = importance.get('type')
+    if not isinstance(name, str) or TASK_UTILS.get(name) is not None:
+        return None
+    known = sorted(
+        f'mmifso.{k}' for k, cls in TASK_UTILS.module_dict.items()
+        if isinstance(cls, type) and issubclass(cls, BaseImportance))
+    return (f'unknown pruning criterion importance.type={name!r}; the '
+            f'registered criteria are {", ".join(known)} (custom criteria '
+            'must be imported, e.g. with custom_imports)')
 
 
 def progress_bar(done: float, width: int = 20) -> str:
@@ -54,6 +108,19 @@ class PruningHook(Hook):
             ``flops_XX.pth`` checkpoint is saved at the crossing itself.
         scoring_dataloader (dict, optional): Dataloader config for scoring;
             defaults to the runner's ``train_dataloader`` config.
+        backend_args (dict, optional): mmengine file backend of the
+            ``flops_XX.pth`` checkpoints. Default: ``dict(backend=
+            'mmifso_atomic')``, written to a temporary file and renamed, so a
+            crash never leaves a partial checkpoint; None: mmengine's default.
+        check_checkpoint_shapes (bool): Before a checkpoint is loaded
+            (``load_from``/resume), raise if it was saved from another
+            architecture (mmengine would skip the mismatched tensors with a
+            warning); see
+            :func:`mmifso.apis.checks.check_checkpoint_fits_model`.
+
+    A pruning step whose scores contain NaN or Inf (a diverging loss, a
+    criterion failing numerically) is skipped with a warning: nothing is
+    pruned on such scores, and the next step starts from fresh scores.
     """
 
     priority = 'LOW'
@@ -69,19 +136,34 @@ class PruningHook(Hook):
                  save_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                  start_iter: int = 0,
                  stop_at_target: bool = True,
-                 scoring_dataloader: Optional[dict] = None) -> None:
-        if not 0 < target_flops < 1:
-            raise ValueError(
-                f'target_flops must be in (0, 1), got {target_flops}: it is '
-                'the fraction of the FLOPs that remains after pruning')
-        if interval < 1 or channels_per_step < 1 or score_batches < 0:
-            raise ValueError('interval >= 1, channels_per_step >= 1 and '
-                             'score_batches >= 0 are required')
+                 scoring_dataloader: Optional[dict] = None,
+                 backend_args: Optional[dict] = ATOMIC_BACKEND_ARGS,
+                 check_checkpoint_shapes: bool = True) -> None:
+        target_flops = _check_ratio(
+            'target_flops', target_flops,
+            'it is the fraction of the FLOPs that remains after pruning')
+        _check_int('interval', interval, 1,
+                   'training iterations between two pruning steps')
+        _check_int('channels_per_step', channels_per_step, 1,
+                   'channels removed per pruning step')
+        _check_int('score_batches', score_batches, 0,
+                   'batches scored per iteration')
+        _check_int('start_iter', start_iter, 0, 'first iteration that scores')
         if cost not in ('acts', 'flops', 'none'):
             raise ValueError(
                 f"cost must be 'acts', 'flops' or 'none', got {cost!r}")
-        self.importance: BaseImportance = TASK_UTILS.build(importance) \
-            if isinstance(importance, dict) else importance
+        if isinstance(cost_power, bool) or not isinstance(
+                cost_power, numbers.Real) or not math.isfinite(
+                    cost_power) or cost_power < 0:
+            raise ValueError('cost_power must be a finite number >= 0 (the p '
+                             f'of score / cost^p), got {cost_power!r}')
+        thresholds = check_save_thresholds(save_thresholds)
+        if isinstance(importance, dict):
+            unknown = _unknown_criterion(importance)
+            if unknown:
+                raise KeyError(unknown)
+            importance = TASK_UTILS.build(importance)
+        self.importance: BaseImportance = importance
         if not isinstance(self.importance, BaseImportance):
             raise TypeError(f'{importance} is not a pruning criterion')
         if self.importance.requires_data and score_batches < 1:
@@ -94,19 +176,21 @@ class PruningHook(Hook):
         self.cost = cost
         self.cost_power = cost_power
         self.thresholds = sorted(
-            {float(t)
-             for t in save_thresholds if target_flops < t < 1} |
-            {float(target_flops)},
+            {t
+             for t in thresholds if target_flops < t} | {target_flops},
             reverse=True)
         self.start_iter = start_iter
         self.stop_at_target = stop_at_target
         self.scoring_dataloader = scoring_dataloader
+        self.backend_args = copy.deepcopy(backend_args)
+        self.check_checkpoint_shapes = check_checkpoint_shapes
         self.crossed: List[float] = []
         self.done = False
         self._score_iter: Optional[Iterator] = None
         self._consumed = 0  # scoring batches drawn so far
         self._steps = 0
         self._pruned_total = 0
+        self._skipped_nonfinite = 0
 
     # ------------------------------------------------------------------ #
     @staticmethod
@@ -144,7 +228,14 @@ class PruningHook(Hook):
             return runner.train_dataloader
         cfg = copy.deepcopy(cfg)
         cfg['persistent_workers'] = False
-        return runner.build_dataloader(cfg, seed=runner.seed)
+        try:
+            return runner.build_dataloader(cfg, seed=runner.seed)
+        except ValueError as e:
+            # mmengine's BaseDataset cannot serialise an empty data list.
+            if 'need at least one array to concatenate' in str(e):
+                raise RuntimeError(EMPTY_LOADER +
+                                   ' (its dataset has no samples)') from e
+            raise
 
     def _next_scoring_batch(self, runner) -> dict:
         """Next batch of a separate, resumable pass over the scoring data.
@@ -156,8 +247,8 @@ class PruningHook(Hook):
             self._loader = self._build_scoring_loader(runner)
             if len(self._loader) == 0:
                 raise RuntimeError(
-                    'the scoring dataloader is empty: check the dataset of '
-                    'train_dataloader (or scoring_dataloader)')
+                    EMPTY_LOADER + ' (it yields no batch: fewer samples than '
+                    'batch_size with drop_last=True, or an empty dataset)')
             epoch, skip = divmod(self._consumed, len(self._loader))
             self._score_iter = self._start_epoch(epoch)
             for _ in range(skip):
@@ -198,10 +289,7 @@ class PruningHook(Hook):
         algo = self._algorithm(runner)
         scores = self.importance.compute(self.ctx)
         self.importance.reset()
-        if any(not torch.isfinite(s).all() for s in scores):
-            runner.logger.warning(
-                '[mmifso] NaN/Inf in the scores; this pruning step is '
-                'skipped (check the loss and lam)')
+        if not self._scores_finite(runner, algo, scores):
             return
         removed = select_channels(
             algo.mutator,
@@ -215,6 +303,12 @@ class PruningHook(Hook):
         # ties.
         for unit in algo.mutator.units:
             broadcast(unit.mask, src=0)
+        # Criteria with a weight update (WoodFisher's OBS step) apply it now.
+        after_prune = getattr(self.importance, 'after_prune', None)
+        if removed and callable(after_prune):
+            after_prune(self.ctx, removed)
+            for p in algo.architecture.parameters():
+                broadcast(p.data, src=0)  # keep rank 0's update
         self._steps += 1
         self._pruned_total += len(removed)
         if not removed:
@@ -226,22 +320,76 @@ class PruningHook(Hook):
         self._log_state(runner, algo, 'step', removed)
         res = algo.mutator.resources()
         self.done = res['flops_ratio'] <= self.target_flops
-        for thr in self.thresholds:
-            if res['flops_ratio'] <= thr and thr not in self.crossed:
-                self.crossed.append(thr)
-                name = f'flops_{int(round(thr * 100)):02d}.pth'
-                runner.save_checkpoint(
-                    runner.work_dir, name, save_optimizer=False,
-                    save_param_scheduler=False)
-                runner.logger.info(
-                    f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} <= {thr}: '
-                    f'saved {name}\n' + self._unit_table(algo))
+        self._save_crossed_thresholds(runner, algo, res)
         if self.done:
             runner.logger.info(
                 f'[mmifso] reached target FLOPs {self.target_flops} after '
                 f'{self._steps} steps ({self._pruned_total} channels)')
             if self.stop_at_target:
                 runner.train_loop.stop_training = True
+
+    def _scores_finite(self, runner, algo: PruningAlgorithm,
+                       scores: List[torch.Tensor]) -> bool:
+        """False (and a warning) if a score is NaN or Inf: the step is
+        skipped. The scores are all-reduced, so every rank decides alike."""
+        bad = [
+            u.name for u, s in zip(algo.mutator.units, scores)
+            if not bool(torch.isfinite(s).all())
+        ]
+        if not bad:
+            return True
+        self._skipped_nonfinite += 1
+        shown = ', '.join(bad[:3]) + (' ...' if len(bad) > 3 else '')
+        runner.logger.warning(
+            f'[mmifso] NaN/Inf in the {type(self.importance).__name__} '
+            f'scores of {len(bad)} unit(s) ({shown}) at iter '
+            f'{runner.iter + 1}: this pruning step is skipped, nothing is '
+            f'pruned ({self._skipped_nonfinite} step(s) skipped so far). '
+            'Check that the training loss is finite (lower the learning '
+            'rate if it diverges) and the criterion\'s damping (lam).')
+        return False
+
+    def _save_checkpoint(self, runner, name: str) -> None:
+        """Save ``work_dir/name`` (weights and masks, no optimizer) through
+        ``backend_args`` (atomic by default)."""
+        runner.save_checkpoint(
+            runner.work_dir,
+            name,
+            save_optimizer=False,
+            save_param_scheduler=False,
+            backend_args=copy.deepcopy(self.backend_args))
+
+    def _save_crossed_thresholds(self, runner, algo: PruningAlgorithm,
+                                 res: Dict) -> None:
+        """Save ``flops_XX.pth`` for every threshold newly crossed."""
+        for thr in self.thresholds:
+            if res['flops_ratio'] <= thr and thr not in self.crossed:
+                self.crossed.append(thr)
+                name = f'flops_{int(round(thr * 100)):02d}.pth'
+                self._save_checkpoint(runner, name)
+                runner.logger.info(
+                    f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} <= {thr}: '
+                    f'saved {name}\n' + self._unit_table(algo))
+
+    def after_train(self, runner) -> None:
+        if self.done:
+            return
+        algo = self._algorithm(runner)
+        ratio = algo.mutator.resources()['flops_ratio']
+        nonfinite = (f'; {self._skipped_nonfinite} step(s) were skipped on '
+                     'NaN/Inf scores' if self._skipped_nonfinite else '')
+        runner.logger.warning(
+            f'[mmifso] training ended before the FLOPs target '
+            f'{self.target_flops} was reached (FLOPs ratio {ratio:.4f} after '
+            f'{self._steps} pruning steps{nonfinite}); {self._advice}')
+
+    @property
+    def _advice(self) -> str:
+        """How to reach the target in time."""
+        if type(self) is PruningHook:
+            return ('raise max_iters/max_epochs or channels_per_step, or '
+                    'lower interval')
+        return 'raise max_iters/max_epochs or end the schedule earlier'
 
     # ------------------------------------------------------------------ #
     def _log_state(self, runner, algo: PruningAlgorithm, when: str,
@@ -294,9 +442,12 @@ class PruningHook(Hook):
             steps=self._steps,
             pruned_total=self._pruned_total,
             consumed=self._consumed,
+            skipped_nonfinite=self._skipped_nonfinite,
             importance=self.importance.state_dict())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.check_checkpoint_shapes:
+            self._check_checkpoint_shapes(runner, checkpoint)
         state = checkpoint.get('meta', {}).get('mmifso_pruning_hook')
         if not state:
             return
@@ -305,6 +456,7 @@ class PruningHook(Hook):
         self._steps = state['steps']
         self._pruned_total = state['pruned_total']
         self._consumed = state.get('consumed', 0)
+        self._skipped_nonfinite = state.get('skipped_nonfinite', 0)
         self._score_iter = None
         self.importance.load_state_dict(state['importance'])
         print_log(
@@ -312,3 +464,19 @@ class PruningHook(Hook):
             f'thresholds crossed {self.crossed}',
             logger='current',
             level=logging.INFO)
+
+    def _check_checkpoint_shapes(self, runner, checkpoint: dict) -> None:
+        """Called before mmengine loads ``checkpoint`` (strict=False)."""
+        from mmifso.apis.checks import check_checkpoint_fits_model
+        algo = self._algorithm(runner)
+        path = runner.cfg.get('load_from', None)
+        tolerated = check_checkpoint_fits_model(
+            algo, checkpoint, path if isinstance(path, str) else None,
+            runner.cfg.get('model', None))
+        if tolerated:
+            runner.logger.warning(
+                f'[mmifso] {len(tolerated)} head tensors of the checkpoint '
+                'have other shapes than the model and are not loaded (e.g. '
+                f'{tolerated[0][0]}: {list(tolerated[0][1])} vs '
+                f'{list(tolerated[0][2])}); fine for a new classifier, '
+                'otherwise use the config the checkpoint was trained with')

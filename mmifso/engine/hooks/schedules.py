@@ -10,7 +10,6 @@ state; only *when* and *how far* to prune differ.
 """
 from typing import Optional, Sequence
 
-import torch
 from mmengine.dist import broadcast
 
 from mmifso.models.mutators import select_channels
@@ -39,6 +38,8 @@ class ScheduledPruningHook(PruningHook):
         stop_at_target (bool): Stop training once the final target is
             reached (default: go on fine-tuning until ``max_iters``).
         scoring_dataloader (dict, optional): Dataloader config for scoring.
+        **kwargs: Other arguments of :class:`PruningHook` (``backend_args``,
+            ``check_checkpoint_shapes``).
     """
 
     def __init__(self,
@@ -50,7 +51,8 @@ class ScheduledPruningHook(PruningHook):
                  save_thresholds: Sequence[float] = (),
                  start_iter: int = 0,
                  stop_at_target: bool = False,
-                 scoring_dataloader: Optional[dict] = None) -> None:
+                 scoring_dataloader: Optional[dict] = None,
+                 **kwargs) -> None:
         super().__init__(
             importance=importance,
             target_flops=target_flops,
@@ -62,9 +64,8 @@ class ScheduledPruningHook(PruningHook):
             save_thresholds=save_thresholds,
             start_iter=start_iter,
             stop_at_target=stop_at_target,
-            scoring_dataloader=scoring_dataloader)
-        if start_iter < 0:
-            raise ValueError(f'start_iter must be >= 0, got {start_iter}')
+            scoring_dataloader=scoring_dataloader,
+            **kwargs)
 
     def ratio_at(self, it: int) -> Optional[float]:
         """FLOPs ratio to prune to before iteration ``it`` (or None)."""
@@ -115,10 +116,7 @@ class ScheduledPruningHook(PruningHook):
                 imp.update(self.ctx, batch, self._batch_seed(runner))
         scores = imp.compute(self.ctx)
         imp.reset()
-        if any(not torch.isfinite(s).all() for s in scores):
-            runner.logger.warning(
-                '[mmifso] NaN/Inf in the scores; this pruning step is '
-                'skipped')
+        if not self._scores_finite(runner, algo, scores):
             return []
         alive = sum(u.num_alive for u in algo.mutator.units)
         removed = select_channels(
@@ -150,17 +148,17 @@ class ScheduledPruningHook(PruningHook):
             runner.logger.warning(
                 f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} is above the '
                 f'step target {ratio:.4f}: every unit is at min_channels')
-        for thr in self.thresholds:
-            if res['flops_ratio'] <= thr and thr not in self.crossed:
-                self.crossed.append(thr)
-                name = f'flops_{int(round(thr * 100)):02d}.pth'
-                runner.save_checkpoint(
-                    runner.work_dir, name, save_optimizer=False,
-                    save_param_scheduler=False)
-                runner.logger.info(
-                    f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} <= {thr}: '
-                    f'saved {name}\n' + self._unit_table(algo))
+        self._save_crossed_thresholds(runner, algo, res)
         return removed
+
+    def after_train(self, runner) -> None:
+        if not self.done:
+            ratio = self._algorithm(runner).mutator.resources()['flops_ratio']
+            runner.logger.warning(
+                f'[mmifso] training ended before the last pruning step of '
+                f'{type(self).__name__} (FLOPs ratio {ratio:.4f}, target '
+                f'{self.target_flops}, {self._steps} steps done); raise '
+                'max_iters or move the schedule earlier')
 
     def _finish(self, runner) -> None:
         self.done = True

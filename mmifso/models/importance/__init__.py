@@ -1,8 +1,19 @@
 from .base import BaseImportance, ScoringContext
+from .gradflow import GradFlowImportance
+from .group_fisher import GroupFisherImportance
 from .ifso import IFSOImportance
-from .magnitude import MagnitudeImportance, RandomImportance
+from .infcp import InfCPImportance
+from .magnitude import (BNScaleImportance, MagnitudeImportance,
+                        RandomImportance)
+from .param_slices import ChannelSlices, channel_slices
+from .sosp import SOSPHImportance, gauss_newton_product
+from .taylor import TaylorImportance
+from .woodfisher import WoodFisherImportance
 
 __all__ = [
     'BaseImportance', 'ScoringContext', 'IFSOImportance',
-    'MagnitudeImportance', 'RandomImportance'
+    'MagnitudeImportance', 'RandomImportance', 'BNScaleImportance',
+    'GroupFisherImportance', 'TaylorImportance', 'GradFlowImportance',
+    'SOSPHImportance', 'WoodFisherImportance', 'InfCPImportance',
+    'ChannelSlices', 'channel_slices', 'gauss_newton_product'
 ]

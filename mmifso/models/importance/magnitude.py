@@ -1,7 +1,8 @@
-"""Data-free criteria: filter norms and random scores."""
+"""Data-free criteria: filter norms, BatchNorm scales and random scores."""
 from typing import List
 
 import torch
+import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
 from .base import BaseImportance, ScoringContext
@@ -63,3 +64,58 @@ class RandomImportance(BaseImportance):
             torch.rand(u.num_channels, generator=self.generator,
                        dtype=torch.float64) for u in ctx.units
         ]
+
+
+@TASK_UTILS.register_module()
+class BNScaleImportance(BaseImportance):
+    """BatchNorm scale magnitude (Network Slimming, Liu et al., ICCV 2017).
+
+    ``s_c = sum over the unit's BatchNorm layers of |gamma_c|`` (the
+    ``'param'`` sites that are affine BatchNorm layers; Lubana & Dick's
+    ``bn``). Data free: no statistics beyond the weights, ``O(C)`` time and
+    memory. Without sparsity training (Network Slimming's L1 penalty on
+    ``gamma``) the scales are not driven to zero and the criterion is a weak
+    baseline.
+
+    Args:
+        missing (str): What to do with units that have no affine BatchNorm:
+            ``'error'`` raises (scores of such units would not be comparable),
+            ``'keep'`` gives them ``+inf`` (never pruned).
+    """
+
+    requires_data = False
+
+    def __init__(self, missing: str = 'error') -> None:
+        if missing not in ('error', 'keep'):
+            raise ValueError(
+                f"missing must be 'error' or 'keep', got {missing!r}")
+        super().__init__()
+        self.missing = missing
+
+    def static_scores(self, ctx: ScoringContext) -> List[torch.Tensor]:
+        scores, without = [], []
+        for unit in ctx.units:
+            acc = torch.zeros(unit.num_channels, dtype=torch.float64)
+            found = False
+            for site in unit.sites:
+                if site.role != 'param':
+                    continue
+                bn = ctx.model.get_submodule(site.module)
+                if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or \
+                        bn.weight is None:
+                    continue
+                found = True
+                gamma = bn.weight.detach().abs().double().cpu()
+                acc.index_add_(0, torch.tensor(site.root_idxs),
+                               gamma[site.idxs])
+            if not found:
+                if self.missing == 'error':
+                    without.append(unit.name)
+                acc.fill_(float('inf'))
+            scores.append(acc)
+        if without:
+            raise ValueError(
+                f'BNScaleImportance: units without an affine BatchNorm: '
+                f"{without}; use missing='keep' to never prune them or "
+                'another criterion')
+        return scores

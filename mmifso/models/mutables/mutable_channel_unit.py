@@ -22,18 +22,40 @@ class MutableChannelUnit(BaseModule):
         num_channels (int): Number of coupled channels.
         sites (list[ChannelSite]): Where the channels live.
         min_channels (int): Channels that must always remain.
+        blocks (list[list[int]], optional): Channels that can only be removed
+            together (GroupNorm groups, positions of grouped convolutions), a
+            partition of ``range(num_channels)``. ``None`` (default): every
+            channel is its own block.
     """
 
     def __init__(self,
                  name: str,
                  num_channels: int,
                  sites: List[ChannelSite],
-                 min_channels: int = 1) -> None:
+                 min_channels: int = 1,
+                 blocks: Optional[List[List[int]]] = None) -> None:
         super().__init__()
         self.name = name
         self.num_channels = num_channels
         self.sites = sites
         self.min_channels = min_channels
+        if blocks is not None:
+            flat = sorted(int(i) for b in blocks for i in b)
+            if flat != list(range(num_channels)) or any(not b
+                                                       for b in blocks):
+                raise ValueError(f'unit {name}: blocks must partition the '
+                                 f'{num_channels} channels')
+            blocks = [sorted(int(i) for i in b) for b in blocks]
+            if all(len(b) == 1 for b in blocks):
+                blocks = None
+        #: Partition of the channels into blocks removed together, or None.
+        self.blocks = blocks
+        ids = torch.arange(num_channels)
+        for k, b in enumerate(blocks or []):
+            ids[b] = k
+        #: ``block_ids[c]``: the block of channel ``c`` (``c`` without
+        #: blocks); not a buffer, it follows from the model's structure.
+        self.block_ids = ids if blocks is not None else None
         self.register_buffer('mask', torch.ones(num_channels))
         #: Optional ``(N, num_channels)`` multiplier of the mask, one row per
         #: sample; set by criteria that need per-sample mask gradients.
@@ -41,7 +63,35 @@ class MutableChannelUnit(BaseModule):
 
     @classmethod
     def from_spec(cls, spec: UnitSpec, min_channels: int = 1):
-        return cls(spec.name, spec.num_channels, spec.sites, min_channels)
+        return cls(spec.name, spec.num_channels, spec.sites, min_channels,
+                   getattr(spec, 'blocks', None))
+
+    @property
+    def block_size(self) -> int:
+        """Channels per block when all blocks have one size (1 without
+        blocks), else 0."""
+        if self.blocks is None:
+            return 1
+        sizes = {len(b) for b in self.blocks}
+        return sizes.pop() if len(sizes) == 1 else 0
+
+    def block_of(self, channel: int) -> List[int]:
+        """The channels removed together with ``channel`` (itself included)."""
+        if self.blocks is None:
+            return [int(channel)]
+        return self.blocks[int(self.block_ids[int(channel)])]
+
+    def _check_blocks(self, channels, what: str) -> None:
+        if self.blocks is None:
+            return
+        chosen = set(int(i) for i in channels)
+        partial = [b for b in self.blocks
+                   if chosen & set(b) and not set(b) <= chosen]
+        if partial:
+            raise ValueError(
+                f'unit {self.name}: {what} must consist of whole blocks '
+                f'(channels tied by GroupNorm groups or grouped '
+                f'convolutions); partial blocks {partial[:3]}')
 
     @property
     def effective_mask(self) -> torch.Tensor:
@@ -80,12 +130,14 @@ class MutableChannelUnit(BaseModule):
             raise ValueError(
                 f'unit {self.name}: {len(kept)} channels kept, fewer than '
                 f'min_channels={self.min_channels}')
+        self._check_blocks(kept, 'the kept channels')
         mask = torch.zeros_like(self.mask)
         mask[kept] = 1
         self.mask.copy_(mask)
 
     def prune(self, channels: List[int]) -> None:
-        """Remove ``channels`` (indices into this unit)."""
+        """Remove ``channels`` (indices into this unit; whole blocks)."""
+        self._check_blocks(channels, 'the removed channels')
         if self.num_alive - len(set(channels)) < self.min_channels:
             raise ValueError(
                 f'unit {self.name}: pruning {len(channels)} channels would '
@@ -93,4 +145,7 @@ class MutableChannelUnit(BaseModule):
         self.mask[list(channels)] = 0
 
     def extra_repr(self) -> str:
-        return f'{self.name}: {self.num_alive}/{self.num_channels}'
+        blocks = '' if self.blocks is None else (
+            f', blocks of {self.block_size}' if self.block_size else
+            f', {len(self.blocks)} blocks')
+        return f'{self.name}: {self.num_alive}/{self.num_channels}{blocks}'

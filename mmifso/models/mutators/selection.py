@@ -53,6 +53,12 @@ def select_channels(mutator: ChannelMutator,
     never brought below its ``min_channels``; with ``target_flops`` the
     selection stops as soon as the FLOPs ratio reaches the target.
 
+    Units with blocks (``unit.blocks``: channels tied by GroupNorm groups or
+    grouped convolutions) lose whole blocks: every channel of a block is
+    ranked by the block's mean normalised score and taking one takes the
+    block, which may remove more than ``num_channels`` channels in the last
+    step (a block is never split).
+
     Args:
         mutator (ChannelMutator): Its masks are updated in place.
         scores (list[Tensor]): Raw per-unit scores (lower = prune first).
@@ -67,6 +73,15 @@ def select_channels(mutator: ChannelMutator,
     if any(not torch.isfinite(s.detach()).all() for s in scores):
         raise FloatingPointError('scores contain NaN or Inf; nothing pruned')
     norm = normalised_scores(mutator, scores, cost, cost_power)
+    for i, unit in enumerate(mutator.units):
+        if getattr(unit, 'blocks', None) is not None:
+            s = norm[i]
+            ids = unit.block_ids
+            total = torch.zeros(len(unit.blocks), dtype=s.dtype).index_add_(
+                0, ids, s)
+            count = torch.zeros(len(unit.blocks), dtype=s.dtype).index_add_(
+                0, ids, torch.ones_like(s))
+            norm[i] = (total / count)[ids]  # +inf stays +inf for dead blocks
     flat = torch.cat(norm)
     owners = torch.cat([
         torch.full((len(s), ), i, dtype=torch.long)
@@ -84,9 +99,18 @@ def select_channels(mutator: ChannelMutator,
             break
         i = int(owners[pos])
         unit = mutator.units[i]
-        if unit.num_prunable <= 0:
-            continue
         channel = pos - offsets[i]
-        unit.prune([channel])
-        removed.append((i, channel))
+        if getattr(unit, 'blocks', None) is None:
+            if unit.num_prunable <= 0:
+                continue
+            unit.prune([channel])
+            removed.append((i, channel))
+            continue
+        if not bool(unit.alive[channel]):
+            continue  # removed with its block earlier in this call
+        block = unit.block_of(channel)
+        if unit.num_alive - len(block) < unit.min_channels:
+            continue
+        unit.prune(block)
+        removed.extend((i, c) for c in block)
     return removed

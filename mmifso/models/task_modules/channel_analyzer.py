@@ -5,6 +5,21 @@ channels of one or more producers (conv/linear outputs, the norm layers after
 them) and the matching input channels of every consumer that reads them,
 across residual adds, concatenations, depthwise convolutions and modules that
 are reused on several inputs.
+
+Some channels of a unit are *tied*: they can only be removed together, because
+an op between producer and consumer mixes them.
+
+* ``nn.GroupNorm``: statistics are per group, so removing a whole group leaves
+  the other groups' outputs unchanged (masking == removal) while removing part
+  of a group does not. Channels of one GN group are tied; the exported model
+  gets fewer groups (see :class:`GroupNormBlockPruner`).
+* Grouped convolutions (``1 < groups``, not depthwise): the exported layer
+  keeps its ``groups`` and every group must lose the same channels, so the
+  channel at position ``j`` of every group is tied to position ``j`` of the
+  others.
+
+The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
+channels); selection removes whole blocks.
 """
 import logging
 from dataclasses import dataclass, field
@@ -16,12 +31,105 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 from torch_pruning import ops as tp_ops
 
+from .groups import GroupDivergedError, get_all_groups
+
 #: Module types whose *input* channels can be gated exactly in a forward
 #: pre-hook (the gate multiplies the input along the channel dimension).
 GATEABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 #: Normalisation layers whose statistics mix channels: removing a channel
 #: changes the output of the others, which an input gate cannot reproduce.
-CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
+#: (GroupNorm mixes channels only within a group: it is supported by tying
+#: the channels of each group, see the module docstring.)
+CROSS_CHANNEL_NORMS = (nn.LayerNorm, )
+#: Layers with per-channel parameters or statistics only: channels pass
+#: through them unmixed.
+PER_CHANNEL_TYPES = (nn.modules.batchnorm._BatchNorm,
+                     nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: one input and one output channel per group."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and not is_depthwise(module))
+
+
+class GroupNormBlockPruner(tp.pruner.function.GroupNormPruner):
+    """Torch-Pruning's GroupNorm pruner that removes whole groups only.
+
+    Torch-Pruning keeps ``num_groups`` when it removes channels of a
+    ``GroupNorm``, which changes the channels per group and therefore the
+    statistics of every group. This pruner requires the removed channels to
+    be whole groups and lowers ``num_groups`` accordingly, so the pruned layer
+    normalises the remaining channels exactly as before.
+    """
+
+    def prune_out_channels(self, layer: nn.GroupNorm, idxs) -> nn.Module:
+        idxs = sorted(set(int(i) for i in idxs))
+        per_group = layer.num_channels // layer.num_groups
+        groups = sorted({i // per_group for i in idxs})
+        whole = [i for g in groups for i in range(g * per_group,
+                                                    (g + 1) * per_group)]
+        if idxs != whole:
+            raise ValueError(
+                f'GroupNorm({layer.num_groups}, {layer.num_channels}): the '
+                f'removed channels {idxs} are not whole groups of '
+                f'{per_group} channels, so removing them would change the '
+                'statistics of the remaining groups')
+        if len(groups) >= layer.num_groups:
+            raise ValueError(f'GroupNorm({layer.num_groups}, '
+                             f'{layer.num_channels}): cannot remove every '
+                             'group')
+        super().prune_out_channels(layer, idxs)
+        layer.num_groups -= len(groups)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
+def _patch_concat_index_mapping() -> None:
+    """Torch-Pruning 1.6.1 sums the input sizes of a concatenation before it
+    checks them for ``None`` (unknown, e.g. slices of the input image as in
+    YOLOX's Focus stem) and raises ``TypeError``. Such a concatenation gets
+    no index mapping, which is what the function does for ``None`` sizes a
+    few lines later."""
+    from torch_pruning.dependency import index_mapping
+    original = index_mapping.update_concat_index_mapping
+    if getattr(original, '_mmifso_safe', False):
+        return
+
+    def update_concat_index_mapping(graph, cat_node):
+        try:
+            return original(graph, cat_node)
+        except TypeError:
+            sizes = getattr(cat_node.module, 'concat_sizes', None)
+            if sizes is not None and None in sizes:
+                return None
+            raise
+
+    update_concat_index_mapping._mmifso_safe = True
+    index_mapping.update_concat_index_mapping = update_concat_index_mapping
+
+
+_patch_concat_index_mapping()
+
+
+def new_dependency_graph() -> tp.DependencyGraph:
+    """A DependencyGraph whose GroupNorm pruner removes whole groups."""
+    graph = tp.DependencyGraph()
+    graph.REGISTERED_PRUNERS[tp_ops.OPTYPE.GN] = GroupNormBlockPruner()
+    pruners = [
+        p for p in list(graph.REGISTERED_PRUNERS.values()) +
+        list(graph.CUSTOMIZED_PRUNERS.values()) if p is not None
+    ]
+    graph._in_channel_pruning_fn = set(p.prune_in_channels for p in pruners)
+    graph._out_channel_pruning_fn = set(p.prune_out_channels for p in pruners)
+    return graph
 
 
 @dataclass
@@ -52,10 +160,15 @@ class UnitSpec:
             unit.
         num_channels (int): Number of coupled channels.
         sites (list[ChannelSite]): Every place the channels appear.
+        blocks (list[list[int]], optional): Channels that can only be removed
+            together (a partition of ``range(num_channels)``), from GroupNorm
+            groups and grouped convolutions; ``None`` when every channel can
+            be removed on its own.
     """
     name: str
     num_channels: int
     sites: List[ChannelSite] = field(default_factory=list)
+    blocks: Optional[List[List[int]]] = None
 
     def modules(self, role: Optional[str] = None) -> List[str]:
         return [s.module for s in self.sites if role in (None, s.role)]
@@ -108,15 +221,19 @@ class ChannelAnalyzer:
         self.frozen = frozen
         self.min_channels = min_channels
 
+    def _forward(self, model: nn.Module):
+        self._outputs = self.forward_fn(model)
+        return self._outputs
+
     def build_graph(self, model: nn.Module) -> tp.DependencyGraph:
         """Trace ``model`` with DepGraph; training flags are restored."""
         modes = {m: m.training for m in model.modules()}
         try:
             with torch.enable_grad():
-                graph = tp.DependencyGraph().build_dependency(
+                graph = new_dependency_graph().build_dependency(
                     model,
                     example_inputs=None,
-                    forward_fn=lambda m, _: self.forward_fn(m),
+                    forward_fn=lambda m, _: self._forward(m),
                     verbose=False)
         finally:
             for m, mode in modes.items():
@@ -135,22 +252,58 @@ class ChannelAnalyzer:
         call_counts: Dict[str, int] = {}
         names = {m: n for n, m in model.named_modules()}
 
+        # grad_fns of every conv/linear output: a layer whose output *is* a
+        # model output has no OUTPUT node of its own in DepGraph.
+        out_fns: Dict[str, set] = {}
+
         def count(module, inputs, output):
             call_counts[names[module]] = call_counts.get(names[module], 0) + 1
+            out_fns.setdefault(names[module], set()).update(
+                t.grad_fn for t in _tensors(output) if t.grad_fn is not None)
+
+        opaque_types = self._opaque_modules(model, tp.DependencyGraph())
+        opaque_names = {o.split(' (')[0] for o in opaque_types}
+        # Outputs of modules DepGraph does not understand: channels crossing
+        # them are traced as if the op were element-wise, which it is not.
+        self._opaque_fns: Dict[object, str] = {}
+
+        def record_opaque(module, inputs, output):
+            for t in _tensors(output):
+                if t.grad_fn is not None:
+                    self._opaque_fns[t.grad_fn] = (
+                        f'{names[module]} ({type(module).__name__})')
 
         handles = [
             m.register_forward_hook(count) for m in model.modules()
             if isinstance(m, GATEABLE_TYPES)
+        ] + [
+            m.register_forward_hook(record_opaque)
+            for n, m in model.named_modules() if n in opaque_names
         ]
         try:
             graph = self.build_graph(model)
         finally:
             for h in handles:
                 h.remove()
+        model_out_fns = {
+            t.grad_fn
+            for t in _tensors(getattr(self, '_outputs', None))
+            if t.grad_fn is not None
+        }
+        self._output_layers = {
+            n for n, fns in out_fns.items() if fns & model_out_fns
+        }
+        self._outputs = None
 
         units, skipped = [], []
-        for group in graph.get_all_groups(
-                root_module_types=(tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR)):
+        for root, group in get_all_groups(
+                graph, (tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR)):
+            if isinstance(group, GroupDivergedError):
+                pruner = graph.get_pruner_of_module(root)
+                skipped.append(
+                    SkippedUnit(names.get(root, str(root)),
+                                pruner.get_out_channels(root), str(group)))
+                continue
             spec, reason = self._to_unit(graph, group, names, model)
             if reason is None:
                 units.append(spec)
@@ -158,6 +311,7 @@ class ChannelAnalyzer:
                 skipped.append(
                     SkippedUnit(spec.name, spec.num_channels, reason))
         opaque = self._opaque_modules(model, graph)
+        self._opaque_fns = {}
         for s in skipped:
             print_log(
                 f'[mmifso] unit {s.name} ({s.num_channels} channels) is not '
@@ -167,10 +321,9 @@ class ChannelAnalyzer:
         if opaque:
             print_log(
                 '[mmifso] these modules have parameters but are not '
-                'understood by the channel analyzer, so channels are traced '
-                'through them as if they were element-wise: ' +
-                ', '.join(opaque) + '. Check the exported model with '
-                'tools/analysis/coverage.py.',
+                'understood by the channel analyzer; units whose channels '
+                'cross them are not prunable: ' + ', '.join(opaque) +
+                '. Check the model with tools/analysis/coverage.py.',
                 logger='current',
                 level=logging.WARNING)
         return AnalysisResult(units, skipped, call_counts, opaque)
@@ -183,6 +336,8 @@ class ChannelAnalyzer:
         num_channels = len(group[0].idxs)
         spec = UnitSpec(root_name, num_channels)
         reason = None
+        ties = _Ties(num_channels)
+        opaque_fns = getattr(self, '_opaque_fns', {})
         for item in group:
             dep, idxs = item.dep, list(item.idxs)
             root_idxs = list(item.root_idxs)
@@ -193,23 +348,41 @@ class ChannelAnalyzer:
                                     '(predictions are never pruned)')
                 continue
             if not isinstance(module, nn.Module) or module not in names:
+                split = _channel_split(target)
+                if split:
+                    reason = reason or (
+                        f'its channels are cut by {split}; the model computes '
+                        'the cut points from fixed sizes or halves, which '
+                        'removing channels would move (the exported model '
+                        'would mix channels)')
                 if isinstance(module, nn.Parameter):
                     reason = reason or (
                         'it is coupled to an unwrapped nn.Parameter, which '
                         'the masked forward cannot gate')
+                elif getattr(target, 'grad_fn', None) in opaque_fns:
+                    reason = reason or (
+                        f'its channels cross '
+                        f'{opaque_fns[target.grad_fn]}, a layer the channel '
+                        'analyzer does not understand')
                 # Pseudo-ops of DepGraph (add, concat, reshape, ...).
                 continue
             name = names[module]
+            if name in getattr(self, '_output_layers', ()) and \
+                    graph.is_out_channel_pruning_fn(dep.handler):
+                reason = reason or (
+                    f'its channels are outputs of the model ({name} '
+                    'returns them; predictions are never pruned)')
             if isinstance(module, CROSS_CHANNEL_NORMS):
                 reason = reason or (
                     f'{name} ({type(module).__name__}) normalises across '
                     'channels, so masking cannot reproduce channel removal')
-            if isinstance(module, nn.modules.conv._ConvNd) and \
-                    1 < module.groups != module.in_channels:
-                reason = reason or (
-                    f'{name} is a grouped convolution (groups='
-                    f'{module.groups}); only depthwise convolutions are '
-                    'supported')
+            if isinstance(module, nn.GroupNorm):
+                reason = reason or ties.group_norm(name, module, idxs,
+                                                   root_idxs)
+            if is_grouped(module):
+                is_out = graph.is_out_channel_pruning_fn(dep.handler)
+                reason = reason or ties.grouped_conv(name, module, is_out,
+                                                     idxs, root_idxs)
             frozen = [
                 n for n, p in module.named_parameters(recurse=False)
                 if not p.requires_grad
@@ -223,16 +396,14 @@ class ChannelAnalyzer:
                 reason = reason or msg
             if graph.is_in_channel_pruning_fn(dep.handler) and \
                     not isinstance(module, GATEABLE_TYPES) and \
-                    not isinstance(module, (nn.modules.batchnorm._BatchNorm,
-                                            nn.PReLU, CROSS_CHANNEL_NORMS)):
+                    not isinstance(module, PER_CHANNEL_TYPES +
+                                   CROSS_CHANNEL_NORMS + (nn.GroupNorm, )):
                 reason = reason or (
                     f'{name} ({type(module).__name__}) consumes the channels '
                     'but cannot be gated')
             if isinstance(module, GATEABLE_TYPES):
                 is_out = graph.is_out_channel_pruning_fn(dep.handler)
-                if isinstance(module, nn.modules.conv._ConvNd) and \
-                        module.groups > 1 and module.groups == \
-                        module.in_channels:
+                if is_depthwise(module):
                     # Depthwise: in and out are the same channels; the input
                     # gate removes both.
                     role = 'in'
@@ -240,10 +411,29 @@ class ChannelAnalyzer:
                     role = 'out' if is_out else 'in'
             else:
                 role = 'param'
+            size = _channels_of(module, role)
+            if size is not None and idxs and (max(idxs) >= size
+                                              or min(idxs) < 0):
+                # DepGraph's index mapping went wrong (seen after chained
+                # split/add/concat, e.g. Res2Net): the unit cannot be trusted.
+                reason = reason or (
+                    f'DepGraph mapped its channels to indices up to '
+                    f'{max(idxs)} of {name} ({type(module).__name__}), which '
+                    f'has {size} {"input" if role == "in" else "output"} '
+                    'channels (index mapping through split/concat failed)')
             spec.sites.append(ChannelSite(name, role, idxs, root_idxs))
+        if reason is None:
+            spec.blocks, reason = ties.blocks()
         if reason is None and num_channels <= self.min_channels:
             reason = (f'it has {num_channels} channel(s), not more than '
                       f'min_channels={self.min_channels}')
+        if reason is None and spec.blocks is not None and \
+                num_channels - max(len(b) for b in spec.blocks) < \
+                self.min_channels:
+            reason = (f'its channels are tied in blocks of '
+                      f'{max(len(b) for b in spec.blocks)}; removing one '
+                      f'would leave fewer than min_channels='
+                      f'{self.min_channels}')
         if reason is None and not any(s.role == 'in' for s in spec.sites):
             reason = ('no conv/linear layer consumes its channels (they reach '
                       'the model output, and predictions are never pruned)')
@@ -262,6 +452,120 @@ class ChannelAnalyzer:
                     p.dim() > 1 for p in own):
                 opaque.append(f'{name} ({type(m).__name__})')
         return opaque
+
+
+def _channels_of(module: nn.Module, role: str) -> Optional[int]:
+    """Channels of ``module`` on the side a site of ``role`` indexes."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels if role == 'out' else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features if role == 'out' else module.in_features
+    for attr in ('num_features', 'num_channels', 'num_parameters'):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return None
+
+
+def _channel_split(node) -> Optional[str]:
+    """``'torch.split'`` etc. when a DepGraph node cuts the channel dim."""
+    kinds = {
+        tp_ops.OPTYPE.SPLIT: 'torch.split/chunk',
+        tp_ops.OPTYPE.SLICE: 'channel slicing',
+        tp_ops.OPTYPE.UNBIND: 'torch.unbind'
+    }
+    if getattr(node, 'type', None) not in kinds:
+        return None
+    fn = getattr(node, 'grad_fn', None)
+    dim = getattr(fn, '_saved_dim', None)
+    sizes = getattr(fn, '_saved_self_sym_sizes', None)
+    if dim is not None and sizes is not None and 0 <= dim < len(sizes):
+        channel_dim = {4: 1, 3: 2, 2: 1, 5: 1}.get(len(sizes), 1)
+        if dim != channel_dim:
+            return None  # spatial slicing (e.g. YOLOX's Focus)
+    return kinds[node.type]
+
+
+def _tensors(x) -> List[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
+class _Ties:
+    """Union-find over the channels of one unit: which must go together."""
+
+    def __init__(self, num_channels: int) -> None:
+        self.parent = list(range(num_channels))
+        self.sources: List[str] = []
+
+    def _find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def _tie(self, keys: Sequence[int], root_idxs: Sequence[int]) -> None:
+        first: Dict[int, int] = {}
+        for k, r in zip(keys, root_idxs):
+            r = int(r)
+            if k in first:
+                a, b = self._find(first[k]), self._find(r)
+                if a != b:
+                    self.parent[max(a, b)] = min(a, b)
+            else:
+                first[k] = r
+
+    def group_norm(self, name: str, module: nn.GroupNorm, idxs, root_idxs
+                   ) -> Optional[str]:
+        per_group = module.num_channels // module.num_groups
+        keys = [int(i) // per_group for i in idxs]
+        present: Dict[int, set] = {}
+        for i, k in zip(idxs, keys):
+            present.setdefault(k, set()).add(int(i))
+        partial = [k for k, v in present.items() if len(v) != per_group]
+        if partial:
+            return (f'{name} (GroupNorm, {module.num_groups} groups of '
+                    f'{per_group}) has groups whose channels belong to '
+                    'several units, so no unit can remove a whole group')
+        if per_group > 1:
+            self._tie(keys, root_idxs)
+            self.sources.append(f'{name} (GroupNorm)')
+        return None
+
+    def grouped_conv(self, name: str, module: nn.modules.conv._ConvNd,
+                     is_out: bool, idxs, root_idxs) -> Optional[str]:
+        total = module.out_channels if is_out else module.in_channels
+        per_group = total // module.groups
+        if len(set(int(i) for i in idxs)) != total:
+            side = 'output' if is_out else 'input'
+            return (f'{name} is a grouped convolution (groups='
+                    f'{module.groups}) whose {side} channels belong to '
+                    'several units; every group must lose the same channels')
+        # Position j of every group is tied: the pruned layer keeps `groups`
+        # and one weight slice per position.
+        self._tie([int(i) % per_group for i in idxs], root_idxs)
+        self.sources.append(f'{name} (groups={module.groups})')
+        return None
+
+    def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:
+        """The partition into blocks, or a reason when it is trivial."""
+        if not self.sources:
+            return None, None
+        comps: Dict[int, List[int]] = {}
+        for i in range(len(self.parent)):
+            comps.setdefault(self._find(i), []).append(i)
+        blocks = sorted(comps.values())
+        if len(blocks) == len(self.parent):
+            return None, None
+        if len(blocks) == 1:
+            return None, ('all its channels are tied into one block by ' +
+                          ', '.join(self.sources) +
+                          ', so none can be removed')
+        return blocks, None
 
 
 def compose_gate(num_channels: int, parts: Sequence[Tuple[torch.Tensor,

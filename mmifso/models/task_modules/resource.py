@@ -3,7 +3,8 @@
 FLOPs are the multiply-accumulates of conv and linear layers (the convention
 of IFSO and Group Fisher): ``MACs = spatial * k_h * k_w * C_out * C_in /
 groups`` summed over every call of the layer in one forward of the demo input
-(batch size 1 counts per image). Counting with the alive channel numbers of a
+(batch size 1 counts per image): a head shared by the levels of a feature
+pyramid counts once per level, an RoI head once per RoI. Counting with the alive channel numbers of a
 masked model gives the same figure as counting the physically pruned model.
 """
 from dataclasses import dataclass
@@ -51,13 +52,22 @@ class LayerRecord:
                 (alive_out if self.has_bias else 0))
 
 
-def record_layers(model: nn.Module, forward_fn) -> Dict[str, LayerRecord]:
-    """Run ``forward_fn(model)`` once and record every conv/linear layer.
+def record_layers(model: nn.Module,
+                  forward_fn,
+                  batch_size: Optional[int] = None) -> Dict[str, LayerRecord]:
+    """Run ``forward_fn(model)`` once (in eval mode) and record every
+    conv/linear layer.
+
+    Every call of a layer adds to its record, so modules reused on several
+    inputs (heads shared across pyramid levels) count every call.
 
     Args:
         model (nn.Module): The model.
-        forward_fn (Callable): Runs the demo forward (batch size is read from
-            the outputs' first dim).
+        forward_fn (Callable): Runs the demo forward.
+        batch_size (int, optional): Images in the demo batch; defaults to
+            ``forward_fn.input_shape[0]`` (demo-input builders), else it is
+            read from each layer output's first dim (which is wrong for
+            layers whose first dim is not the batch, e.g. RoI heads).
 
     Returns:
         dict[str, LayerRecord]: Keyed by module name; layers not called in the
@@ -76,20 +86,30 @@ def record_layers(model: nn.Module, forward_fn) -> Dict[str, LayerRecord]:
             records[name] = LayerRecord(m.in_features, m.out_features, 1, 1,
                                         0, m.bias is not None)
 
+    if batch_size is None:
+        shape = getattr(forward_fn, 'input_shape', None)
+        batch_size = int(shape[0]) if shape else None
+
     def hook(module, inputs, output):
         rec = records[names[module]]
-        numel = output.numel() // max(output.shape[0], 1)
-        rec.spatial += numel // rec.out_channels
+        n = batch_size if batch_size else max(output.shape[0], 1)
+        rec.spatial += output.numel() // rec.out_channels // n
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules()
         if isinstance(m, GATEABLE_TYPES)
     ]
+    # Eval mode: the demo forward must not update BatchNorm statistics (and
+    # train-mode BN rejects 1x1 maps of a single image); modes are restored.
+    modes = {m: m.training for m in model.modules()}
     try:
+        model.eval()
         forward_fn(model)
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     return records
 
 

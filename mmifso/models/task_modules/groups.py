@@ -1,0 +1,155 @@
+"""Coupled-channel groups from a DepGraph, with guaranteed termination.
+
+Torch-Pruning's ``DependencyGraph.get_pruning_group`` walks the dependency
+graph and stops on a node only when it reaches it again with exactly the
+same index list. Around cycles that pass through a reshape (channel shuffle
+in ShuffleNetV2, several RoI levels written into one tensor in two-stage
+detectors) the list differs in order or grows on every lap, so the walk never
+ends and memory fills up.
+
+:func:`get_pruning_group` computes the same group as a fixpoint: every
+dependency keeps the set of ``(index, root index)`` pairs it has received and
+only new pairs are propagated (index mappings act on each index on its own,
+so this reaches the same union as the original walk). A budget on the number
+of propagated pairs turns a walk that still diverges (indices that grow
+without bound) into :class:`GroupDivergedError` instead of a hang.
+"""
+from typing import Iterator, List, Sequence, Tuple
+
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import _helpers
+from torch_pruning import ops as tp_ops
+from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.dependency import Dependency
+from torch_pruning.dependency.group import Group
+from torch_pruning.pruner import function
+
+#: Most ``(index, root index)`` pairs one group may propagate.
+DEFAULT_BUDGET = 500_000
+
+
+class GroupDivergedError(RuntimeError):
+    """The walk over the dependency graph does not converge."""
+
+
+def get_pruning_group(graph: tp.DependencyGraph,
+                      module: nn.Module,
+                      pruning_fn,
+                      idxs: Sequence[int],
+                      budget: int = DEFAULT_BUDGET,
+                      update_mapping: bool = True) -> Group:
+    """The group of channels coupled to ``idxs`` of ``module``.
+
+    Same result and format as ``graph.get_pruning_group`` (items carry
+    ``idxs`` and ``root_idxs``; ``group.prune()`` removes the channels), except
+    that an index of a layer reached from several root indices keeps all of
+    them (one entry per pair) instead of the first.
+
+    Raises:
+        GroupDivergedError: if more than ``budget`` pairs are propagated.
+    """
+    if module not in graph.module2node:
+        raise ValueError(f'Module {module} is not in the dependency graph.')
+    if isinstance(module, tp_ops.TORCH_CONV) and \
+            module.groups == module.out_channels and module.out_channels > 1:
+        pruning_fn = function.prune_depthwise_conv_out_channels
+    if update_mapping:
+        index_mapping.update_index_mapping(graph)
+    root = [_helpers._HybridIndex(idx=int(i), root_idx=int(i)) for i in idxs]
+    root_node = graph.module2node[module]
+    root_dep = Dependency(
+        pruning_fn, pruning_fn, source=root_node, target=root_node)
+    keys = [(root_node, pruning_fn)]
+    deps = {keys[0]: root_dep}
+    seen = {keys[0]: dict.fromkeys(root)}
+    stack: List[Tuple[Dependency, list]] = [(root_dep, root)]
+    work = 0
+    while stack:
+        dep, current = stack.pop()
+        node, fn = dep.target, dep.handler
+        for new_dep in node.dependencies:
+            if not new_dep.is_triggered_by(fn):
+                continue
+            new = current
+            for mapping in new_dep.index_mapping:
+                if mapping is not None:
+                    new = mapping(new)
+            if len(new) == 0:
+                continue
+            key = (new_dep.target, new_dep.handler)
+            have = seen.get(key)
+            if have is None:
+                have = seen[key] = {}
+                deps[key] = new_dep
+                keys.append(key)
+            fresh = [i for i in dict.fromkeys(new) if i not in have]
+            if not fresh:
+                continue
+            have.update(dict.fromkeys(fresh))
+            work += len(fresh)
+            if work > budget:
+                raise GroupDivergedError(
+                    f'the channel dependencies of {graph._module2name.get(module, module)} '
+                    f'do not converge (more than {budget} index pairs; '
+                    'usually a reshape or view inside a cycle, e.g. a '
+                    'channel shuffle)')
+            stack.append((new_dep, fresh))
+
+    group = Group()
+    ignored = getattr(graph, 'ignored_params', [])
+    for key in keys:
+        dep = deps[key]
+        if isinstance(dep.target.module, nn.Parameter) and any(
+                dep.target.module is p for p in ignored):
+            continue
+        pairs = list(seen[key])
+        group.add_dep(dep, pairs)
+    group._DG = graph
+    for i in range(len(group)):
+        pairs = group[i].idxs
+        item = _helpers.GroupItem(group[i].dep, [p.idx for p in pairs])
+        item.root_idxs = [p.root_idx for p in pairs]
+        group[i] = item
+    return group
+
+
+def get_all_groups(graph: tp.DependencyGraph,
+                   root_module_types=(tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR),
+                   budget: int = DEFAULT_BUDGET
+                   ) -> Iterator[Tuple[nn.Module, object]]:
+    """Every group, rooted at the output channels of a conv/linear layer.
+
+    Like ``graph.get_all_groups``, but yields ``(root_module, group)``, where
+    ``group`` is a :class:`GroupDivergedError` for a walk that diverged (its
+    root's channels are then not part of any group).
+    """
+    index_mapping.update_index_mapping(graph)
+    visited = set()
+    ignored = list(graph.IGNORED_LAYERS_IN_TRACING)
+    for m in list(graph.module2node.keys()):
+        if any(m is i for i in ignored) or \
+                not isinstance(m, tuple(root_module_types)):
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        if m in visited:
+            continue
+        channels = pruner.get_out_channels(m)
+        try:
+            group = get_pruning_group(
+                graph,
+                m,
+                pruner.prune_out_channels,
+                list(range(channels)),
+                budget=budget,
+                update_mapping=False)
+        except GroupDivergedError as e:
+            visited.add(m)
+            yield m, e
+            continue
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+        yield m, group

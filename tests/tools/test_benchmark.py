@@ -1,0 +1,123 @@
+"""tools/analysis/benchmark.py runs and writes complete, sane JSON.
+
+Only the structure of the results is checked, never a timing threshold: the
+quick run's sizes are tiny and the machine may be busy.
+"""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py')
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('mmifso_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(
+        x, bool) and math.isfinite(x) and x > 0
+
+
+def check_stats(s):
+    assert set(s) >= {'min', 'median', 'max', 'times'}
+    assert all(positive_finite(t) for t in s['times'])
+    assert s['min'] <= s['median'] <= s['max']
+    assert len(s['times']) == s['n'] >= 1
+
+
+def test_interleaved_order_and_ratio():
+    bench = load_script()
+    calls = []
+    res = bench.interleaved(
+        dict(a=lambda: calls.append('a'), b=lambda: calls.append('b')),
+        repeats=3, warmup=1)
+    assert calls == ['a', 'b'] * 4
+    assert res['a']['n'] == res['b']['n'] == 3
+    r = bench.ratio(
+        bench.stats([2.0, 4.0, 6.0]), bench.stats([1.0, 2.0, 3.0]))
+    assert r['ratio'] == pytest.approx(2.0)
+    assert r['ratio_paired_median'] == pytest.approx(2.0)
+
+
+@pytest.fixture(scope='module')
+def quick_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bench') / 'bench.json'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, '--quick', '--out', str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out) as f:
+        result = json.load(f)
+    return result, proc.stdout
+
+
+def test_quick_run_keys(quick_result):
+    result, stdout = quick_result
+    assert set(result) >= {
+        'quick', 'command', 'settings', 'machine', 'goals', 'gate_overhead',
+        'ifso_scoring', 'latency', 'summary', 'total_time_s'
+    }
+    assert result['quick'] is True
+    machine = result['machine']
+    for key in ('cpu_model', 'torch', 'torch_threads', 'logical_cpus'):
+        assert key in machine
+    assert machine['torch_threads'] >= 1
+    assert 'Gate overhead' in stdout and 'efficiency' in stdout
+
+
+def test_quick_run_gate_and_scoring(quick_result):
+    result, _ = quick_result
+    models = [e['model'] for e in result['gate_overhead']]
+    assert 'cifar_resnet20' in models and len(models) == 2
+    for e in result['gate_overhead']:
+        check_stats(e['plain_s'])
+        check_stats(e['gated_s'])
+        assert positive_finite(e['ratio'])
+        assert positive_finite(e['ratio_paired_median'])
+        assert isinstance(e['goal_met'], bool)
+        assert e['units'] > 0
+    assert len(result['ifso_scoring']) == 2
+    for e in result['ifso_scoring']:
+        for key in ('train_step_s', 'exact_s', 'finite_diff_s'):
+            check_stats(e[key])
+        for key in ('exact_ratio', 'finite_diff_ratio',
+                    'exact_ratio_paired_median'):
+            assert positive_finite(e[key])
+        assert isinstance(e['goal_met'], bool)
+
+
+def test_quick_run_latency(quick_result):
+    result, _ = quick_result
+    lat = result['latency']
+    assert lat['target_flops'] == 0.5
+    names = [s['structure'] for s in lat['structures']]
+    assert names == ['global_l1', 'uniform_x8']
+    for s in lat['structures']:
+        assert 0 < s['flops_ratio'] <= 0.5 + 1e-3
+        assert s['params_exported'] > 0
+        assert positive_finite(s['flops_speedup'])
+        assert s['stage_channels'] and s['conv_shapes']['convs'] > 0
+        assert [b['batch'] for b in s['batches']] == \
+            result['settings']['latency_batches']
+        for b in s['batches']:
+            check_stats(b['latency_unpruned_s'])
+            check_stats(b['latency_pruned_s'])
+            for key in ('speedup', 'flops_speedup', 'efficiency'):
+                assert positive_finite(b[key])
+            assert b['efficiency'] == pytest.approx(
+                b['speedup'] / b['flops_speedup'])
+            assert isinstance(b['goal_met'], bool)
+    assert all(positive_finite(c['value']) and isinstance(c['met'], bool)
+               for c in result['summary'])

@@ -1,0 +1,659 @@
+"""CPU benchmark of mmifso's overheads and of the pruned models' speed.
+
+Measures, each as a ratio of two timings taken side by side in one run (the
+two measurements are interleaved A, B, A, B, ... and the medians compared, so
+that slow drifts and bursts of load on a shared machine hit both alike):
+
+1. **Gate overhead**: one training step (data pre-processing, forward,
+   backward, SGD step) of the gated model (``mmifso.PruningAlgorithm``, every
+   mask 1) against the same step of the plain, ungated model with the same
+   weights. Goal: ratio <= 1.05.
+2. **IFSO scoring cost**: ``IFSOImportance.score`` on one batch (Neumann
+   order 0, ``hvp='exact'`` and ``hvp='finite_diff'``) against one plain
+   training step on the same batch. Goal: exact ratio <= 3.
+3. **Pruned-model latency**: the exported (physically pruned) ResNet at 50 %
+   FLOPs against the unpruned model, eval mode under ``torch.no_grad``:
+   speed-up (latency ratio) against the FLOPs speed-up (1 / FLOPs ratio).
+   Goal: efficiency = speed-up / FLOPs speed-up >= 0.9.
+
+Run from the repository root::
+
+    OMP_NUM_THREADS=2 python tools/analysis/benchmark.py \
+        --out docs/benchmarks.json
+
+``--quick`` runs tiny sizes (ResNet-18 at 64x64, 1-2 repeats, 1 thread) in well under
+a minute: it checks that the script works, its numbers mean little.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+
+IMAGENET_CFG = 'mmpretrain::resnet/resnet50_8xb32_in1k.py'
+QUICK_IMAGENET_CFG = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+
+#: Full settings (the documented run) and the ``--quick`` ones.
+SETTINGS = dict(
+    full=dict(
+        imagenet_cfg=IMAGENET_CFG,
+        imagenet_model='resnet50',
+        image_size=224,
+        train_batch=8,
+        score_batch=8,
+        cifar_batch=64,
+        latency_batches=[1, 8],
+        repeats=10,
+        score_repeats=5,
+        latency_repeats=20,
+        warmup=2),
+    quick=dict(
+        imagenet_cfg=QUICK_IMAGENET_CFG,
+        imagenet_model='resnet18',
+        image_size=64,
+        train_batch=2,
+        score_batch=2,
+        cifar_batch=4,
+        latency_batches=[1, 2],
+        repeats=2,
+        score_repeats=1,
+        latency_repeats=2,
+        warmup=0))
+
+GOAL_GATE = 1.05
+GOAL_SCORE = 3.0
+GOAL_EFFICIENCY = 0.9
+TARGET_FLOPS = 0.5
+
+CIFAR_DATA_PREPROCESSOR = dict(
+    type='ClsDataPreprocessor',
+    num_classes=10,
+    mean=[125.307, 122.961, 113.8575],
+    std=[51.5865, 50.847, 51.255],
+    to_rgb=False)
+
+
+def log(msg: str) -> None:
+    print(f'[benchmark {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr,
+          flush=True)
+
+
+# ---------------------------------------------------------------------- #
+# Timing
+# ---------------------------------------------------------------------- #
+def stats(times: Sequence[float]) -> Dict:
+    return dict(
+        min=min(times),
+        median=statistics.median(times),
+        max=max(times),
+        mean=statistics.fmean(times),
+        n=len(times),
+        times=[round(t, 6) for t in times])
+
+
+def loadavg() -> List[float]:
+    try:
+        with open('/proc/loadavg') as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], repeats: int,
+                warmup: int) -> Dict[str, Dict]:
+    """Time ``fns`` round-robin: A, B, ..., A, B, ...; ``warmup`` untimed
+    rounds first. Returns the statistics of each, in seconds, and under
+    ``'_cpu'`` the process CPU time / wall time of the timed rounds (about
+    the thread count when the machine is otherwise idle; much lower means
+    other processes took the cores and the timings are noisy)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    out: Dict[str, Dict] = {k: stats(v) for k, v in times.items()}
+    wall = time.perf_counter() - wall0
+    out['_cpu'] = dict(
+        cpu_per_wall=(time.process_time() - cpu0) / max(wall, 1e-9),
+        loadavg_end=loadavg())
+    return out
+
+
+def ratio(num: Dict, den: Dict) -> Dict:
+    """Ratio of medians and the median of the per-round ratios."""
+    paired = [a / b for a, b in zip(num['times'], den['times'])]
+    return dict(
+        ratio=num['median'] / den['median'],
+        ratio_paired_median=statistics.median(paired))
+
+
+# ---------------------------------------------------------------------- #
+# Models and data
+# ---------------------------------------------------------------------- #
+def imagenet_model_cfg(cfg_name: str) -> dict:
+    from mmengine.hub import get_config
+    full = get_config(cfg_name)
+    model = full.model.to_dict()
+    if 'data_preprocessor' not in model and \
+            full.get('data_preprocessor') is not None:
+        model['data_preprocessor'] = full.data_preprocessor.to_dict()
+    return model
+
+
+def cifar_model_cfg() -> dict:
+    return dict(
+        type='ImageClassifier',
+        data_preprocessor=CIFAR_DATA_PREPROCESSOR,
+        backbone=dict(type='mmifso.CifarResNet', depth=20),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(
+            type='LinearClsHead',
+            num_classes=10,
+            in_channels=64,
+            loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))
+
+
+def build_pair(arch_cfg: dict, size: int):
+    """The gated model (all masks 1) and the plain one with equal weights."""
+    from mmifso.registry import MODELS
+    algo = MODELS.build(
+        dict(
+            type='mmifso.PruningAlgorithm',
+            architecture=copy.deepcopy(arch_cfg),
+            mutator=dict(
+                type='mmifso.ChannelMutator',
+                demo_input=dict(
+                    type='mmifso.DemoInput', input_shape=(1, 3, size,
+                                                          size)))))
+    plain = MODELS.build(copy.deepcopy(arch_cfg))
+    plain.load_state_dict(algo.architecture.state_dict())
+    return algo, plain
+
+
+def make_batch(n: int, size: int, num_classes: int, seed: int = 0) -> dict:
+    from mmpretrain.structures import DataSample
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        inputs=[
+            torch.randint(0, 256, (3, size, size), generator=g,
+                          dtype=torch.uint8) for _ in range(n)
+        ],
+        data_samples=[
+            DataSample().set_gt_label(int(k))
+            for k in torch.randint(0, num_classes, (n, ), generator=g)
+        ])
+
+
+def train_step_fn(model: nn.Module, batch: dict) -> Callable[[], None]:
+    """One training step as a runner does it (pre-process included)."""
+    model.train()
+    opt = torch.optim.SGD(
+        model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        data = model.data_preprocessor(batch, True)
+        loss, _ = model.parse_losses(model(**data, mode='loss'))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------- #
+# 1. Gate overhead
+# ---------------------------------------------------------------------- #
+def bench_gate(name: str, algo, plain, batch_size: int, size: int,
+               num_classes: int, repeats: int, warmup: int) -> Dict:
+    log(f'gate overhead: {name}, batch {batch_size} at {size}x{size}, '
+        f'{repeats} repeats')
+    batch = make_batch(batch_size, size, num_classes)
+    res = interleaved(
+        dict(
+            plain=train_step_fn(plain, batch),
+            gated=train_step_fn(algo, batch)),
+        repeats=repeats,
+        warmup=warmup)
+    r = ratio(res['gated'], res['plain'])
+    return dict(
+        model=name,
+        input_shape=[batch_size, 3, size, size],
+        units=len(algo.mutator.units),
+        gated_layers=len(algo.mutator._sites['in']),
+        plain_s=res['plain'],
+        gated_s=res['gated'],
+        cpu=res['_cpu'],
+        **r,
+        goal=f'ratio <= {GOAL_GATE}',
+        goal_met=r['ratio'] <= GOAL_GATE)
+
+
+# ---------------------------------------------------------------------- #
+# 2. IFSO scoring cost
+# ---------------------------------------------------------------------- #
+def bench_scoring(name: str, algo, plain, batch_size: int, size: int,
+                  num_classes: int, repeats: int, warmup: int) -> Dict:
+    from mmifso.models.importance import IFSOImportance, ScoringContext
+    log(f'IFSO scoring: {name}, batch {batch_size} at {size}x{size}, '
+        f'{repeats} repeats')
+    batch = make_batch(batch_size, size, num_classes, seed=1)
+    algo.train()
+    ctx = ScoringContext(algo.architecture, algo.mutator)
+    exact = IFSOImportance(
+        lam=1e-4, inverse='neumann', neumann_order=0, hvp='exact')
+    fdiff = IFSOImportance(
+        lam=1e-4, inverse='neumann', neumann_order=0, hvp='finite_diff')
+    res = interleaved(
+        dict(
+            train_step=train_step_fn(plain, batch),
+            exact=lambda: exact.score(ctx, [batch]),
+            finite_diff=lambda: fdiff.score(ctx, [batch])),
+        repeats=repeats,
+        warmup=warmup)
+    re_ = ratio(res['exact'], res['train_step'])
+    rf = ratio(res['finite_diff'], res['train_step'])
+    return dict(
+        model=name,
+        input_shape=[batch_size, 3, size, size],
+        settings=dict(lam=1e-4, inverse='neumann', neumann_order=0),
+        train_step_s=res['train_step'],
+        exact_s=res['exact'],
+        finite_diff_s=res['finite_diff'],
+        cpu=res['_cpu'],
+        exact_ratio=re_['ratio'],
+        exact_ratio_paired_median=re_['ratio_paired_median'],
+        finite_diff_ratio=rf['ratio'],
+        finite_diff_ratio_paired_median=rf['ratio_paired_median'],
+        goal=f'exact_ratio <= {GOAL_SCORE}',
+        goal_met=re_['ratio'] <= GOAL_SCORE)
+
+
+# ---------------------------------------------------------------------- #
+# 3. Pruned-model latency
+# ---------------------------------------------------------------------- #
+_BLOCK = re.compile(r'^(?P<stage>.*?(?:layer\d+|stages\.\d+))\.(?P<block>\d+)'
+                    r'\.(?P<conv>.+)$')
+
+
+def stage_channels(model: nn.Module) -> Dict[str, Dict]:
+    """Output channels of every conv, grouped by stage and block."""
+    out: Dict[str, Dict] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        match = _BLOCK.match(name)
+        if match is None:  # stem
+            out.setdefault('stem', {})[name] = m.out_channels
+            continue
+        stage = out.setdefault(match['stage'], {})
+        block = stage.setdefault(match['block'], {})
+        block[match['conv']] = m.out_channels
+    return out
+
+
+def conv_shape_summary(model: nn.Module) -> Dict:
+    outs = [m.out_channels for m in model.modules()
+            if isinstance(m, nn.Conv2d)]
+    return dict(
+        convs=len(outs),
+        convs_out_not_multiple_of_8=sum(c % 8 != 0 for c in outs),
+        convs_out_below_8=sum(c < 8 for c in outs))
+
+
+def uniform_choices(mutator, scores: List[torch.Tensor],
+                    target: float) -> float:
+    """Keep the same share of every unit (rounded to multiples of 8, the
+    highest-scoring channels) so that the FLOPs ratio is just <= target."""
+
+    def apply(r: float):
+        for unit, s in zip(mutator.units, scores):
+            keep = max(8, int(round(unit.num_channels * r / 8)) * 8)
+            keep = min(keep, unit.num_channels)
+            kept = torch.argsort(s, descending=True)[:keep].tolist()
+            unit.current_choice = kept
+        return mutator.resources()['flops_ratio']
+
+    lo, hi = 0.05, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        if apply(mid) <= target:
+            lo = mid
+        else:
+            hi = mid
+    apply(lo)
+    return lo
+
+
+def latency_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    model.eval()
+
+    def run():
+        with torch.no_grad():
+            model(x, mode='tensor')
+
+    return run
+
+
+def bench_structure(label: str, description: str, algo, unpruned: nn.Module,
+                    size: int, batches: Sequence[int], repeats: int,
+                    warmup: int) -> Dict:
+    res = algo.mutator.resources()
+    pruned, _ = algo.export()
+    pruned.eval()
+    flops_speedup = 1.0 / res['flops_ratio']
+    entry = dict(
+        structure=label,
+        description=description,
+        flops=res['flops'],
+        flops_ratio=res['flops_ratio'],
+        params=res['params'],
+        params_ratio=res['params_ratio'],
+        params_exported=sum(p.numel() for p in pruned.parameters()),
+        flops_speedup=flops_speedup,
+        unit_channels=algo.mutator.channel_counts(),
+        stage_channels=stage_channels(pruned),
+        conv_shapes=conv_shape_summary(pruned),
+        batches=[])
+    for n in batches:
+        log(f'latency: {label}, batch {n} at {size}x{size}, '
+            f'{repeats} repeats')
+        x = torch.randn(n, 3, size, size, generator=torch.Generator()
+                        .manual_seed(n))
+        t = interleaved(
+            dict(
+                unpruned=latency_fn(unpruned, x),
+                pruned=latency_fn(pruned, x)),
+            repeats=repeats,
+            warmup=warmup)
+        r = ratio(t['unpruned'], t['pruned'])
+        speedup = r['ratio']
+        entry['batches'].append(
+            dict(
+                batch=n,
+                latency_unpruned_s=t['unpruned'],
+                latency_pruned_s=t['pruned'],
+                speedup=speedup,
+                speedup_paired_median=r['ratio_paired_median'],
+                cpu=t['_cpu'],
+                flops_speedup=flops_speedup,
+                efficiency=speedup / flops_speedup,
+                goal=f'efficiency >= {GOAL_EFFICIENCY}',
+                goal_met=speedup / flops_speedup >= GOAL_EFFICIENCY))
+    return entry
+
+
+def bench_latency(name: str, arch_cfg: dict, size: int,
+                  batches: Sequence[int], repeats: int, warmup: int) -> Dict:
+    from mmifso.models.importance import MagnitudeImportance, ScoringContext
+    from mmifso.models.mutators import select_channels, strip_gates
+    torch.manual_seed(0)
+    algo, _ = build_pair(arch_cfg, size)
+    unpruned = copy.deepcopy(algo.architecture)
+    strip_gates(unpruned)
+    unpruned.eval()
+    full = algo.mutator.resources()
+    ctx = ScoringContext(algo.architecture, algo.mutator)
+    scores = MagnitudeImportance(p=1).score(ctx)
+    structures = []
+
+    t0 = time.perf_counter()
+    select_channels(
+        algo.mutator,
+        scores,
+        num_channels=10**9,
+        cost='acts',
+        cost_power=0.5,
+        target_flops=TARGET_FLOPS)
+    select_s = time.perf_counter() - t0
+    log(f'select_channels to {TARGET_FLOPS} FLOPs took {select_s:.1f} s')
+    structures.append(
+        bench_structure(
+            'global_l1',
+            'IFSO-style global selection: MagnitudeImportance(p=1) scores, '
+            "select_channels(cost='acts', cost_power=0.5, target_flops=0.5)",
+            algo, unpruned, size, batches, repeats, warmup))
+    structures[-1]['select_channels_s'] = select_s
+
+    share = uniform_choices(algo.mutator, scores, TARGET_FLOPS)
+    structures.append(
+        bench_structure(
+            'uniform_x8',
+            f'reference shape: every unit keeps {share:.3f} of its channels '
+            '(rounded to multiples of 8, highest L1 first)', algo, unpruned,
+            size, batches, repeats, warmup))
+    return dict(
+        model=name,
+        image_size=size,
+        weights='random initialisation (torch.manual_seed(0)); no '
+        'pretrained weights are available offline',
+        target_flops=TARGET_FLOPS,
+        mode='eval, torch.no_grad, mode="tensor" (logits)',
+        unpruned_stage_channels=stage_channels(unpruned),
+        unpruned_flops=full['flops'],
+        unpruned_params=full['params'],
+        structures=structures)
+
+
+# ---------------------------------------------------------------------- #
+# Report
+# ---------------------------------------------------------------------- #
+def machine_info(threads: int) -> Dict:
+    cpu_model, flags = 'unknown', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name') and cpu_model == 'unknown':
+                    cpu_model = line.split(':', 1)[1].strip()
+                if line.startswith('flags') and not flags:
+                    flags = set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    simd = sorted(f for f in flags
+                  if f in ('avx', 'avx2', 'fma', 'avx512f', 'avx512_vnni',
+                           'avx512_bf16', 'amx_bf16', 'amx_tile'))
+    import mmcv
+    import mmengine
+    import mmpretrain
+
+    import mmifso
+    return dict(
+        cpu_model=cpu_model,
+        cpu_simd_flags=simd,
+        logical_cpus=os.cpu_count(),
+        torch_threads=threads,
+        torch_interop_threads=torch.get_num_interop_threads(),
+        mkldnn=torch.backends.mkldnn.is_available(),
+        torch=torch.__version__,
+        mmengine=mmengine.__version__,
+        mmcv=mmcv.__version__,
+        mmpretrain=mmpretrain.__version__,
+        mmifso=mmifso.__version__,
+        python=platform.python_version(),
+        platform=platform.platform())
+
+
+def fmt_s(s: Dict) -> str:
+    return (f'{s["median"] * 1e3:9.1f} ms '
+            f'[{s["min"] * 1e3:.1f}-{s["max"] * 1e3:.1f}]')
+
+
+def yes(ok: bool) -> str:
+    return 'met' if ok else 'MISSED'
+
+
+def print_report(result: Dict) -> None:
+    m = result['machine']
+    print(f'\nmmifso benchmark on {m["cpu_model"]}, {m["torch_threads"]} '
+          f'threads, torch {m["torch"]}'
+          + (' (QUICK: sizes too small to mean much)'
+             if result['quick'] else ''))
+    print('\n1. Gate overhead: one training step, gated / plain '
+          '(median [min-max])')
+    for e in result['gate_overhead']:
+        print(f'  {e["model"]:<12} {str(tuple(e["input_shape"])):<18} '
+              f'plain {fmt_s(e["plain_s"])}  gated {fmt_s(e["gated_s"])}  '
+              f'ratio {e["ratio"]:.3f} (goal <= {GOAL_GATE}: '
+              f'{yes(e["goal_met"])})')
+    print('\n2. IFSO scoring of one batch / one plain training step')
+    for e in result['ifso_scoring']:
+        print(f'  {e["model"]:<12} {str(tuple(e["input_shape"])):<18} '
+              f'train {fmt_s(e["train_step_s"])}  exact '
+              f'{fmt_s(e["exact_s"])}  finite_diff '
+              f'{fmt_s(e["finite_diff_s"])}')
+        print(f'  {"":<31}exact ratio {e["exact_ratio"]:.2f} (goal <= '
+              f'{GOAL_SCORE}: {yes(e["goal_met"])}), finite_diff ratio '
+              f'{e["finite_diff_ratio"]:.2f}')
+    lat = result['latency']
+    print(f'\n3. Exported {lat["model"]} at {TARGET_FLOPS:.0%} FLOPs, '
+          f'{lat["image_size"]}x{lat["image_size"]}, eval, no_grad')
+    for s in lat['structures']:
+        print(f'  {s["structure"]}: FLOPs ratio {s["flops_ratio"]:.3f}, '
+              f'params ratio {s["params_ratio"]:.3f}; '
+              f'{s["conv_shapes"]["convs_out_below_8"]} of '
+              f'{s["conv_shapes"]["convs"]} convs with < 8 output channels')
+        for b in s['batches']:
+            print(f'    batch {b["batch"]}: unpruned '
+                  f'{fmt_s(b["latency_unpruned_s"])}  pruned '
+                  f'{fmt_s(b["latency_pruned_s"])}  speedup '
+                  f'{b["speedup"]:.2f}x / FLOPs {b["flops_speedup"]:.2f}x = '
+                  f'efficiency {b["efficiency"]:.2f} (goal >= '
+                  f'{GOAL_EFFICIENCY}: {yes(b["goal_met"])})')
+    cpu = [e['cpu']['cpu_per_wall'] for e in result['gate_overhead'] +
+           result['ifso_scoring']] + [
+               b['cpu']['cpu_per_wall'] for s in lat['structures']
+               for b in s['batches']]
+    print(f'\ntotal time {result["total_time_s"]:.0f} s; load average '
+          f'{result["loadavg_start"]} at start, {result["loadavg_end"]} at '
+          f'end; process CPU/wall per section {min(cpu):.2f}-{max(cpu):.2f} '
+          f'(~{m["torch_threads"]} when the machine is otherwise idle)')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Time mmifso gate overhead, IFSO scoring and pruned '
+        'model latency on the CPU.')
+    parser.add_argument('--out', help='write the JSON results here')
+    parser.add_argument(
+        '--repeats', type=int,
+        help='timed rounds of the training-step comparisons (default 10, '
+        'quick 2)')
+    parser.add_argument(
+        '--score-repeats', type=int,
+        help='timed rounds of the ImageNet-model IFSO scoring (default 5, '
+        'quick 1); the CIFAR model uses --repeats')
+    parser.add_argument(
+        '--latency-repeats', type=int,
+        help='timed rounds of each latency comparison (default 20, quick 2)')
+    parser.add_argument(
+        '--threads', type=int, default=None,
+        help='torch intra-op threads (default: number of logical CPUs; 1 '
+        'with --quick)')
+    parser.add_argument(
+        '--quick', action='store_true',
+        help='tiny sizes and 1-2 repeats, for the test suite (< 1 min)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    warnings.filterwarnings('ignore')
+    start = time.perf_counter()
+    threads = args.threads or (1 if args.quick else os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    cfg = dict(SETTINGS['quick' if args.quick else 'full'])
+    for key in ('repeats', 'score_repeats', 'latency_repeats'):
+        if getattr(args, key) is not None:
+            if getattr(args, key) < 1:
+                raise SystemExit(f'--{key.replace("_", "-")} must be >= 1')
+            cfg[key] = getattr(args, key)
+
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmpretrain')
+    import mmifso  # noqa: F401  (registers the modules)
+    MMLogger.get_current_instance().setLevel('ERROR')
+
+    torch.manual_seed(0)
+    size = cfg['image_size']
+    inet_cfg = imagenet_model_cfg(cfg['imagenet_cfg'])
+    inet = cfg['imagenet_model']
+    result = dict(
+        quick=args.quick,
+        command=' '.join([os.path.basename(sys.argv[0])] +
+                         (sys.argv[1:] if argv is None else list(argv))),
+        settings=cfg,
+        machine=machine_info(threads),
+        loadavg_start=loadavg(),
+        goals=dict(
+            gate_overhead_ratio_max=GOAL_GATE,
+            ifso_exact_ratio_max=GOAL_SCORE,
+            latency_efficiency_min=GOAL_EFFICIENCY))
+
+    log(f'building {inet} ({size}x{size}) and CIFAR ResNet-20')
+    algo_i, plain_i = build_pair(inet_cfg, size)
+    algo_c, plain_c = build_pair(cifar_model_cfg(), 32)
+
+    result['gate_overhead'] = [
+        bench_gate(inet, algo_i, plain_i, cfg['train_batch'], size, 1000,
+                   cfg['repeats'], cfg['warmup']),
+        bench_gate('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
+                   32, 10, cfg['repeats'], cfg['warmup']),
+    ]
+    result['ifso_scoring'] = [
+        bench_scoring(inet, algo_i, plain_i, cfg['score_batch'], size, 1000,
+                      cfg['score_repeats'], min(cfg['warmup'], 1)),
+        bench_scoring('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
+                      32, 10, cfg['repeats'], 1),
+    ]
+    del algo_i, plain_i, algo_c, plain_c
+    result['latency'] = bench_latency(inet, inet_cfg, size,
+                                      cfg['latency_batches'],
+                                      cfg['latency_repeats'], cfg['warmup'])
+
+    checks = []
+    for e in result['gate_overhead']:
+        checks.append(dict(name=f'gate_overhead/{e["model"]}',
+                           value=e['ratio'], goal=e['goal'],
+                           met=e['goal_met']))
+    for e in result['ifso_scoring']:
+        checks.append(dict(name=f'ifso_exact/{e["model"]}',
+                           value=e['exact_ratio'], goal=e['goal'],
+                           met=e['goal_met']))
+    for s in result['latency']['structures']:
+        for b in s['batches']:
+            checks.append(dict(
+                name=f'latency_efficiency/{s["structure"]}/batch{b["batch"]}',
+                value=b['efficiency'], goal=b['goal'], met=b['goal_met']))
+    result['summary'] = checks
+    result['total_time_s'] = time.perf_counter() - start
+    result['loadavg_end'] = loadavg()
+
+    print_report(result)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=1, default=float)
+            f.write('\n')
+        log(f'wrote {args.out}')
+    if any(not math.isfinite(c['value']) for c in checks):
+        raise SystemExit('a measured ratio is not finite')
+    return result
+
+
+if __name__ == '__main__':
+    main()
