@@ -86,14 +86,17 @@ def test_quick_run_gate_and_scoring(quick_result):
         check_stats(e['gated_s'])
         assert positive_finite(e['ratio'])
         assert positive_finite(e['ratio_paired_median'])
+        assert positive_finite(e['ratio_of_mins'])
         assert isinstance(e['goal_met'], bool)
         assert e['units'] > 0
+        assert {'foreign_share', 'cpu_per_wall'} <= set(e['cpu'])
     assert len(result['ifso_scoring']) == 2
     for e in result['ifso_scoring']:
         for key in ('train_step_s', 'exact_s', 'finite_diff_s'):
             check_stats(e[key])
         for key in ('exact_ratio', 'finite_diff_ratio',
-                    'exact_ratio_paired_median'):
+                    'exact_ratio_paired_median', 'exact_ratio_of_mins',
+                    'finite_diff_ratio_of_mins'):
             assert positive_finite(e[key])
         assert isinstance(e['goal_met'], bool)
 
@@ -108,13 +111,15 @@ def test_quick_run_latency(quick_result):
         assert 0 < s['flops_ratio'] <= 0.5 + 1e-3
         assert s['params_exported'] > 0
         assert positive_finite(s['flops_speedup'])
+        assert 0 < s['activations_ratio'] < 1
         assert s['stage_channels'] and s['conv_shapes']['convs'] > 0
         assert [b['batch'] for b in s['batches']] == \
             result['settings']['latency_batches']
         for b in s['batches']:
             check_stats(b['latency_unpruned_s'])
             check_stats(b['latency_pruned_s'])
-            for key in ('speedup', 'flops_speedup', 'efficiency'):
+            for key in ('speedup', 'speedup_of_mins', 'flops_speedup',
+                        'efficiency'):
                 assert positive_finite(b[key])
             assert b['efficiency'] == pytest.approx(
                 b['speedup'] / b['flops_speedup'])

@@ -19,7 +19,13 @@ that slow drifts and bursts of load on a shared machine hit both alike):
 Run from the repository root::
 
     OMP_NUM_THREADS=2 python tools/analysis/benchmark.py \
-        --out docs/benchmarks.json
+        --wait-idle 1800 --out docs/benchmarks.json
+
+On a shared machine other processes distort the timings badly (with 2 torch
+threads on 2 cores a single busy neighbour can make a step 10x slower);
+``--wait-idle`` waits before each timed section until the machine is idle,
+and every section records the CPU share other processes used meanwhile
+(``cpu.foreign_share`` in the JSON), so a disturbed section can be spotted.
 
 ``--quick`` runs tiny sizes (ResNet-18 at 64x64, 1-2 repeats, 1 thread) in well under
 a minute: it checks that the script works, its numbers mean little.
@@ -53,7 +59,7 @@ SETTINGS = dict(
         score_batch=8,
         cifar_batch=64,
         latency_batches=[1, 8],
-        repeats=10,
+        repeats=20,
         score_repeats=5,
         latency_repeats=20,
         warmup=2),
@@ -109,37 +115,98 @@ def loadavg() -> List[float]:
         return []
 
 
+def _cpu_sample():
+    """(wall s, busy CPU s of the whole machine, CPU s of this process)."""
+    busy = float('nan')
+    try:
+        with open('/proc/stat') as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf(
+            'SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.perf_counter(), busy, time.process_time()
+
+
+def foreign_share(before, after) -> float:
+    """Share of the machine's CPU capacity used by *other* processes between
+    two :func:`_cpu_sample` calls (0 = we had the machine to ourselves, 1 =
+    every core was busy with something else); NaN without /proc/stat."""
+    wall = max(after[0] - before[0], 1e-9)
+    other = (after[1] - before[1]) - (after[2] - before[2])
+    return max(other, 0.0) / (wall * (os.cpu_count() or 1))
+
+
+#: Seconds to wait at most for the machine to go idle before each timed
+#: section (``--wait-idle``); 0 does not wait.
+WAIT_IDLE = dict(max_s=0.0, threshold=0.1)
+
+
+def wait_idle() -> Dict:
+    """Wait (at most ``WAIT_IDLE['max_s']``) until other processes use less
+    than ``WAIT_IDLE['threshold']`` of the CPUs over a 2 s window."""
+    t0 = time.perf_counter()
+    share = float('nan')
+    if WAIT_IDLE['max_s'] <= 0:
+        return dict(waited_s=0.0, foreign_share_before=share)
+    announced = False
+    while True:
+        a = _cpu_sample()
+        time.sleep(2.0)
+        share = foreign_share(a, _cpu_sample())
+        if not share > WAIT_IDLE['threshold']:  # also stops on NaN
+            break
+        if time.perf_counter() - t0 > WAIT_IDLE['max_s']:
+            log(f'machine still busy ({share:.0%} of the CPUs used by other '
+                'processes); timing anyway')
+            break
+        if not announced:
+            log(f'waiting for the machine to go idle ({share:.0%} of the '
+                'CPUs used by other processes)')
+            announced = True
+    return dict(
+        waited_s=time.perf_counter() - t0, foreign_share_before=share)
+
+
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int,
                 warmup: int) -> Dict[str, Dict]:
     """Time ``fns`` round-robin: A, B, ..., A, B, ...; ``warmup`` untimed
     rounds first. Returns the statistics of each, in seconds, and under
-    ``'_cpu'`` the process CPU time / wall time of the timed rounds (about
-    the thread count when the machine is otherwise idle; much lower means
-    other processes took the cores and the timings are noisy)."""
+    ``'_cpu'`` how busy the machine was meanwhile: ``foreign_share``, the
+    share of the CPUs used by other processes during the timed rounds (near
+    0 on an idle machine; the timings are unreliable well above 0), and
+    ``cpu_per_wall``, this process's CPU time over wall time."""
+    idle = wait_idle()
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    s0 = _cpu_sample()
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    s1 = _cpu_sample()
     out: Dict[str, Dict] = {k: stats(v) for k, v in times.items()}
-    wall = time.perf_counter() - wall0
     out['_cpu'] = dict(
-        cpu_per_wall=(time.process_time() - cpu0) / max(wall, 1e-9),
-        loadavg_end=loadavg())
+        foreign_share=foreign_share(s0, s1),
+        cpu_per_wall=(s1[2] - s0[2]) / max(s1[0] - s0[0], 1e-9),
+        loadavg_end=loadavg(),
+        **idle)
     return out
 
 
 def ratio(num: Dict, den: Dict) -> Dict:
-    """Ratio of medians and the median of the per-round ratios."""
+    """Ratio of medians (the headline figure), the median of the per-round
+    ratios and the ratio of minimums (least affected by other processes,
+    whose load only ever adds time)."""
     paired = [a / b for a, b in zip(num['times'], den['times'])]
     return dict(
         ratio=num['median'] / den['median'],
-        ratio_paired_median=statistics.median(paired))
+        ratio_paired_median=statistics.median(paired),
+        ratio_of_mins=num['min'] / den['min'])
 
 
 # ---------------------------------------------------------------------- #
@@ -277,8 +344,10 @@ def bench_scoring(name: str, algo, plain, batch_size: int, size: int,
         cpu=res['_cpu'],
         exact_ratio=re_['ratio'],
         exact_ratio_paired_median=re_['ratio_paired_median'],
+        exact_ratio_of_mins=re_['ratio_of_mins'],
         finite_diff_ratio=rf['ratio'],
         finite_diff_ratio_paired_median=rf['ratio_paired_median'],
+        finite_diff_ratio_of_mins=rf['ratio_of_mins'],
         goal=f'exact_ratio <= {GOAL_SCORE}',
         goal_met=re_['ratio'] <= GOAL_SCORE)
 
@@ -313,6 +382,30 @@ def conv_shape_summary(model: nn.Module) -> Dict:
         convs=len(outs),
         convs_out_not_multiple_of_8=sum(c % 8 != 0 for c in outs),
         convs_out_below_8=sum(c < 8 for c in outs))
+
+
+def conv_activations(model: nn.Module, size: int) -> int:
+    """Output elements of every conv/linear layer for one image: a proxy of
+    the memory traffic of the layers around them (norms, activations,
+    residual adds, layout reorders), which scales with width, not width^2."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size), mode='tensor')
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total
 
 
 def uniform_choices(mutator, scores: List[torch.Tensor],
@@ -365,6 +458,8 @@ def bench_structure(label: str, description: str, algo, unpruned: nn.Module,
         params_ratio=res['params_ratio'],
         params_exported=sum(p.numel() for p in pruned.parameters()),
         flops_speedup=flops_speedup,
+        activations_ratio=conv_activations(pruned, size) /
+        conv_activations(unpruned, size),
         unit_channels=algo.mutator.channel_counts(),
         stage_channels=stage_channels(pruned),
         conv_shapes=conv_shape_summary(pruned),
@@ -389,6 +484,7 @@ def bench_structure(label: str, description: str, algo, unpruned: nn.Module,
                 latency_pruned_s=t['pruned'],
                 speedup=speedup,
                 speedup_paired_median=r['ratio_paired_median'],
+                speedup_of_mins=r['ratio_of_mins'],
                 cpu=t['_cpu'],
                 flops_speedup=flops_speedup,
                 efficiency=speedup / flops_speedup,
@@ -507,40 +603,48 @@ def print_report(result: Dict) -> None:
     for e in result['gate_overhead']:
         print(f'  {e["model"]:<12} {str(tuple(e["input_shape"])):<18} '
               f'plain {fmt_s(e["plain_s"])}  gated {fmt_s(e["gated_s"])}  '
-              f'ratio {e["ratio"]:.3f} (goal <= {GOAL_GATE}: '
-              f'{yes(e["goal_met"])})')
+              f'ratio {e["ratio"]:.3f} (of mins {e["ratio_of_mins"]:.3f}; '
+              f'goal <= {GOAL_GATE}: {yes(e["goal_met"])})')
     print('\n2. IFSO scoring of one batch / one plain training step')
     for e in result['ifso_scoring']:
         print(f'  {e["model"]:<12} {str(tuple(e["input_shape"])):<18} '
               f'train {fmt_s(e["train_step_s"])}  exact '
               f'{fmt_s(e["exact_s"])}  finite_diff '
               f'{fmt_s(e["finite_diff_s"])}')
-        print(f'  {"":<31}exact ratio {e["exact_ratio"]:.2f} (goal <= '
-              f'{GOAL_SCORE}: {yes(e["goal_met"])}), finite_diff ratio '
-              f'{e["finite_diff_ratio"]:.2f}')
+        print(f'  {"":<31}exact ratio {e["exact_ratio"]:.2f} (of mins '
+              f'{e["exact_ratio_of_mins"]:.2f}; goal <= {GOAL_SCORE}: '
+              f'{yes(e["goal_met"])}), finite_diff ratio '
+              f'{e["finite_diff_ratio"]:.2f} (of mins '
+              f'{e["finite_diff_ratio_of_mins"]:.2f})')
     lat = result['latency']
     print(f'\n3. Exported {lat["model"]} at {TARGET_FLOPS:.0%} FLOPs, '
           f'{lat["image_size"]}x{lat["image_size"]}, eval, no_grad')
     for s in lat['structures']:
         print(f'  {s["structure"]}: FLOPs ratio {s["flops_ratio"]:.3f}, '
-              f'params ratio {s["params_ratio"]:.3f}; '
+              f'params ratio {s["params_ratio"]:.3f}, conv output '
+              f'activations ratio {s["activations_ratio"]:.3f}; '
               f'{s["conv_shapes"]["convs_out_below_8"]} of '
               f'{s["conv_shapes"]["convs"]} convs with < 8 output channels')
         for b in s['batches']:
             print(f'    batch {b["batch"]}: unpruned '
                   f'{fmt_s(b["latency_unpruned_s"])}  pruned '
                   f'{fmt_s(b["latency_pruned_s"])}  speedup '
-                  f'{b["speedup"]:.2f}x / FLOPs {b["flops_speedup"]:.2f}x = '
-                  f'efficiency {b["efficiency"]:.2f} (goal >= '
-                  f'{GOAL_EFFICIENCY}: {yes(b["goal_met"])})')
-    cpu = [e['cpu']['cpu_per_wall'] for e in result['gate_overhead'] +
-           result['ifso_scoring']] + [
-               b['cpu']['cpu_per_wall'] for s in lat['structures']
-               for b in s['batches']]
-    print(f'\ntotal time {result["total_time_s"]:.0f} s; load average '
+                  f'{b["speedup"]:.2f}x (of mins {b["speedup_of_mins"]:.2f}x) '
+                  f'/ FLOPs {b["flops_speedup"]:.2f}x = efficiency '
+                  f'{b["efficiency"]:.2f} (goal >= {GOAL_EFFICIENCY}: '
+                  f'{yes(b["goal_met"])})')
+    sections = [(f'gate/{e["model"]}', e['cpu'])
+                for e in result['gate_overhead']]
+    sections += [(f'scoring/{e["model"]}', e['cpu'])
+                 for e in result['ifso_scoring']]
+    sections += [(f'latency/{s["structure"]}/b{b["batch"]}', b['cpu'])
+                 for s in lat['structures'] for b in s['batches']]
+    print('\nCPU share used by other processes while timing (0 = idle '
+          'machine): ' + ', '.join(f'{n} {c["foreign_share"]:.0%}'
+                                   for n, c in sections))
+    print(f'total time {result["total_time_s"]:.0f} s; load average '
           f'{result["loadavg_start"]} at start, {result["loadavg_end"]} at '
-          f'end; process CPU/wall per section {min(cpu):.2f}-{max(cpu):.2f} '
-          f'(~{m["torch_threads"]} when the machine is otherwise idle)')
+          'end')
 
 
 def parse_args(argv=None):
@@ -550,7 +654,7 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='write the JSON results here')
     parser.add_argument(
         '--repeats', type=int,
-        help='timed rounds of the training-step comparisons (default 10, '
+        help='timed rounds of the training-step comparisons (default 20, '
         'quick 2)')
     parser.add_argument(
         '--score-repeats', type=int,
@@ -564,6 +668,10 @@ def parse_args(argv=None):
         help='torch intra-op threads (default: number of logical CPUs; 1 '
         'with --quick)')
     parser.add_argument(
+        '--wait-idle', type=float, default=0.0, metavar='SECONDS',
+        help='before each timed section wait up to SECONDS for other '
+        'processes to use < 10%% of the CPUs (default 0: no waiting)')
+    parser.add_argument(
         '--quick', action='store_true',
         help='tiny sizes and 1-2 repeats, for the test suite (< 1 min)')
     return parser.parse_args(argv)
@@ -575,6 +683,7 @@ def main(argv=None) -> Dict:
     start = time.perf_counter()
     threads = args.threads or (1 if args.quick else os.cpu_count() or 1)
     torch.set_num_threads(threads)
+    WAIT_IDLE['max_s'] = max(args.wait_idle, 0.0)
     cfg = dict(SETTINGS['quick' if args.quick else 'full'])
     for key in ('repeats', 'score_repeats', 'latency_repeats'):
         if getattr(args, key) is not None:
