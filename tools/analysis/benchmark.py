@@ -1,4 +1,4 @@
-"""CPU benchmark of mmifso's overheads and of the pruned models' speed.
+r"""CPU benchmark of mmifso's overheads and of the pruned models' speed.
 
 Measures, each as a ratio of two timings taken side by side in one run (the
 two measurements are interleaved A, B, A, B, ... and the medians compared, so
@@ -27,8 +27,9 @@ threads on 2 cores a single busy neighbour can make a step 10x slower);
 and every section records the CPU share other processes used meanwhile
 (``cpu.foreign_share`` in the JSON), so a disturbed section can be spotted.
 
-``--quick`` runs tiny sizes (ResNet-18 at 64x64, 1-2 repeats, 1 thread) in well under
-a minute: it checks that the script works, its numbers mean little.
+``--quick`` runs tiny sizes (ResNet-18 at 64x64, 1-2 repeats, 1 thread) in
+well under a minute: it checks that the script works, its numbers mean
+little.
 """
 import argparse
 import copy
@@ -642,7 +643,9 @@ def print_report(result: Dict) -> None:
     print('\nCPU share used by other processes while timing (0 = idle '
           'machine): ' + ', '.join(f'{n} {c["foreign_share"]:.0%}'
                                    for n, c in sections))
-    print(f'total time {result["total_time_s"]:.0f} s; load average '
+    waited = sum(c.get('waited_s', 0.0) for _, c in sections)
+    print(f'total time {result["total_time_s"]:.0f} s ({waited:.0f} s of it '
+          f'waiting for an idle machine); load average '
           f'{result["loadavg_start"]} at start, {result["loadavg_end"]} at '
           'end')
 

@@ -120,8 +120,16 @@ class ChannelMutator(BaseModule):
             raise NoPrunableUnitsError(
                 f'{type(model).__name__} has no prunable channel units '
                 f'(groups found and why they were skipped: {skipped}).')
-        with torch.no_grad():
-            self.layer_records = record_layers(model, self.demo_input)
+        # Eval mode: a demo forward in train mode would overwrite BatchNorm
+        # running statistics (and fails on 1x1 maps with batch size 1).
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                self.layer_records = record_layers(model, self.demo_input)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
         self.units = nn.ModuleList(
             MutableChannelUnit.from_spec(spec, self.min_channels)
             for spec in self.analysis.units)

@@ -134,3 +134,17 @@ def test_no_prunable_units():
         head=dict(type='LinearClsHead', num_classes=10, in_channels=4))
     with pytest.raises(NoPrunableUnitsError, match='no prunable'):
         build_algorithm(arch, min_channels=4)
+
+
+def test_building_leaves_bn_statistics_untouched():
+    from helpers import TINY_CLASSIFIER
+    from mmifso.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmpretrain')
+    arch = MODELS.build(TINY_CLASSIFIER)
+    arch.train()
+    before = {k: v.clone() for k, v in arch.state_dict().items()}
+    algo = build_algorithm(arch)
+    assert algo.architecture.training
+    for k, v in arch.state_dict().items():
+        assert torch.equal(v, before[k]), k
