@@ -1,5 +1,5 @@
 # Fine-tune the exported (physically pruned) shapes RetinaNet.
-_base_ = ['./retinanet_r18-w32_fpn_1xb16-24e_shapes.py']
+_base_ = ['./retinanet_r18-w32_fpn_1xb16-48e_shapes.py']
 
 architecture = _base_.model
 model = dict(

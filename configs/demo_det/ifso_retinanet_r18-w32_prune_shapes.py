@@ -1,6 +1,6 @@
 # IFSO pruning of the shapes RetinaNet baseline to 50% of its FLOPs while it
 # keeps training (tools/demo_det.py passes the baseline checkpoint).
-_base_ = ['./retinanet_r18-w32_fpn_1xb16-24e_shapes.py']
+_base_ = ['./retinanet_r18-w32_fpn_1xb16-48e_shapes.py']
 
 architecture = _base_.model
 model = dict(
@@ -14,7 +14,7 @@ model = dict(
             input_shape=(1, 3, _base_.image_size, _base_.image_size))))
 
 # The trained baseline (tools/demo_det.py passes the real path).
-load_from = 'work_dirs/demo_det/baseline/epoch_24.pth'
+load_from = 'work_dirs/demo_det/baseline/epoch_48.pth'
 
 # Pruning continues training at a constant, lower lr; the hook stops the run
 # when the target is reached (max_epochs is an upper bound).

@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'coverage.py')
 DEMO_DET = os.path.join(ROOT, 'configs', 'demo_det',
-                        'retinanet_r18-w32_fpn_1xb16-24e_shapes.py')
+                        'retinanet_r18-w32_fpn_1xb16-48e_shapes.py')
 
 
 def load_script():
@@ -30,7 +30,7 @@ def test_coverage_on_small_configs(tmp_path):
     md = tmp_path / 'coverage.md'
     records = cov.main([
         'mmpretrain::resnet/resnet18_8xb32_in1k.py@32',
-        'mmpretrain::resnext/resnext50-32x4d_8xb32_in1k.py@32',
+        'mmpretrain::regnet/regnetx-400mf_8xb128_in1k.py@32',
         f'{gn_cfg}@64',
         'mmpretrain::vgg/vgg11_8xb32_in1k.py@32',
         '--out', str(out), '--markdown', str(md), '--timeout', '120'
@@ -40,15 +40,15 @@ def test_coverage_on_small_configs(tmp_path):
     keys = {'config', 'units', 'prunable_channels', 'export_ok',
             'max_abs_diff', 'error'}
     assert all(keys <= set(r) for r in saved)
-    resnet, resnext, gn, vgg = saved
-    for r in (resnet, resnext, gn):
+    resnet, regnet, gn, vgg = saved
+    for r in (resnet, regnet, gn):
         assert r['export_ok'], r['error']
         assert r['error'] is None
         assert r['units'] > 0 and r['prunable_channels'] > 0
         assert r['max_abs_diff'] <= 1e-4 * max(1, r['output_scale'])
         assert r['flops_ratio'] < 0.8
     # Grouped convs and GroupNorm give units with blocks.
-    assert resnext['blocked_units'] > 0 and gn['blocked_units'] > 0
+    assert regnet['blocked_units'] > 0 and gn['blocked_units'] > 0
     assert resnet['blocked_units'] == 0
     assert any('outputs of the model' in s['reason']
                for s in resnet['skipped'])

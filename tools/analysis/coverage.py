@@ -9,19 +9,19 @@ Usage:
 ``CONFIG`` is a config file or an upstream config such as
 ``mmdet::retinanet/retinanet_r50_fpn_1x_coco.py`` or
 ``mmpretrain::resnet/resnet18_8xb32_in1k.py``, optionally with ``@SIZE`` for
-its demo image size (``...vgg16bn_8xb32_in1k.py@224``); ``--targets`` adds the list of
-models tracked in ``docs/coverage.md``. For each config the model is built
-without weights (nothing is downloaded), its channel units are found with the
-demo input (``DetDemoInput`` for mmdet detectors, ``DemoInput`` otherwise, at
-a small image size), every prunable unit loses a random ``--fraction`` of its
-channels (whole blocks where channels are tied), the masked model is exported
-to a physically smaller one and both are run on the same demo input. A config
-passes (``export_ok``) when the exported model runs, its outputs have the
-masked model's shapes and differ by at most ``--atol`` (1e-4; relative to the
-largest output when that exceeds 1), and the FLOPs counted on it equal the
-masked count. Norm layers get random affine parameters and BatchNorm
-statistics calibrated on random images first, so activations stay near unit
-scale and removed channels are not zero before the gates.
+its demo image size (``...vgg16bn_8xb32_in1k.py@224``); ``--targets`` adds the
+list of models tracked in ``docs/coverage.md``. For each config the model is
+built without weights (nothing is downloaded), its channel units are found with
+the demo input (``DetDemoInput`` for mmdet detectors, ``DemoInput`` otherwise,
+at a small image size), every prunable unit loses a random ``--fraction`` of
+its channels (whole blocks where channels are tied), the masked model is
+exported to a physically smaller one and both are run on the same demo input. A
+config passes (``export_ok``) when the exported model runs, its outputs have
+the masked model's shapes and differ by at most ``--atol`` (1e-4; relative to
+the largest output when that exceeds 1), and the FLOPs counted on it equal the
+masked count. Norm layers get random affine parameters and BatchNorm statistics
+calibrated on random images first, so activations stay near unit scale and
+removed channels are not zero before the gates.
 
 One JSON record per config: ``config``, ``units``, ``prunable_channels``,
 ``export_ok``, ``max_abs_diff``, ``error`` (the stage, module and op that
@@ -41,7 +41,6 @@ import signal
 import sys
 import time
 import traceback
-from collections import Counter
 from typing import Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -455,19 +454,6 @@ def _check(record: Dict, config: str, fraction: float, seed: int,
                            f'{scale:.3g} when above 1)')
         return
     record['export_ok'] = True
-
-
-def summarise_skips(record: Dict, limit: int = 3) -> str:
-    """The most common reasons for skipped groups, short."""
-    reasons = Counter()
-    for s in record.get('skipped', []):
-        r = s['reason']
-        if 'outputs of the model' in r or 'reach the model output' in r:
-            r = 'model outputs'
-        elif 'frozen' in r:
-            r = 'frozen'
-        reasons[r.split(';')[0][:90]] += 1
-    return '; '.join(f'{n}x {r}' for r, n in reasons.most_common(limit))
 
 
 def markdown_table(records: List[Dict]) -> str:

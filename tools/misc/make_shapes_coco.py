@@ -17,9 +17,10 @@ import os.path as osp
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
 
-from mmifso.datasets.shapes import make_shapes_coco  # noqa: E402
+from mmifso.datasets.shapes import COCO_SPLITS, make_shapes_coco  # noqa: E402,E501
 
 
 def parse_args(argv=None):
@@ -33,6 +34,12 @@ def parse_args(argv=None):
                         help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--max-objects', type=int, default=4)
+    parser.add_argument(
+        '--coco-layout',
+        action='store_true',
+        help='name the splits train2017/val2017 like COCO, so that a COCO '
+        'config runs on the data with only data_root (and the class names) '
+        'changed')
     args = parser.parse_args(argv)
     if args.train < 0 or args.val < 0 or args.size < 32:
         parser.error('--train/--val must be >= 0 and --size >= 32')
@@ -42,8 +49,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    stats = make_shapes_coco(args.out, args.train, args.val, args.size,
-                             args.seed, args.max_objects)
+    splits = dict(train=args.train, val=args.val)
+    if args.coco_layout:
+        splits = dict(zip(COCO_SPLITS, splits.values()))
+    stats = make_shapes_coco(
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        max_objects=args.max_objects,
+        splits=splits)
     print(f'wrote {args.out}: ' + ', '.join(
         f'{split} {s["images"]} images / {s["objects"]} objects'
         for split, s in stats.items()) + f' in {time.time() - start:.1f} s')

@@ -221,23 +221,61 @@ class ChannelAnalyzer:
         self.frozen = frozen
         self.min_channels = min_channels
 
-    def _forward(self, model: nn.Module):
-        self._outputs = self.forward_fn(model)
+    def _forward(self, model: nn.Module, dead: Sequence[nn.Module] = ()):
+        """The demo forward; the outputs of ``dead`` layers are added to the
+        model outputs."""
+        captured: List[torch.Tensor] = []
+        handles = [
+            m.register_forward_hook(
+                lambda mod, args, out: captured.extend(_tensors(out)))
+            for m in dead
+        ]
+        try:
+            outputs = self.forward_fn(model)
+        finally:
+            for h in handles:
+                h.remove()
+        self._outputs = (outputs, captured) if dead else outputs
         return self._outputs
 
-    def build_graph(self, model: nn.Module) -> tp.DependencyGraph:
-        """Trace ``model`` with DepGraph; training flags are restored."""
+    def _trace(self, model: nn.Module,
+               dead: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
         modes = {m: m.training for m in model.modules()}
         try:
             with torch.enable_grad():
-                graph = new_dependency_graph().build_dependency(
+                return new_dependency_graph().build_dependency(
                     model,
                     example_inputs=None,
-                    forward_fn=lambda m, _: self._forward(m),
+                    forward_fn=lambda m, _: self._forward(m, dead),
                     verbose=False)
         finally:
             for m, mode in modes.items():
                 m.training = mode
+
+    def build_graph(self, model: nn.Module) -> tp.DependencyGraph:
+        """Trace ``model`` with DepGraph; training flags are restored.
+
+        Conv/linear layers that run in the demo forward but whose outputs do
+        not reach the model outputs (e.g. mmdet's MobileNetV2 ``conv2`` when
+        the backbone returns earlier stages) are invisible to DepGraph, yet
+        they consume channels: a second trace adds their outputs to the model
+        outputs, so their input channels are pruned with their producers
+        (and their own outputs are left alone).
+        """
+        called: List[nn.Module] = []
+        handles = [
+            m.register_forward_hook(lambda mod, args, out: called.append(mod))
+            for m in model.modules() if isinstance(m, GATEABLE_TYPES)
+        ]
+        try:
+            graph = self._trace(model)
+        finally:
+            for h in handles:
+                h.remove()
+        dead = list({id(m): m for m in called
+                     if m not in graph.module2node}.values())
+        if dead:
+            graph = self._trace(model, dead)
         return graph
 
     def analyse(self, model: nn.Module) -> AnalysisResult:
@@ -421,6 +459,12 @@ class ChannelAnalyzer:
                     f'{max(idxs)} of {name} ({type(module).__name__}), which '
                     f'has {size} {"input" if role == "in" else "output"} '
                     'channels (index mapping through split/concat failed)')
+            if any(r is None or not 0 <= r < num_channels
+                   for r in root_idxs):
+                reason = reason or (
+                    f'DepGraph mapped channels of {name} to channels '
+                    f'outside the {num_channels} of the unit')
+            ties.shared_indices(name, idxs, root_idxs)
             spec.sites.append(ChannelSite(name, role, idxs, root_idxs))
         if reason is None:
             spec.blocks, reason = ties.blocks()
@@ -508,16 +552,29 @@ class _Ties:
             i = self.parent[i]
         return i
 
-    def _tie(self, keys: Sequence[int], root_idxs: Sequence[int]) -> None:
+    def _tie(self, keys: Sequence[int], root_idxs: Sequence[int]) -> bool:
+        """Tie the root channels that share a key; True if any were new."""
         first: Dict[int, int] = {}
+        merged = False
         for k, r in zip(keys, root_idxs):
+            if r is None or not 0 <= int(r) < len(self.parent):
+                continue  # an inconsistent mapping, reported elsewhere
             r = int(r)
             if k in first:
                 a, b = self._find(first[k]), self._find(r)
                 if a != b:
                     self.parent[max(a, b)] = min(a, b)
+                    merged = True
             else:
                 first[k] = r
+        return merged
+
+    def shared_indices(self, name: str, idxs, root_idxs) -> None:
+        """A channel of a layer reached from several channels of the root:
+        those root channels can only go together."""
+        if self._tie([int(i) for i in idxs], root_idxs):
+            self.sources.append(f'{name} (channels reached from several '
+                                'root channels)')
 
     def group_norm(self, name: str, module: nn.GroupNorm, idxs, root_idxs
                    ) -> Optional[str]:

@@ -89,8 +89,9 @@ def get_pruning_group(graph: tp.DependencyGraph,
             have.update(dict.fromkeys(fresh))
             work += len(fresh)
             if work > budget:
+                name = graph._module2name.get(module, module)
                 raise GroupDivergedError(
-                    f'the channel dependencies of {graph._module2name.get(module, module)} '
+                    f'the channel dependencies of {name} '
                     f'do not converge (more than {budget} index pairs; '
                     'usually a reshape or view inside a cycle, e.g. a '
                     'channel shuffle)')

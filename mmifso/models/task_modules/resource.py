@@ -4,8 +4,9 @@ FLOPs are the multiply-accumulates of conv and linear layers (the convention
 of IFSO and Group Fisher): ``MACs = spatial * k_h * k_w * C_out * C_in /
 groups`` summed over every call of the layer in one forward of the demo input
 (batch size 1 counts per image): a head shared by the levels of a feature
-pyramid counts once per level, an RoI head once per RoI. Counting with the alive channel numbers of a
-masked model gives the same figure as counting the physically pruned model.
+pyramid counts once per level, an RoI head once per RoI. Counting with the
+alive channel numbers of a masked model gives the same figure as counting the
+physically pruned model.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[3]
 IFSO = ROOT / 'configs' / 'ifso'
 DETECTORS = ('retinanet', 'fcos', 'atss', 'gfl', 'faster_rcnn', 'yolox',
              'rtmdet', 'ssdlite')
-PRUNE = sorted(p for d in DETECTORS for p in (IFSO / d).glob('ifso_prune_*.py'))
+PRUNE = sorted(p for d in DETECTORS
+               for p in (IFSO / d).glob('ifso_prune_*.py'))
 RETINANET = IFSO / 'retinanet'
 DEMO_DET = ROOT / 'configs' / 'demo_det'
 SHAPES = {
@@ -109,15 +110,16 @@ def test_retinanet_finetune_and_deploy_configs(tmp_path):
         assert cfg.model.structure.endswith('/export/structure.json')
         if 'finetune' in name:
             assert cfg.load_from.endswith('/export/pruned.pth')
-        cfg.model.structure = str(tmp_path / 'structure.json')
-        model = build(cfg)
-        model.load_state_dict(pruned.state_dict(), strict=True)
-        model.eval()
-        with torch.no_grad():
-            actual = model(x, mode='tensor')
-        for a, b in zip(expected, actual):
-            for ta, tb in zip(a, b):
-                assert (ta - tb).abs().max() <= 1e-4
+    # Same architecture: building the deploy config checks both.
+    cfg.model.structure = str(tmp_path / 'structure.json')
+    model = build(cfg)
+    model.load_state_dict(pruned.state_dict(), strict=True)
+    model.eval()
+    with torch.no_grad():
+        actual = model(x, mode='tensor')
+    for a, b in zip(expected, actual):
+        for ta, tb in zip(a, b):
+            assert (ta - tb).abs().max() <= 1e-4
 
 
 def test_retinanet_metafile():
@@ -135,7 +137,7 @@ def test_retinanet_metafile():
 
 def test_demo_det_configs_build():
     base = Config.fromfile(
-        str(DEMO_DET / 'retinanet_r18-w32_fpn_1xb16-24e_shapes.py'))
+        str(DEMO_DET / 'retinanet_r18-w32_fpn_1xb16-48e_shapes.py'))
     assert base.model.bbox_head.num_classes == len(base.classes) == 5
     init_default_scope('mmdet')
     from mmifso.registry import MODELS
