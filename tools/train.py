@@ -76,6 +76,14 @@ def parse_args(argv=None):
     # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='unpickle the checkpoint completely (it may then run code it '
+        'contains): only for files from a trusted source that hold custom '
+        'classes; same as MMIFSO_TRUST_CHECKPOINTS=1. By default checkpoints '
+        'are loaded with an allow-list of types (tensors, containers, numpy, '
+        'mmengine log buffers), also by the Runner (load_from, resume)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -188,7 +196,15 @@ def checkpoint_to_check(cfg):
 def main(argv=None):
     args = parse_args(argv)
 
+    if args.trust_checkpoint:
+        from mmifso.utils.io import TRUST_ENV
+        os.environ[TRUST_ENV] = '1'
     import mmifso  # noqa: F401  (registers the mmifso modules)
+    from mmifso.utils.io import install_safe_checkpoint_loader
+
+    # The Runner's own loads (load_from, resume) go through the restricted
+    # unpickler too, not through mmengine's plain torch.load.
+    install_safe_checkpoint_loader()
     from mmifso.apis.checks import (CheckpointConfigMismatch,
                                     check_checkpoint_matches_config)
 

@@ -10,7 +10,12 @@ mmengine writes: select it with ``backend_args=dict(backend='mmifso_atomic')``
 by default for its ``flops_XX.pth``).
 
 Loading: :func:`load_checkpoint_file` never runs code hidden in a pickle
-unless told to trust the file (see its docstring).
+unless told to trust the file (see its docstring). Importing mmifso also
+installs it as mmengine's loader of local checkpoint files
+(:func:`install_safe_checkpoint_loader`), so the Runner's ``load_from`` and
+``resume`` are restricted too; ``MMIFSO_TRUST_CHECKPOINTS=1`` (or
+``--trust-checkpoint`` of ``tools/train.py`` / ``tools/test.py``) restores
+full unpickling.
 """
 import glob
 import json
@@ -207,7 +212,8 @@ def _unreadable(path: str, e: BaseException) -> RuntimeError:
 
 
 def load_checkpoint_file(path: str,
-                         trust_checkpoint: Optional[bool] = None) -> Any:
+                         trust_checkpoint: Optional[bool] = None,
+                         map_location: Any = 'cpu') -> Any:
     """Load a checkpoint without executing pickled code.
 
     1. ``torch.load(weights_only=True)``: tensors and containers only.
@@ -224,6 +230,11 @@ def load_checkpoint_file(path: str,
         trust_checkpoint (bool, optional): True: unpickle everything (only
             for files from a trusted source). None (default): read
             ``MMIFSO_TRUST_CHECKPOINTS``.
+        map_location (str | torch.device | callable | dict): As
+            :func:`torch.load`. Default: ``'cpu'``.
+
+    Returns:
+        The unpickled object (usually a dict).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -235,16 +246,74 @@ def load_checkpoint_file(path: str,
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     if _trusted(trust_checkpoint):
         try:
-            return torch.load(path, map_location='cpu')
+            return torch.load(path, map_location=map_location)
         except Exception as e:
             raise _unreadable(path, e) from e
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as safe_error:  # numpy/mmengine objects in meta, ...
         try:
             return torch.load(
-                path, map_location='cpu', pickle_module=safe_pickle)
+                path, map_location=map_location, pickle_module=safe_pickle)
         except UnsafeCheckpointError as e:
             raise e.with_path(path) from None
         except Exception as e:
             raise _unreadable(path, e) from safe_error
+
+
+def safe_load_from_local(filename: str, map_location: Any = None) -> Any:
+    """mmengine's ``load_from_local`` through :func:`load_checkpoint_file`.
+
+    Registered for local paths (prefix ``''``) in mmengine's
+    ``CheckpointLoader`` by :func:`install_safe_checkpoint_loader`, so
+    ``Runner.load_checkpoint`` / ``Runner.resume`` (``load_from``, ``resume``,
+    ``--resume``) and ``mmengine.runner.load_checkpoint`` never run code
+    hidden in a pickle unless ``MMIFSO_TRUST_CHECKPOINTS=1``.
+
+    Args:
+        filename (str): Local checkpoint path (``~`` is expanded).
+        map_location (str | torch.device | callable, optional): As
+            :func:`torch.load`.
+
+    Returns:
+        The loaded checkpoint.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        UnsafeCheckpointError: if the pickle refers to a type outside the
+            allow-list (the message says how to trust the file).
+    """
+    return load_checkpoint_file(
+        os.path.expanduser(filename), map_location=map_location)
+
+
+def install_safe_checkpoint_loader() -> None:
+    """Make :func:`safe_load_from_local` mmengine's local-file loader.
+
+    Called when :mod:`mmifso` is imported (so every Runner whose config has
+    ``custom_imports=dict(imports=['mmifso'])`` gets it) and again by
+    ``tools/train.py`` / ``tools/test.py``. Idempotent. Remote schemes
+    (``http://``, ``s3://``, ...) keep mmengine's loaders. To load a trusted
+    checkpoint holding custom classes set ``MMIFSO_TRUST_CHECKPOINTS=1`` (read
+    at every load) or call :func:`uninstall_safe_checkpoint_loader`.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=safe_load_from_local, force=True)
+
+
+def uninstall_safe_checkpoint_loader() -> None:
+    """Restore mmengine's own (unrestricted) local-file loader."""
+    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True)
+
+
+def safe_checkpoint_loader_installed() -> bool:
+    """Whether mmengine's local-file loader is :func:`safe_load_from_local`.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    return CheckpointLoader._schemes.get('') is safe_load_from_local
+
+
+install_safe_checkpoint_loader()

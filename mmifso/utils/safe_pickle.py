@@ -51,7 +51,10 @@ class UnsafeCheckpointError(RuntimeError):
             'could run arbitrary code, so it was not loaded. If the file '
             'comes from a source you trust, load it with '
             'load_checkpoint_file(path, trust_checkpoint=True) or set the '
-            'environment variable MMIFSO_TRUST_CHECKPOINTS=1')
+            'environment variable MMIFSO_TRUST_CHECKPOINTS=1 (tools/train.py '
+            'and tools/test.py: --trust-checkpoint); it also applies to the '
+            "mmengine Runner's load_from and resume, which mmifso routes "
+            'through this loader')
 
     def with_path(self, path: str) -> 'UnsafeCheckpointError':
         """The same error, naming the file."""

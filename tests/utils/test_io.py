@@ -296,3 +296,168 @@ def test_unreadable_checkpoint(tmp_path):
         load_checkpoint_file(str(path))
     with pytest.raises(FileNotFoundError, match='does not exist'):
         load_checkpoint_file(str(tmp_path / 'missing.pth'))
+
+
+# --------------------------------------------------------------------------- #
+# Checkpoints loaded by the mmengine Runner (load_from, resume)
+# --------------------------------------------------------------------------- #
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def _train_tool():
+    """``tools/train.py`` as a module (its ``main`` runs in-process)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'mmifso_train_tool', osp.join(ROOT, 'tools', 'train.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _evil_checkpoint(tmp_path, marker):
+    """A runner checkpoint of the test model whose meta runs a shell
+    command when fully unpickled; everything else would load."""
+    cfg = runner_cfg(tmp_path / 'clean', max_iters=1)
+    state = Runner.from_cfg(cfg).model.state_dict()
+    path = str(tmp_path / 'evil.pth')
+    torch.save(
+        dict(state_dict=state, meta=dict(payload=RunsShell(marker))), path)
+    return path
+
+
+def test_safe_loader_is_mmengines_local_loader():
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from mmifso.utils.io import (safe_checkpoint_loader_installed,
+                                 safe_load_from_local)
+    assert safe_checkpoint_loader_installed()  # by importing mmifso
+    assert CheckpointLoader._get_checkpoint_loader(
+        '/some/dir/iter_2.pth') is safe_load_from_local
+    # Remote schemes keep mmengine's loaders.
+    assert CheckpointLoader._get_checkpoint_loader(
+        'https://x/y.pth') is not safe_load_from_local
+
+
+def test_runner_load_from_refuses_pickled_code(tmp_path):
+    """A Runner built from Python (no tools/train.py pre-check): its own
+    load_from goes through the restricted unpickler."""
+    marker = tmp_path / 'pwned'
+    path = _evil_checkpoint(tmp_path, marker)
+    cfg = runner_cfg(tmp_path / 'work', max_iters=2)
+    cfg.load_from = path
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        runner.train()
+    assert not marker.exists()
+    message = str(info.value)
+    assert f'checkpoint {path} refers to posix.system' in message
+    assert 'MMIFSO_TRUST_CHECKPOINTS=1' in message
+    assert '--trust-checkpoint' in message
+    assert runner.iter == 0  # nothing trained on it
+
+
+@pytest.mark.parametrize('precheck', [True, False])
+def test_train_tool_refuses_pickled_load_from(tmp_path, monkeypatch,
+                                              precheck):
+    """tools/train.py with the evil checkpoint as load_from (and as
+    --resume): a clear error, the payload never runs. Without the tool's own
+    pre-check the Runner's loader stops it."""
+    marker = tmp_path / 'pwned'
+    path = _evil_checkpoint(tmp_path, marker)
+    cfg = runner_cfg(tmp_path / 'work', max_iters=2)
+    cfg.load_from = path
+    cfg_path = str(tmp_path / 'cfg.py')
+    cfg.dump(cfg_path)
+    tool = _train_tool()
+    if not precheck:
+        import mmifso.apis.checks as checks
+        monkeypatch.setattr(checks, 'check_checkpoint_matches_config',
+                            lambda cfg, ckpt: None)
+        for argv in ([cfg_path], [cfg_path, '--resume', path]):
+            with pytest.raises(UnsafeCheckpointError,
+                               match='refers to posix.system'):
+                tool.main(argv)
+    else:
+        with pytest.raises(SystemExit) as info:
+            tool.main([cfg_path])
+        assert 'UnsafeCheckpointError' in str(info.value)
+        assert '--trust-checkpoint' in str(info.value)
+    assert not marker.exists()
+
+
+def test_train_tool_trust_checkpoint_flag(tmp_path, monkeypatch):
+    """--trust-checkpoint: a checkpoint with a custom class loads."""
+    # Recorded, so the variable the flag sets is undone after the test.
+    monkeypatch.setenv('MMIFSO_TRUST_CHECKPOINTS', '0')
+    cfg = runner_cfg(tmp_path / 'clean', max_iters=1)
+    state = Runner.from_cfg(cfg).model.state_dict()
+    path = str(tmp_path / 'custom.pth')
+    torch.save(dict(state_dict=state, meta=dict(x=CallsRecorder())), path)
+    cfg = runner_cfg(tmp_path / 'work', max_iters=1)
+    cfg.load_from = path
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=1, by_epoch=False)
+    cfg_path = str(tmp_path / 'cfg.py')
+    cfg.dump(cfg_path)
+    tool = _train_tool()
+    CALLED.clear()
+    with pytest.raises(SystemExit, match='test_io._record'):
+        tool.main([cfg_path])
+    assert CALLED == []
+    tool.main([cfg_path, '--trust-checkpoint'])
+    assert CALLED and set(CALLED) == {'called'}
+    assert osp.isfile(tmp_path / 'work' / 'iter_1.pth')
+
+
+def test_runner_resumes_through_the_safe_loader(tmp_path, monkeypatch):
+    """A normal runner checkpoint (optimizer momentum, MultiStepLR state,
+    message hub buffers, numpy RNG state in meta) loads and resumes through
+    tools/train.py --resume: the resumed run ends with the weights, masks and
+    optimizer state of the uninterrupted one."""
+    from mmifso.utils import safe_pickle
+    monkeypatch.setenv('MMIFSO_TRUST_CHECKPOINTS', '0')
+
+    def cfg_for(work):
+        cfg = runner_cfg(
+            work,
+            target=0.5,
+            max_iters=4,
+            criterion=dict(type='mmifso.MagnitudeImportance'))
+        cfg.custom_hooks[0].update(channels_per_step=8, stop_at_target=False)
+        cfg.default_hooks.checkpoint = dict(
+            type='mmifso.AtomicCheckpointHook', interval=2, by_epoch=False)
+        cfg.param_scheduler = dict(
+            type='MultiStepLR', milestones=[3], by_epoch=False)
+        return cfg
+
+    Runner.from_cfg(cfg_for(tmp_path / 'full')).train()
+    ckpt2 = str(tmp_path / 'full' / 'iter_2.pth')
+    meta = torch.load(ckpt2)['meta']  # numpy RNG state etc. are in there
+    assert isinstance(meta['seed'], int) and 'mmifso_pruning_hook' in meta
+    cfg = cfg_for(tmp_path / 'resumed')
+    cfg_path = str(tmp_path / 'cfg.py')
+    cfg.dump(cfg_path)
+
+    refused = []
+    real_find_class = safe_pickle.Unpickler.find_class
+
+    def find_class(self, module, name):
+        refused.append(f'{module}.{name}')
+        return real_find_class(self, module, name)
+
+    monkeypatch.setattr(safe_pickle.Unpickler, 'find_class', find_class)
+    _train_tool().main([cfg_path, '--resume', ckpt2])
+    # The restricted unpickler did the loading (HistoryBuffer is not in
+    # torch's weights_only list).
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in refused
+    full = torch.load(str(tmp_path / 'full' / 'iter_4.pth'))
+    resumed = torch.load(str(tmp_path / 'resumed' / 'iter_4.pth'))
+    assert resumed['meta']['iter'] == 4
+    for k, v in full['state_dict'].items():
+        assert torch.allclose(resumed['state_dict'][k].float(), v.float(),
+                              atol=1e-6), k
+    for a, b in zip(full['optimizer']['state'].values(),
+                    resumed['optimizer']['state'].values()):
+        assert torch.allclose(a['momentum_buffer'], b['momentum_buffer'],
+                              atol=1e-6)
+    assert full['param_schedulers'] == resumed['param_schedulers']
