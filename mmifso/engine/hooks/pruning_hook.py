@@ -112,6 +112,11 @@ class PruningHook(Hook):
             ``flops_XX.pth`` checkpoints. Default: ``dict(backend=
             'mmifso_atomic')``, written to a temporary file and renamed, so a
             crash never leaves a partial checkpoint; None: mmengine's default.
+        sync_scoring (bool): In a distributed run, average the gradients and
+            Hessian-vector products of the criterion over the ranks before
+            it combines them (:class:`ScoringContext` ``sync_ranks``), so the
+            scores are those of the global batch; False scores each rank's
+            batch on its own and averages the per-rank scores.
         check_checkpoint_shapes (bool): Before a checkpoint is loaded
             (``load_from``/resume), raise if it was saved from another
             architecture (mmengine would skip the mismatched tensors with a
@@ -138,7 +143,8 @@ class PruningHook(Hook):
                  stop_at_target: bool = True,
                  scoring_dataloader: Optional[dict] = None,
                  backend_args: Optional[dict] = ATOMIC_BACKEND_ARGS,
-                 check_checkpoint_shapes: bool = True) -> None:
+                 check_checkpoint_shapes: bool = True,
+                 sync_scoring: bool = True) -> None:
         target_flops = _check_ratio(
             'target_flops', target_flops,
             'it is the fraction of the FLOPs that remains after pruning')
@@ -184,6 +190,8 @@ class PruningHook(Hook):
         self.scoring_dataloader = scoring_dataloader
         self.backend_args = copy.deepcopy(backend_args)
         self.check_checkpoint_shapes = check_checkpoint_shapes
+        self.sync_scoring = sync_scoring
+        self._seed_base = 0
         self.crossed: List[float] = []
         self.done = False
         self._score_iter: Optional[Iterator] = None
@@ -215,7 +223,15 @@ class PruningHook(Hook):
                     'importance.lam explicitly')
             self.importance.lam = float(wd)
             runner.logger.info(f'[mmifso] IFSO lambda = weight decay = {wd}')
-        self.ctx = ScoringContext(algo.architecture, algo.mutator)
+        self.ctx = ScoringContext(
+            algo.architecture, algo.mutator, sync_ranks=self.sync_scoring)
+        # Per-batch seeds from rank 0's seed: with randomness.diff_rank_seed
+        # the runner's seed differs per rank. Every rank then draws the same
+        # seed sequence, so no per-rank random state decides anything that
+        # is not reduced afterwards.
+        seed = torch.tensor([int(runner.seed or 0)], dtype=torch.int64)
+        broadcast(seed, src=0)
+        self._seed_base = int(seed.item())
         self._log_state(runner, algo, 'start')
         if algo.mutator.resources()['flops_ratio'] <= self.target_flops:
             self.done = True
@@ -269,7 +285,7 @@ class PruningHook(Hook):
         return iter(self._loader)
 
     def _batch_seed(self, runner) -> int:
-        return ((runner.seed or 0) * 1000003 + self._consumed) % (2**31 - 1)
+        return (self._seed_base * 1000003 + self._consumed) % (2**31 - 1)
 
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:

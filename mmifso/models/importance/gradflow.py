@@ -1,5 +1,5 @@
 """Gradient-flow criteria of Lubana & Dick (ICLR 2021) on channel slices."""
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -11,12 +11,27 @@ KINDS = ('magnitude', 'loss_preservation', 'biased_loss', 'grasp',
          'grad_norm')
 
 
-def hessian_grad_product(loss: torch.Tensor,
-                         params: List[torch.Tensor]) -> List[torch.Tensor]:
-    """``H g`` by double backprop: ``d/dtheta (g . stop_grad(g))``."""
+def hessian_grad_product(
+        loss: torch.Tensor,
+        params: List[torch.Tensor],
+        ctx: Optional[ScoringContext] = None) -> List[torch.Tensor]:
+    """``H g`` by double backprop: ``d/dtheta (g . stop_grad(g))``.
+
+    Args:
+        loss (Tensor): Mean loss of a batch.
+        params (list[Tensor]): ``theta``.
+        ctx (ScoringContext, optional): When given, ``g`` and ``H g`` are
+            those of the global batch of a distributed run (averaged over
+            ranks, :meth:`ScoringContext.reduce`).
+
+    Returns:
+        list[Tensor]: ``H g``, detached.
+    """
     g = grad_or_zeros(loss, params, create_graph=True)
-    fixed = [x.detach() for x in g]
-    return [h.detach() for h in grad_or_zeros(dot(g, fixed), params)]
+    if ctx is None:
+        fixed = [x.detach() for x in g]
+        return [h.detach() for h in grad_or_zeros(dot(g, fixed), params)]
+    return ctx.hvp(g, params, ctx.reduce(g), retain_graph=False)
 
 
 @TASK_UTILS.register_module()
@@ -90,9 +105,9 @@ class GradFlowImportance(BaseImportance):
         theta = [p.detach() for p in slices.params]
         loss = ctx.loss(data)
         if self.kind in ('grasp', 'grad_norm'):
-            hg = hessian_grad_product(loss, slices.params)
+            hg = hessian_grad_product(loss, slices.params, ctx)
             return slices.reduce([t * h for t, h in zip(theta, hg)])
-        g = grad_or_zeros(loss, slices.params)
+        g = ctx.grad(loss, slices.params)  # global batch's g before |.|
         if self.kind == 'loss_preservation':
             return slices.reduce([(t * x).abs() for t, x in zip(theta, g)])
         return slices.reduce([(t * t * x).abs() for t, x in zip(theta, g)])

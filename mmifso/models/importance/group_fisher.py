@@ -31,7 +31,13 @@ class GroupFisherImportance(BaseImportance):
 
     Cost per scoring batch: one forward and one backward; extra memory
     ``O(N * C)`` for the gates and their gradients.
+
+    In a distributed run the per-sample sums of the ranks are added
+    (``rank_reduction = 'sum'``): a batch's score covers the samples of all
+    ranks, as one process scoring the whole batch.
     """
+
+    rank_reduction = 'sum'
 
     def batch_scores(self, ctx: ScoringContext,
                      data: dict) -> List[torch.Tensor]:

@@ -155,22 +155,22 @@ class IFSOImportance(BaseImportance):
         gw, gm = grads[:len(weights)], grads[len(weights):]
         gm_dir = dot(gm, dirs)
         need_hmm = self.second_order_mm and gm_dir.requires_grad
+        # Every product below is linear in the samples and averaged over the
+        # ranks (ctx.grad/ctx.hvp) before the nonlinear steps (the inverse,
+        # |.|): in a distributed run these are the global batch's H v.
         # H_wm 1 = d/dw (g_m . 1)
-        v = grad_or_zeros(gm_dir, weights, retain_graph=True)
+        v = ctx.grad(gm_dir, weights, retain_graph=True)
 
         def hvp_ww(x: Vec) -> Vec:
-            return [
-                h.detach() for h in grad_or_zeros(
-                    dot(gw, x), weights, retain_graph=True)
-            ]
+            return ctx.hvp(gw, weights, x)
 
-        u = self._solve(hvp_ww, [x.detach() for x in v])
-        s = grad_or_zeros(dot(gw, u), masks, retain_graph=need_hmm)
-        hmm = grad_or_zeros(gm_dir, masks) if need_hmm else (
+        u = self._solve(hvp_ww, v)
+        s = ctx.hvp(gw, masks, u, retain_graph=need_hmm)
+        hmm = ctx.grad(gm_dir, masks) if need_hmm else (
             [torch.zeros_like(m) for m in masks]
             if self.second_order_mm else None)
-        return self._combine(s, [g.detach() for g in gm]
-                             if self.first_order else None, hmm)
+        return self._combine(
+            s, ctx.reduce(gm) if self.first_order else None, hmm)
 
     # ------------------------------------------------------------------ #
     def _finite_diff(self, ctx: ScoringContext, data: dict) -> Vec:
@@ -218,12 +218,13 @@ class IFSOImportance(BaseImportance):
             else:
                 gp, gn = grads_at(m_shift=plus, wrt=wrt), grads_at(
                     m_shift=minus, wrt=wrt)
-            return [(a - b) / (2 * r) for a, b in zip(gp, gn)]
+            # H v of the global batch (vec, hence r, is the same on all ranks).
+            return ctx.reduce([(a - b) / (2 * r) for a, b in zip(gp, gn)])
 
         v = central(dirs, along='m', wrt='w')  # H_wm 1
         u = self._solve(lambda x: central(x, along='w', wrt='w'), v)
         s = central(u, along='w', wrt='m')  # H_mw u
-        gm = grads_at(wrt='m') if self.first_order else None
+        gm = ctx.reduce(grads_at(wrt='m')) if self.first_order else None
         hmm = central(dirs, along='m', wrt='m') \
             if self.second_order_mm else None
         return self._combine(s, gm, hmm)

@@ -85,7 +85,9 @@ def gauss_newton_product(ctx: ScoringContext,
         rtol (float): Tolerance of the check.
 
     Returns:
-        tuple: ``(g, G v)``, both detached lists shaped like ``params``.
+        tuple: ``(g, G v)``, both detached lists shaped like ``params``;
+        in a distributed run those of the global batch
+        (:meth:`ScoringContext.reduce`).
 
     Raises:
         ValueError: when the check fails.
@@ -118,7 +120,8 @@ def gauss_newton_product(ctx: ScoringContext,
     hz_jv = grad_or_zeros(curv, zs, retain_graph=True) \
         if curv.requires_grad else [torch.zeros_like(z) for z in zs]
     gv = grad_or_zeros(zs, params, grad_outputs=[x.detach() for x in hz_jv])
-    return g, [x.detach() for x in gv]
+    # g and G v are linear in the samples: those of the global batch.
+    return ctx.reduce(g), ctx.reduce(gv)
 
 
 @TASK_UTILS.register_module()
@@ -200,8 +203,8 @@ class SOSPHImportance(BaseImportance):
         if self.hessian == 'exact':
             loss = ctx.loss(data)
             g = grad_or_zeros(loss, params, create_graph=True)
-            hv = [x.detach() for x in grad_or_zeros(dot(g, v), params)]
-            g = [x.detach() for x in g]
+            hv = ctx.hvp(g, params, v, retain_graph=False)
+            g = ctx.reduce(g)
         else:
             g, hv = gauss_newton_product(
                 ctx, data, params, v, self.output_modules,

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from mmifso.registry import TASK_UTILS
-from .base import BaseImportance, ScoringContext, grad_or_zeros
+from .base import BaseImportance, ScoringContext
 from .param_slices import channel_slices
 
 
@@ -50,7 +50,8 @@ class TaylorImportance(BaseImportance):
                      data: dict) -> List[torch.Tensor]:
         slices = channel_slices(ctx)
         loss = ctx.loss(data)
-        grads = grad_or_zeros(loss, slices.params)
+        # The global batch's gradient (averaged over ranks) before |.|.
+        grads = ctx.grad(loss, slices.params)
         prods = [p.detach() * g for p, g in zip(slices.params, grads)]
         if self.variant == 'taylor_fo':
             return [s.abs() for s in slices.reduce(prods)]
