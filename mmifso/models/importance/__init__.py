@@ -8,6 +8,7 @@ from .magnitude import (BNScaleImportance, MagnitudeImportance,
 from .param_slices import ChannelSlices, channel_slices
 from .sosp import SOSPHImportance, gauss_newton_product
 from .taylor import TaylorImportance
+from .tp_importance import TorchPruningImportance
 from .woodfisher import WoodFisherImportance
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     'MagnitudeImportance', 'RandomImportance', 'BNScaleImportance',
     'GroupFisherImportance', 'TaylorImportance', 'GradFlowImportance',
     'SOSPHImportance', 'WoodFisherImportance', 'InfCPImportance',
-    'ChannelSlices', 'channel_slices', 'gauss_newton_product'
+    'ChannelSlices', 'channel_slices', 'gauss_newton_product',
+    'TorchPruningImportance'
 ]
