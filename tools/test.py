@@ -2,6 +2,7 @@
 
 Usage:
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
+                                           [--trust-checkpoint]
                                            [--cfg-options k=v ...]
     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]
 
@@ -12,6 +13,9 @@ The checkpoint is checked against the config before anything is built:
   ``tools/export_pruned.py`` first;
 * an exported ``pruned.pth`` needs the ``deploy_config.py`` written next to it;
 * a plain checkpoint cannot go into a ``PrunedModel`` config.
+
+Checkpoints are unpickled with an allow-list of types, also by the Runner
+(``--trust-checkpoint`` unpickles completely, for trusted files only).
 
 ``--out FILE.json`` (or ``.yaml``) writes the metrics; ``--out FILE.pkl``
 dumps the predictions, as mmpretrain's and mmdet's tools do

@@ -2,6 +2,7 @@
 
 Usage:
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                                 [--trust-checkpoint]
                                  [--cfg-options k=v ...]
     bash tools/dist_train.sh CONFIG GPUS [args]
 
@@ -11,7 +12,9 @@ and fine-tunes the exported model (``deploy_config.py`` written by
 ``tools/export_pruned.py``). A checkpoint given by ``load_from`` or
 ``--resume CKPT`` is checked against the config first: a masked, exported or
 plain checkpoint used with the wrong kind of config stops with what to use
-instead (mmengine would only warn and train random layers).
+instead (mmengine would only warn and train random layers). Checkpoints are
+unpickled with an allow-list of types, also by the Runner's own loads
+(``--trust-checkpoint`` unpickles completely, for trusted files only).
 """
 import argparse
 import os
