@@ -1,0 +1,562 @@
+"""Accuracy at a FLOPs budget: several criteria side by side.
+
+Usage:
+    python tools/analysis/compare_criteria.py CONFIG CHECKPOINT \\
+        [--targets 0.7 0.5 0.3] [--criteria ifso tp_taylor ...] \\
+        [--finetune-epochs 1] [--score-batches 2] [--rounds 1] \\
+        [--work-dir work_dirs/compare] [--out-prefix NAME]
+
+Protocol (identical for every criterion):
+
+1. The unpruned baseline (``CONFIG``: a plain mmpretrain/mmdet config or an
+   ``mmifso.PruningAlgorithm`` one; ``CHECKPOINT``: its trained weights) is
+   evaluated with the config's test dataloader and evaluator.
+2. ``--score-batches`` batches are drawn once from the config's train
+   dataloader (seeded sampler and augmentation) and every criterion scores
+   exactly these batches, batch ``i`` with seed ``seed + i``, in train mode
+   (as the pruning hooks score during training).
+3. Pruning to each target starts from the baseline: ``--rounds`` rounds,
+   round ``k`` re-scores the masked model and prunes to the FLOPs ratio
+   ``target ** (k / rounds)`` (the geometric schedule of
+   ``IterativePruningHook``, without training in between). Selection is
+   mmifso's global ``select_channels`` with ``--cost`` / ``--cost-power``
+   (IFSO's ``acts`` / 0.5 by default) for every criterion. With one round
+   (one-shot, the default) the scores of the baseline serve every target,
+   so they are computed once per criterion.
+4. The masked model is exported (physically smaller), evaluated ("before
+   fine-tuning"), fine-tuned for ``--finetune-epochs`` epochs with the
+   config's optimizer and its lr schedule scaled to that length (epochs,
+   milestones, ``T_max``, warm-up ends multiplied by
+   ``finetune_epochs / max_epochs``), same seed, and evaluated again.
+
+Writes ``<prefix>.json``, ``<prefix>.md`` and ``<prefix>.png`` (top-1 or the
+config's first metric vs achieved FLOPs ratio, one line per criterion, the
+baseline as a horizontal line) into ``--work-dir``; the runners' logs and the
+structures of the pruned models go below it.
+
+Scoring seconds and peak extra memory cover ``update`` + ``compute`` of the
+criterion (every round). Memory is the peak resident set size during
+scoring minus the RSS before it (Linux ``/proc/self/clear_refs`` reset of
+``VmHWM``), or ``torch.cuda.max_memory_allocated`` minus the allocation
+before scoring on a GPU; the JSON says which.
+"""
+import argparse
+import copy
+import json
+import logging
+import os
+import os.path as osp
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, set_random_seed
+
+#: Short names for ``--criteria``; any registered criterion type name or
+#: ``LABEL=JSON`` (a config dict) works too.
+CRITERIA: Dict[str, dict] = dict(
+    ifso=dict(type='mmifso.IFSOImportance', hvp='exact'),
+    group_fisher=dict(type='mmifso.GroupFisherImportance'),
+    taylor=dict(type='mmifso.TaylorImportance'),
+    magnitude=dict(type='mmifso.MagnitudeImportance', p=1),
+    tp_taylor=dict(type='mmifso.TorchPruningImportance', kind='taylor'),
+    tp_magnitude=dict(type='mmifso.TorchPruningImportance', kind='magnitude'),
+    tp_hessian=dict(type='mmifso.TorchPruningImportance', kind='hessian'),
+    tp_hessian_fixed=dict(
+        type='mmifso.TorchPruningImportance',
+        kind='hessian',
+        hessian_accumulation='fixed'),
+    random=dict(type='mmifso.RandomImportance', seed=0),
+)
+DEFAULT_CRITERIA = [
+    'ifso', 'tp_taylor', 'tp_magnitude', 'tp_hessian', 'tp_hessian_fixed',
+    'random'
+]
+#: Keys of lr/momentum schedulers that count epochs (or iterations).
+_SCHEDULE_KEYS = ('begin', 'end', 'T_max', 'step_size', 'total_iters')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='criteria short names: ' + ', '.join(CRITERIA))
+    parser.add_argument('config', help='config of the unpruned baseline')
+    parser.add_argument('checkpoint', help='trained baseline checkpoint')
+    parser.add_argument('--targets', type=float, nargs='+',
+                        default=[0.7, 0.5, 0.3],
+                        help='FLOPs ratios to prune to, each in (0, 1)')
+    parser.add_argument('--criteria', nargs='+', default=DEFAULT_CRITERIA,
+                        help='short names, registered types or LABEL=JSON')
+    parser.add_argument('--finetune-epochs', type=int, default=1)
+    parser.add_argument('--score-batches', type=int, default=2)
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='pruning rounds per target (1 = one-shot)')
+    parser.add_argument('--cost', default='acts',
+                        choices=['acts', 'flops', 'none'])
+    parser.add_argument('--cost-power', type=float, default=0.5)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--work-dir', default='work_dirs/compare')
+    parser.add_argument('--out-prefix', default='compare',
+                        help='file name stem of the JSON/markdown/plot')
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------- #
+# Arguments
+# ---------------------------------------------------------------------- #
+def check_targets(targets: Sequence[float]) -> List[float]:
+    """The targets, validated and sorted from the mildest.
+
+    Raises:
+        ValueError: for a target outside (0, 1) or a repeated one.
+    """
+    bad = [t for t in targets if not 0 < t < 1]
+    if bad or not targets:
+        raise ValueError(f'--targets must be FLOPs ratios in (0, 1), got '
+                         f'{list(targets)}')
+    if len(set(targets)) != len(targets):
+        raise ValueError(f'--targets has repeated values: {list(targets)}')
+    return sorted(targets, reverse=True)
+
+
+def resolve_criteria(names: Sequence[str]) -> Dict[str, dict]:
+    """``{label: criterion config}`` for ``--criteria``.
+
+    Raises:
+        ValueError: for an unknown name, bad JSON or a repeated label.
+    """
+    from mmifso.registry import TASK_UTILS
+    out: Dict[str, dict] = {}
+    for name in names:
+        if '=' in name:
+            label, text = name.split('=', 1)
+            try:
+                cfg = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'criterion {label!r}: bad JSON ({e})')
+            if not isinstance(cfg, dict) or 'type' not in cfg:
+                raise ValueError(f'criterion {label!r}: the JSON must be a '
+                                 'dict with a "type"')
+        elif name in CRITERIA:
+            label, cfg = name, copy.deepcopy(CRITERIA[name])
+        else:
+            label, cfg = name.split('.')[-1], dict(type=name)
+        type_name = cfg['type']
+        if not isinstance(type_name, str) or TASK_UTILS.get(
+                type_name if '.' in type_name else f'mmifso.{type_name}'
+        ) is None:
+            raise ValueError(
+                f'unknown criterion {name!r}; use one of '
+                f'{", ".join(CRITERIA)}, a registered type (e.g. '
+                "mmifso.TaylorImportance) or LABEL='{\"type\": ...}'")
+        if '.' not in type_name:
+            cfg['type'] = f'mmifso.{type_name}'
+        if label in out:
+            raise ValueError(f'criterion {label!r} given twice')
+        out[label] = cfg
+    return out
+
+
+# ---------------------------------------------------------------------- #
+# Model, data, runners
+# ---------------------------------------------------------------------- #
+def baseline_model(cfg: Config, checkpoint: str) -> nn.Module:
+    """The unpruned architecture of ``cfg`` with the checkpoint's weights.
+
+    Raises:
+        ValueError: for a checkpoint that is already pruned or masked.
+    """
+    from mmifso.apis import model_kind
+    from mmifso.models.algorithms.pruning_algorithm import (ARCH_PREFIX,
+                                                            MUTATOR_PREFIX,
+                                                            build_architecture)
+    from mmifso.utils.io import load_checkpoint_file
+    arch_cfg = cfg.model.architecture if model_kind(
+        cfg) == 'masked' else cfg.model
+    if model_kind(cfg) == 'pruned':
+        raise ValueError('CONFIG must describe the unpruned baseline, not a '
+                         'PrunedModel')
+    model = build_architecture(arch_cfg, cfg.get('data_preprocessor'))
+    ckpt = load_checkpoint_file(checkpoint)
+    state = ckpt.get('state_dict', ckpt)
+    masks = [v for k, v in state.items() if k.startswith(MUTATOR_PREFIX)]
+    if any(bool((m == 0).any()) for m in masks if m.dtype.is_floating_point):
+        raise ValueError(f'{checkpoint} has removed channels: compare '
+                         'criteria from the unpruned baseline')
+    state = {(k[len(ARCH_PREFIX):] if k.startswith(ARCH_PREFIX) else k): v
+             for k, v in state.items() if not k.startswith(MUTATOR_PREFIX)}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def scale_schedulers(schedulers, factor: float) -> list:
+    """The config's lr/momentum schedulers with lengths times ``factor``."""
+    if schedulers is None:
+        return []
+    items = [schedulers] if isinstance(schedulers, dict) else list(schedulers)
+    out = []
+    for s in items:
+        s = copy.deepcopy(dict(s))
+        for key in _SCHEDULE_KEYS:
+            if isinstance(s.get(key), (int, float)) and s[key] < 1e8:
+                s[key] = max(1, int(round(s[key] * factor))) \
+                    if key != 'begin' else int(round(s[key] * factor))
+        if 'milestones' in s:
+            s['milestones'] = [
+                max(1, int(round(m * factor))) for m in s['milestones']
+            ]
+        out.append(s)
+    return out
+
+
+def make_runner(cfg: Config, model: nn.Module, work_dir: str, name: str,
+                seed: int, epochs: int = 0) -> Runner:
+    """A Runner on ``model`` with the config's data, evaluator, optimizer and
+    (scaled) schedule; it trains ``epochs`` epochs when asked to."""
+    train = {}
+    if epochs > 0:
+        max_epochs = int(cfg.train_cfg.get('max_epochs', epochs))
+        train = dict(
+            train_dataloader=cfg.train_dataloader,
+            optim_wrapper=cfg.optim_wrapper,
+            param_scheduler=scale_schedulers(
+                cfg.get('param_scheduler'), epochs / max(max_epochs, 1)),
+            train_cfg=dict(by_epoch=True, max_epochs=epochs,
+                           val_interval=epochs + 1))
+    hooks = dict(cfg.get('default_hooks', {}))
+    hooks['checkpoint'] = None  # fine-tuned weights are not kept
+    return Runner(
+        model=model,
+        work_dir=work_dir,
+        experiment_name=name,
+        test_dataloader=cfg.test_dataloader,
+        test_evaluator=cfg.test_evaluator,
+        test_cfg=cfg.get('test_cfg', dict()),
+        default_hooks=hooks,
+        default_scope=cfg.get('default_scope', 'mmengine'),
+        randomness=dict(seed=seed, deterministic=False),
+        env_cfg=cfg.get('env_cfg', dict(dist_cfg=dict(backend='nccl'))),
+        log_processor=cfg.get('log_processor'),
+        log_level=cfg.get('log_level', 'INFO'),
+        launcher='none',
+        **train)
+
+
+def evaluate(runner: Runner, metric: Optional[str]) -> Tuple[str, float]:
+    """Run the test loop; the named metric or the first (top-1 first)."""
+    metrics = runner.test()
+    if metric is None:
+        metric = 'accuracy/top1' if 'accuracy/top1' in metrics else next(
+            iter(metrics))
+    return metric, float(metrics[metric])
+
+
+def scoring_batches(cfg: Config, n: int, seed: int) -> List[dict]:
+    """``n`` raw batches of the train dataloader, seeded."""
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    if isinstance(loader_cfg.get('sampler'), dict):
+        loader_cfg['sampler']['seed'] = seed
+    set_random_seed(seed)
+    loader = Runner.build_dataloader(loader_cfg, seed=seed)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == n:
+            return batches
+    raise ValueError(f'the train dataloader has only {len(batches)} batches, '
+                     f'fewer than --score-batches {n}')
+
+
+# ---------------------------------------------------------------------- #
+# Measurement
+# ---------------------------------------------------------------------- #
+class PeakMemory:
+    """Peak extra memory of a code block (bytes) and how it was measured."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+        self.method = ('torch.cuda.max_memory_allocated - allocated before'
+                       if self.cuda else
+                       'peak RSS (VmHWM after writing 5 to '
+                       '/proc/self/clear_refs) - RSS before')
+        if not self.cuda and not _can_reset_peak_rss():
+            self.method = 'unavailable (no /proc/self/clear_refs)'
+
+    def __enter__(self) -> 'PeakMemory':
+        self.peak = None
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+        elif self.method.startswith('peak RSS'):
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')
+            self.before = _proc_status_kb('VmRSS') * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.before
+        elif self.method.startswith('peak RSS'):
+            self.peak = _proc_status_kb('VmHWM') * 1024 - self.before
+
+
+def _proc_status_kb(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def _can_reset_peak_rss() -> bool:
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        _proc_status_kb('VmHWM')
+        return True
+    except (OSError, RuntimeError):
+        return False
+
+
+# ---------------------------------------------------------------------- #
+# The comparison
+# ---------------------------------------------------------------------- #
+def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
+                    args: argparse.Namespace, memory: PeakMemory,
+                    scores=None) -> Tuple[list, float, Optional[int]]:
+    """One round: score (unless ``scores`` are given) and prune to
+    ``ratio``; returns the scores, scoring seconds and peak bytes."""
+    from mmifso.models.mutators import select_channels
+    seconds, peak = 0.0, None
+    if scores is None:
+        with memory:
+            start = time.perf_counter()
+            imp.reset()
+            for i, batch in enumerate(batches if imp.requires_data else []):
+                imp.update(ctx, batch, seed=seed + i)
+            scores = imp.compute(ctx)
+            imp.reset()
+            seconds = time.perf_counter() - start
+        peak = memory.peak
+    alive = sum(u.num_alive for u in ctx.mutator.units)
+    removed = select_channels(ctx.mutator, scores, alive, cost=args.cost,
+                              cost_power=args.cost_power, target_flops=ratio)
+    after_prune = getattr(imp, 'after_prune', None)
+    if removed and callable(after_prune):
+        after_prune(ctx, removed)
+    return scores, seconds, peak
+
+
+def run_comparison(args: argparse.Namespace) -> dict:
+    """Prune, fine-tune and evaluate every (criterion, target) pair.
+
+    Returns:
+        dict: ``baseline``, ``rows`` (one per pair) and the settings.
+    """
+    targets = check_targets(args.targets)
+    if args.rounds < 1 or args.score_batches < 1 or args.finetune_epochs < 0:
+        raise ValueError('--rounds and --score-batches must be >= 1 and '
+                         '--finetune-epochs >= 0')
+    cfg = Config.fromfile(args.config)
+    import mmifso  # noqa: F401  (registers the criteria)
+    criteria = resolve_criteria(args.criteria)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    from mmifso.apis.pruning import (analyse_model, build_criterion,
+                                     export_model)
+    from mmifso.models.importance import ScoringContext
+    work_dir = osp.abspath(args.work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    stamp = time.strftime('%Y%m%d_%H%M%S')
+
+    model = baseline_model(cfg, args.checkpoint)
+    runner = make_runner(cfg, copy.deepcopy(model),
+                         osp.join(work_dir, 'baseline'),
+                         f'compare_{stamp}_baseline', args.seed)
+    metric, base_acc = evaluate(runner, None)
+    batches = scoring_batches(cfg, args.score_batches, args.seed)
+    data = model.data_preprocessor(batches[0], False)
+    shape = (1, ) + tuple(data['inputs'].shape[1:])
+    mutator = analyse_model(model, input_shape=shape)
+    base_res = mutator.resources()
+    base_state = copy.deepcopy(model.state_dict())
+    device = next(model.parameters()).device
+    memory = PeakMemory(device)
+    print_log(
+        f'[compare] baseline {metric} {base_acc:.2f}, '
+        f'{base_res["flops"] / 1e6:.2f} M FLOPs, '
+        f'{base_res["params"] / 1e3:.1f} K params; criteria '
+        f'{list(criteria)}, targets {targets}, {args.rounds} round(s), '
+        f'{args.score_batches} scoring batches, {args.finetune_epochs} '
+        'fine-tuning epochs', logger='current', level=logging.INFO)
+
+    rows = []
+    total = len(criteria) * len(targets)
+    for label, crit_cfg in criteria.items():
+        first_round = None  # (scores, seconds, peak): one-shot reuse
+        for target in targets:
+            model.load_state_dict(base_state)
+            with torch.no_grad():
+                for unit in mutator.units:
+                    unit.mask.fill_(1)
+            model.train()
+            imp = build_criterion(crit_cfg)
+            if getattr(imp, 'lam', 0) is None:  # IFSO: lambda = weight decay
+                imp.lam = float(cfg.optim_wrapper.optimizer.weight_decay)
+            ctx = ScoringContext(model, mutator)
+            seconds, peaks = 0.0, []
+            for k in range(1, args.rounds + 1):
+                ratio = target**(k / args.rounds)
+                reuse = first_round if k == 1 else None
+                scores, sec, peak = score_and_prune(
+                    ctx, imp, batches, args.seed, ratio, args, memory,
+                    None if reuse is None else reuse[0])
+                if reuse is not None:
+                    sec, peak = reuse[1], reuse[2]
+                elif k == 1:
+                    first_round = (scores, sec, peak)
+                seconds += sec
+                peaks.append(peak)
+            res = mutator.resources()
+            pruned, structure = export_model(model, mutator)
+            run_dir = osp.join(work_dir, label, f'flops_{target:.2f}')
+            os.makedirs(run_dir, exist_ok=True)
+            with open(osp.join(run_dir, 'structure.json'), 'w') as f:
+                json.dump(structure, f)
+            runner = make_runner(cfg, pruned, run_dir,
+                                 f'compare_{stamp}_{label}_{target:.2f}',
+                                 args.seed, args.finetune_epochs)
+            _, before = evaluate(runner, metric)
+            after = before
+            if args.finetune_epochs > 0:
+                runner.train()
+                _, after = evaluate(runner, metric)
+            known = [p for p in peaks if p is not None]
+            row = dict(
+                criterion=label,
+                config=crit_cfg,
+                target=target,
+                flops_ratio=res['flops_ratio'],
+                params_ratio=res['params_ratio'],
+                reached=res['flops_ratio'] <= target,
+                flops=res['flops'],
+                params=res['params'],
+                metric_before_finetune=before,
+                metric_after_finetune=after,
+                scoring_seconds=seconds,
+                scoring_peak_extra_bytes=max(known) if known else None)
+            rows.append(row)
+            print_log(
+                f'[compare] {len(rows)}/{total} {label} @ {target:.2f}: '
+                f'FLOPs {res["flops_ratio"]:.3f}, params '
+                f'{res["params_ratio"]:.3f}, {metric} {before:.2f} -> '
+                f'{after:.2f} after {args.finetune_epochs} epochs; scoring '
+                f'{seconds:.1f} s, peak +{_mib(row["scoring_peak_extra_bytes"])}'
+                ' MiB', logger='current', level=logging.INFO)
+    return dict(
+        config=args.config,
+        checkpoint=args.checkpoint,
+        metric=metric,
+        baseline=dict(metric=base_acc, flops=base_res['flops'],
+                      params=base_res['params']),
+        targets=targets,
+        rounds=args.rounds,
+        score_batches=args.score_batches,
+        score_batch_size=len(batches[0]['inputs']),
+        finetune_epochs=args.finetune_epochs,
+        cost=args.cost,
+        cost_power=args.cost_power,
+        seed=args.seed,
+        memory_method=memory.method,
+        rows=rows)
+
+
+def _mib(b: Optional[int]) -> str:
+    return 'n/a' if b is None else f'{b / 2**20:.1f}'
+
+
+def markdown_table(result: dict) -> str:
+    """The rows as a markdown table."""
+    m = result['metric']
+    lines = [
+        f'| criterion | target | FLOPs ratio | params ratio | {m} before '
+        f'fine-tuning | {m} after {result["finetune_epochs"]} epochs | '
+        'scoring (s) | scoring peak extra memory (MiB) |',
+        '|---|---|---|---|---|---|---|---|',
+        f'| baseline (unpruned) | 1.00 | 1.000 | 1.000 | '
+        f'{result["baseline"]["metric"]:.2f} | '
+        f'{result["baseline"]["metric"]:.2f} | | |'
+    ]
+    for r in result['rows']:
+        flag = '' if r['reached'] else ' (not reached)'
+        lines.append(
+            f'| {r["criterion"]} | {r["target"]:.2f} | '
+            f'{r["flops_ratio"]:.3f}{flag} | {r["params_ratio"]:.3f} | '
+            f'{r["metric_before_finetune"]:.2f} | '
+            f'{r["metric_after_finetune"]:.2f} | '
+            f'{r["scoring_seconds"]:.1f} | '
+            f'{_mib(r["scoring_peak_extra_bytes"])} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(result: dict, path: str) -> None:
+    """Metric vs achieved FLOPs ratio, one line per criterion; before and
+    after fine-tuning side by side."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    labels = list(dict.fromkeys(r['criterion'] for r in result['rows']))
+    for ax, key, title in (
+            (axes[0], 'metric_after_finetune',
+             f'after {result["finetune_epochs"]} fine-tuning epochs'),
+            (axes[1], 'metric_before_finetune', 'right after pruning')):
+        for label in labels:
+            rows = sorted((r for r in result['rows']
+                           if r['criterion'] == label),
+                          key=lambda r: r['flops_ratio'])
+            ax.plot([r['flops_ratio'] for r in rows], [r[key] for r in rows],
+                    marker='o', label=label)
+        ax.axhline(result['baseline']['metric'], color='k', ls='--', lw=1,
+                   label='unpruned baseline')
+        ax.set_xlabel('FLOPs ratio (pruned / baseline)')
+        ax.set_ylabel(result['metric'])
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    start = time.time()
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+    result = run_comparison(args)
+    result['wall_seconds'] = round(time.time() - start, 1)
+    result['load_average_1min_start'] = load
+    result['load_average_1min_end'] = os.getloadavg()[0] if load is not None \
+        else None
+    result['torch_threads'] = torch.get_num_threads()
+    stem = osp.join(osp.abspath(args.work_dir), args.out_prefix)
+    with open(stem + '.json', 'w') as f:
+        json.dump(result, f, indent=2)
+    with open(stem + '.md', 'w') as f:
+        f.write(markdown_table(result))
+    plot(result, stem + '.png')
+    print_log(
+        '\n' + markdown_table(result) + f'wall time {result["wall_seconds"]}'
+        f' s; wrote {stem}.json, {stem}.md, {stem}.png',
+        logger='current', level=logging.INFO)
+    return result
+
+
+if __name__ == '__main__':
+    main()
