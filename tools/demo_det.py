@@ -15,7 +15,8 @@ Runner, exactly as ``tools/train.py`` / ``tools/test.py`` /
    (configs/demo_det/retinanet_r18-w32_fpn_1xb16-48e_shapes.py);
 2. prune it with IFSO to 50% FLOPs while training continues
    (configs/demo_det/ifso_retinanet_r18-w32_prune_shapes.py);
-3. export the masked checkpoint to a physically smaller model;
+3. export the masked checkpoint to a physically smaller model and evaluate
+   both from disk (they must give the same bbox mAP);
 4. fine-tune the exported model
    (configs/demo_det/ifso_retinanet_r18-w32_finetune_shapes.py) and evaluate;
 5. control: fine-tune the unpruned baseline with the same schedule (the
@@ -185,8 +186,7 @@ def main(argv=None):
         prune_cfg.custom_hooks[0].importance.pop('lam', None)
     prune_cfg.custom_hooks[0].target_flops = args.target_flops
     prune_dir = osp.join(work_dir, 'prune')
-    pruned_run = run(prune_cfg, prune_dir)
-    masked_map = coco(pruned_run['metrics'], 'bbox_mAP')
+    run(prune_cfg, prune_dir)
     masked_ckpt = osp.join(
         prune_dir, f'flops_{int(round(args.target_flops * 100)):02d}.pth')
     if not osp.isfile(masked_ckpt):
@@ -194,10 +194,22 @@ def main(argv=None):
                            f'{masked_ckpt} is missing')
     seconds['prune'] = round(time.time() - t, 1)
 
-    # 3. Export.
+    # 3. Export, and evaluate the masked and the exported model.
     t = time.time()
     exported = export_checkpoint(prune_cfg, masked_ckpt,
                                  osp.join(work_dir, 'export'))
+    # The masked checkpoint and the exported model, both evaluated from disk
+    # with the test loop (as tools/test.py does), give the same COCO mAP.
+    masked_cfg = prune_cfg.copy()
+    masked_cfg.load_from = masked_ckpt
+    masked_map = coco(
+        run(masked_cfg, osp.join(work_dir, 'eval_masked'),
+            train=False)['metrics'], 'bbox_mAP')
+    deploy_cfg = with_data(Config.fromfile(exported['config']), data_root)
+    deploy_cfg.load_from = exported['checkpoint']
+    exported_map = coco(
+        run(deploy_cfg, osp.join(work_dir, 'eval_exported'),
+            train=False)['metrics'], 'bbox_mAP')
     seconds['export'] = round(time.time() - t, 1)
 
     # 4. Fine-tune the physically pruned model and evaluate it.
@@ -243,6 +255,7 @@ def main(argv=None):
             control['bbox_mAP'] - pruned['bbox_mAP'] if control else None),
         target_flops=args.target_flops,
         pruned_before_finetune_bbox_mAP=masked_map,
+        exported_before_finetune_bbox_mAP=exported_map,
         flops_ratio=pruned['flops'] / baseline['flops'],
         params_ratio=pruned['params'] / baseline['params'],
         bbox_mAP_drop=baseline['bbox_mAP'] - pruned['bbox_mAP'],
@@ -273,7 +286,8 @@ def main(argv=None):
     print_log(
         '\n' + table + f'\nFLOPs ratio {summary["flops_ratio"]:.3f}, params '
         f'ratio {summary["params_ratio"]:.3f}; bbox mAP right after pruning '
-        f'(masked, before fine-tuning) {masked_map:.3f}; total '
+        f'(before fine-tuning) {masked_map:.3f} masked, {exported_map:.3f} '
+        f'exported; total '
         f'{summary["seconds"]} s ({seconds})\nwrote '
         f'{osp.join(work_dir, "summary.json")}',
         logger='current',
