@@ -65,7 +65,18 @@ CRITERIA: Dict[str, dict] = dict(
     ifso=dict(type='mmifso.IFSOImportance', hvp='exact'),
     group_fisher=dict(type='mmifso.GroupFisherImportance'),
     taylor=dict(type='mmifso.TaylorImportance'),
+    snip=dict(type='mmifso.TaylorImportance', variant='snip'),
+    biased_loss=dict(type='mmifso.GradFlowImportance', kind='biased_loss'),
+    # GraSP's signed scores keep their order only without cost
+    # normalisation (a negative score divided by a cost moves towards 0).
+    grasp=dict(type='mmifso.GradFlowImportance', kind='grasp', cost_power=0),
+    grad_norm=dict(type='mmifso.GradFlowImportance', kind='grad_norm'),
+    sosp_h=dict(type='mmifso.SOSPHImportance'),
+    woodfisher=dict(type='mmifso.WoodFisherImportance'),
+    inf_cp=dict(type='mmifso.InfCPImportance'),
     magnitude=dict(type='mmifso.MagnitudeImportance', p=1),
+    l2=dict(type='mmifso.MagnitudeImportance', p=2),
+    bn_scale=dict(type='mmifso.BNScaleImportance'),
     tp_taylor=dict(type='mmifso.TorchPruningImportance', kind='taylor'),
     tp_magnitude=dict(type='mmifso.TorchPruningImportance', kind='magnitude'),
     tp_hessian=dict(type='mmifso.TorchPruningImportance', kind='hessian'),
@@ -75,10 +86,9 @@ CRITERIA: Dict[str, dict] = dict(
         hessian_accumulation='fixed'),
     random=dict(type='mmifso.RandomImportance', seed=0),
 )
-DEFAULT_CRITERIA = [
-    'ifso', 'tp_taylor', 'tp_magnitude', 'tp_hessian', 'tp_hessian_fixed',
-    'random'
-]
+#: Every criterion of the project, Torch-Pruning's three as external
+#: baselines, and random as the floor.
+DEFAULT_CRITERIA = list(CRITERIA)
 #: Keys of lr/momentum schedulers that count epochs (or iterations).
 _SCHEDULE_KEYS = ('begin', 'end', 'T_max', 'step_size', 'total_iters')
 
@@ -351,9 +361,14 @@ def _can_reset_peak_rss() -> bool:
 # ---------------------------------------------------------------------- #
 def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
                     args: argparse.Namespace, memory: PeakMemory,
-                    scores=None) -> Tuple[list, float, Optional[int]]:
+                    scores=None, cost_power: Optional[float] = None
+                    ) -> Tuple[list, float, Optional[int]]:
     """One round: score (unless ``scores`` are given) and prune to
-    ``ratio``; returns the scores, scoring seconds and peak bytes."""
+    ``ratio`` with ``score / cost ** cost_power`` (default
+    ``--cost-power``); returns the scores, scoring seconds and peak
+    bytes."""
+    if cost_power is None:
+        cost_power = args.cost_power
     from mmifso.models.mutators import select_channels
     seconds, peak = 0.0, None
     if scores is None:
@@ -368,7 +383,7 @@ def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
         peak = memory.peak
     alive = sum(u.num_alive for u in ctx.mutator.units)
     removed = select_channels(ctx.mutator, scores, alive, cost=args.cost,
-                              cost_power=args.cost_power, target_flops=ratio)
+                              cost_power=cost_power, target_flops=ratio)
     after_prune = getattr(imp, 'after_prune', None)
     if removed and callable(after_prune):
         after_prune(ctx, removed)
@@ -427,7 +442,10 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 for unit in mutator.units:
                     unit.mask.fill_(1)
             model.train()
-            imp = build_criterion(crit_cfg)
+            # A criterion entry may fix its own cost power (GraSP).
+            crit_kwargs = dict(crit_cfg)
+            cost_power = crit_kwargs.pop('cost_power', args.cost_power)
+            imp = build_criterion(crit_kwargs)
             if getattr(imp, 'lam', 0) is None:  # IFSO: lambda = weight decay
                 imp.lam = float(cfg.optim_wrapper.optimizer.weight_decay)
             ctx = ScoringContext(model, mutator)
@@ -437,7 +455,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 reuse = first_round if k == 1 else None
                 scores, sec, peak = score_and_prune(
                     ctx, imp, batches, args.seed, ratio, args, memory,
-                    None if reuse is None else reuse[0])
+                    None if reuse is None else reuse[0], cost_power)
                 if reuse is not None:
                     sec, peak = reuse[1], reuse[2]
                 elif k == 1:
@@ -468,6 +486,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
             row = dict(
                 criterion=label,
                 config=crit_cfg,
+                cost_power=cost_power,
                 target=target,
                 flops_ratio=res['flops_ratio'],
                 params_ratio=res['params_ratio'],
@@ -539,25 +558,30 @@ def plot(result: dict, path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
     labels = list(dict.fromkeys(r['criterion'] for r in result['rows']))
+    # 20 colours, 4 markers, 2 line styles: many criteria stay apart.
+    colors = plt.get_cmap('tab20').colors
+    markers = 'os^D'
     for ax, key, title in (
             (axes[0], 'metric_after_finetune',
              f'after {result["finetune_epochs"]} fine-tuning epochs'),
             (axes[1], 'metric_before_finetune', 'right after pruning')):
-        for label in labels:
+        for k, label in enumerate(labels):
             rows = sorted((r for r in result['rows']
                            if r['criterion'] == label),
                           key=lambda r: r['flops_ratio'])
             ax.plot([r['flops_ratio'] for r in rows], [r[key] for r in rows],
-                    marker='o', label=label)
+                    marker=markers[k % len(markers)],
+                    color=colors[k % len(colors)],
+                    ls='-' if k % 2 == 0 else '--', label=label)
         ax.axhline(result['baseline']['metric'], color='k', ls='--', lw=1,
                    label='unpruned baseline')
         ax.set_xlabel('FLOPs ratio (pruned / baseline)')
         ax.set_ylabel(result['metric'])
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc='center left', bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
