@@ -16,6 +16,11 @@ def runner_cfg(work_dir, target=0.7, max_iters=30, criterion=None):
             default_scope='mmpretrain',
             custom_imports=dict(imports=['mmifso'], allow_failed_imports=False),
             work_dir=str(work_dir),
+            # mmengine names the logger after the experiment (the timestamp
+            # for a config without a file): two Runners built in the same
+            # second would share a logger and write into the first one's
+            # log file.
+            experiment_name=f'pruning_hook_{osp.basename(str(work_dir))}',
             model=dict(
                 type='mmifso.PruningAlgorithm',
                 architecture=TINY_CLASSIFIER,
