@@ -352,6 +352,13 @@ def plot_scatter(true: Sequence[float], pred: Sequence[float], label: str,
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.scatter(true, pred, s=10, alpha=0.7, color='#2e86de')
     ax.axvline(0, color='#bbbbbb', lw=0.8)
+    # A few channels (the stem, trunk) change the loss by orders of
+    # magnitude more than the rest: symmetric log axes keep both readable.
+    for values, set_scale in ((true, ax.set_xscale), (pred, ax.set_yscale)):
+        mags = np.abs(np.asarray(values, dtype=np.float64))
+        mags = mags[np.isfinite(mags) & (mags > 0)]
+        if len(mags) and mags.max() > 100 * np.percentile(mags, 10):
+            set_scale('symlog', linthresh=float(np.percentile(mags, 10)))
     ax.set_xlabel(f'true loss change after {steps} retraining steps')
     ax.set_ylabel('prediction (lower = pruned first)')
     fmt = (lambda v: 'n/a' if v is None else f'{v:.2f}')
