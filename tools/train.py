@@ -26,6 +26,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 
+from mmifso.utils.io import TRUST_CHECKPOINT_HELP  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
@@ -76,17 +78,11 @@ def parse_args(argv=None):
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
         help='job launcher')
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true', help=TRUST_CHECKPOINT_HELP)
     # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='store_true',
-        help='unpickle the checkpoint completely (it may then run code it '
-        'contains): only for files from a trusted source that hold custom '
-        'classes; same as MMIFSO_TRUST_CHECKPOINTS=1. By default checkpoints '
-        'are loaded with an allow-list of types (tensors, containers, numpy, '
-        'mmengine log buffers), also by the Runner (load_from, resume)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:

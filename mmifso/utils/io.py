@@ -39,6 +39,13 @@ ATOMIC_BACKEND_ARGS = dict(backend=ATOMIC_BACKEND)
 DELAY_ENV = 'MMIFSO_ATOMIC_WRITE_DELAY'
 #: Environment variable: ``1`` trusts every checkpoint (full unpickling).
 TRUST_ENV = 'MMIFSO_TRUST_CHECKPOINTS'
+#: Help of the tools' ``--trust-checkpoint`` flag.
+TRUST_CHECKPOINT_HELP = (
+    'unpickle the checkpoint completely (it may then run code it contains): '
+    'only for files from a trusted source that hold custom classes; same as '
+    f'{TRUST_ENV}=1. By default checkpoints are loaded with an allow-list of '
+    'types (tensors, containers, numpy, mmengine log buffers), also by the '
+    'Runner (load_from, resume)')
 TMP_SUFFIX = '.tmp'
 
 
