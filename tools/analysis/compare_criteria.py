@@ -145,6 +145,7 @@ def resolve_criteria(names: Sequence[str]) -> Dict[str, dict]:
     Raises:
         ValueError: for an unknown name, bad JSON or a repeated label.
     """
+    from mmifso.models.importance import BaseImportance
     from mmifso.registry import TASK_UTILS
     out: Dict[str, dict] = {}
     for name in names:
@@ -162,9 +163,10 @@ def resolve_criteria(names: Sequence[str]) -> Dict[str, dict]:
         else:
             label, cfg = name.split('.')[-1], dict(type=name)
         type_name = cfg['type']
-        if not isinstance(type_name, str) or TASK_UTILS.get(
-                type_name if '.' in type_name else f'mmifso.{type_name}'
-        ) is None:
+        cls = TASK_UTILS.get(type_name if '.' in type_name else
+                             f'mmifso.{type_name}') if isinstance(
+                                 type_name, str) else None
+        if not (isinstance(cls, type) and issubclass(cls, BaseImportance)):
             raise ValueError(
                 f'unknown criterion {name!r}; use one of '
                 f'{", ".join(CRITERIA)}, a registered type (e.g. '
@@ -374,11 +376,9 @@ def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
     if scores is None:
         with memory:
             start = time.perf_counter()
-            imp.reset()
-            for i, batch in enumerate(batches if imp.requires_data else []):
-                imp.update(ctx, batch, seed=seed + i)
-            scores = imp.compute(ctx)
-            imp.reset()
+            scores = imp.score(ctx, batches if imp.requires_data else [],
+                               seed)
+            imp.reset()  # frees the accumulated statistics
             seconds = time.perf_counter() - start
         peak = memory.peak
     alive = sum(u.num_alive for u in ctx.mutator.units)
@@ -406,7 +406,8 @@ def run_comparison(args: argparse.Namespace) -> dict:
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     from mmifso.apis.pruning import (analyse_model, build_criterion,
                                      export_model)
-    from mmifso.models.importance import ScoringContext
+    from mmifso.models.importance import (ScoringContext,
+                                          lam_from_weight_decay)
     work_dir = osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
     stamp = time.strftime('%Y%m%d_%H%M%S')
@@ -446,8 +447,9 @@ def run_comparison(args: argparse.Namespace) -> dict:
             crit_kwargs = dict(crit_cfg)
             cost_power = crit_kwargs.pop('cost_power', args.cost_power)
             imp = build_criterion(crit_kwargs)
-            if getattr(imp, 'lam', 0) is None:  # IFSO: lambda = weight decay
-                imp.lam = float(cfg.optim_wrapper.optimizer.weight_decay)
+            lam_from_weight_decay(  # IFSO: lambda = weight decay
+                imp, cfg.optim_wrapper.optimizer.get('weight_decay', 0),
+                'give "lam" in the criterion JSON')
             ctx = ScoringContext(model, mutator)
             seconds, peaks = 0.0, []
             for k in range(1, args.rounds + 1):

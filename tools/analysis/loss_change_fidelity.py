@@ -78,10 +78,8 @@ Block = Tuple[int, List[int]]
 def registered_criteria() -> List[str]:
     """Names of every criterion registered in ``mmifso`` ``TASK_UTILS``."""
     import mmifso  # noqa: F401  (registers the criteria)
-    from mmifso.models.importance import BaseImportance
-    from mmifso.registry import TASK_UTILS
-    return sorted(k for k, cls in TASK_UTILS.module_dict.items()
-                  if isinstance(cls, type) and issubclass(cls, BaseImportance))
+    from mmifso.models.importance import registered_criteria as registered
+    return registered()
 
 
 def _value(text: str):
@@ -140,13 +138,9 @@ def build_importance(cfg: dict, weight_decay: float):
     """Build a criterion; IFSO's ``lam=None`` takes the weight decay, as
     :class:`mmifso.PruningHook` does."""
     from mmifso.apis.pruning import build_criterion
+    from mmifso.models.importance import lam_from_weight_decay
     imp = build_criterion(cfg)
-    if getattr(imp, 'lam', 0) is None:
-        if not weight_decay:
-            raise ValueError(
-                f'{cfg["type"]}(lam=None) takes lambda from the weight decay, '
-                'which is 0: give lam=... in --criteria')
-        imp.lam = float(weight_decay)
+    lam_from_weight_decay(imp, weight_decay, 'give lam=... in --criteria')
     return imp
 
 
@@ -168,10 +162,7 @@ def score_criterion(algo, imp, batches: Sequence[dict],
     algo.train()
     ctx = ScoringContext(algo.architecture, algo.mutator)
     start = time.perf_counter()
-    imp.reset()
-    for b, batch in enumerate(batches):
-        imp.update(ctx, batch, seed + b)
-    scores = imp.compute(ctx)
+    scores = imp.score(ctx, batches, seed)
     return scores, time.perf_counter() - start
 
 

@@ -12,7 +12,9 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from mmifso.models.algorithms import PruningAlgorithm
-from mmifso.models.importance import BaseImportance, ScoringContext
+from mmifso.models.importance import (BaseImportance, ScoringContext,
+                                      lam_from_weight_decay,
+                                      registered_criteria)
 from mmifso.models.mutators import select_channels
 from mmifso.registry import HOOKS, TASK_UTILS
 from mmifso.utils import ATOMIC_BACKEND_ARGS
@@ -63,9 +65,7 @@ def _unknown_criterion(importance: dict) -> Optional[str]:
     name = importance.get('type')
     if not isinstance(name, str) or TASK_UTILS.get(name) is not None:
         return None
-    known = sorted(
-        f'mmifso.{k}' for k, cls in TASK_UTILS.module_dict.items()
-        if isinstance(cls, type) and issubclass(cls, BaseImportance))
+    known = [f'mmifso.{k}' for k in registered_criteria()]
     return (f'unknown pruning criterion importance.type={name!r}; the '
             f'registered criteria are {", ".join(known)} (custom criteria '
             'must be imported, e.g. with custom_imports)')
@@ -213,15 +213,10 @@ class PruningHook(Hook):
 
     def before_train(self, runner) -> None:
         algo = self._algorithm(runner)
-        if getattr(self.importance, 'lam', 0) is None:
-            wd = runner.optim_wrapper.optimizer.param_groups[0].get(
-                'weight_decay', 0)
-            if not wd:
-                raise ValueError(
-                    'IFSOImportance(lam=None) takes lambda from the '
-                    "optimizer's weight decay, which is 0: set "
-                    'importance.lam explicitly')
-            self.importance.lam = float(wd)
+        wd = runner.optim_wrapper.optimizer.param_groups[0].get(
+            'weight_decay', 0)
+        if lam_from_weight_decay(self.importance, wd,
+                                 'set importance.lam explicitly'):
             runner.logger.info(f'[mmifso] IFSO lambda = weight decay = {wd}')
         self.ctx = ScoringContext(
             algo.architecture, algo.mutator, sync_ranks=self.sync_scoring)

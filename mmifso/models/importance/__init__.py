@@ -1,4 +1,5 @@
-from .base import BaseImportance, ScoringContext
+from .base import (BaseImportance, ScoringContext, lam_from_weight_decay,
+                   registered_criteria)
 from .gradflow import GradFlowImportance
 from .group_fisher import GroupFisherImportance
 from .ifso import IFSOImportance
@@ -17,5 +18,5 @@ __all__ = [
     'GroupFisherImportance', 'TaylorImportance', 'GradFlowImportance',
     'SOSPHImportance', 'WoodFisherImportance', 'InfCPImportance',
     'ChannelSlices', 'channel_slices', 'gauss_newton_product',
-    'TorchPruningImportance'
+    'TorchPruningImportance', 'registered_criteria', 'lam_from_weight_decay'
 ]

@@ -397,12 +397,24 @@ class BaseImportance:
             offset += len(s)
         return out
 
-    def score(self, ctx: ScoringContext,
-              data_batches: Iterable[dict] = ()) -> List[torch.Tensor]:
-        """Reset, score ``data_batches`` and return the mean scores."""
+    def score(self,
+              ctx: ScoringContext,
+              data_batches: Iterable[dict] = (),
+              seed: Optional[int] = None) -> List[torch.Tensor]:
+        """Reset, score ``data_batches`` and return the mean scores.
+
+        Args:
+            ctx (ScoringContext): The model to score.
+            data_batches (Iterable[dict]): Raw batches.
+            seed (int, optional): Batch ``b`` is prepared with seed
+                ``seed + b`` (see :meth:`ScoringContext.prepare`).
+
+        Returns:
+            list[Tensor]: Per unit, shape ``(num_channels, )``.
+        """
         self.reset()
-        for batch in data_batches:
-            self.update(ctx, batch)
+        for b, batch in enumerate(data_batches):
+            self.update(ctx, batch, None if seed is None else seed + b)
         return self.compute(ctx)
 
     def state_dict(self) -> Dict:
@@ -410,3 +422,37 @@ class BaseImportance:
 
     def load_state_dict(self, state: Dict) -> None:
         self._sum, self._count = state['sum'], state['count']
+
+
+def registered_criteria() -> List[str]:
+    """Names (without scope) of every criterion registered in mmifso's
+    ``TASK_UTILS``, sorted."""
+    from mmifso.registry import TASK_UTILS
+    return sorted(k for k, cls in TASK_UTILS.module_dict.items()
+                  if isinstance(cls, type) and issubclass(cls, BaseImportance))
+
+
+def lam_from_weight_decay(importance: BaseImportance, weight_decay: float,
+                          how_to_set: str) -> bool:
+    """Give a criterion with ``lam=None`` (IFSO) the training weight decay.
+
+    Args:
+        importance (BaseImportance): The criterion.
+        weight_decay (float): The optimizer's weight decay.
+        how_to_set (str): Where the user sets ``lam`` instead; ends the
+            error message.
+
+    Returns:
+        bool: Whether ``lam`` was set.
+
+    Raises:
+        ValueError: ``lam`` is None and the weight decay is 0.
+    """
+    if getattr(importance, 'lam', 0) is not None:
+        return False
+    if not weight_decay:
+        raise ValueError(
+            f'{type(importance).__name__}(lam=None) takes lambda from the '
+            f"optimizer's weight decay, which is 0: {how_to_set}")
+    importance.lam = float(weight_decay)
+    return True
