@@ -76,7 +76,19 @@ def parse_args(argv=None):
         '--baseline-checkpoint',
         help='a trained baseline checkpoint: evaluate it instead of '
         'training the baseline again')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked before the minutes of baseline training, not after them.
+    if not 0 < args.target_flops < 1:
+        parser.error(f'--target-flops must be in (0, 1), got '
+                     f'{args.target_flops}')
+    from mmifso.models.importance import registered_criteria
+    if args.criterion.split('.')[-1] not in registered_criteria():
+        parser.error(f'--criterion {args.criterion!r} is not a registered '
+                     f'criterion: {", ".join(registered_criteria())}')
+    if args.baseline_checkpoint and not osp.isfile(args.baseline_checkpoint):
+        parser.error(f'--baseline-checkpoint {args.baseline_checkpoint} does '
+                     'not exist')
+    return args
 
 
 def ensure_data(data_root: str, num_train: int, num_val: int) -> None:
