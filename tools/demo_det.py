@@ -142,6 +142,13 @@ def coco(metrics: dict, key: str) -> float:
     return float(metrics.get(f'coco/{key}', 0.0))
 
 
+def bbox_maps(metrics: dict) -> dict:
+    """``bbox_mAP`` and ``bbox_mAP_50`` of a test run, as in summary.json."""
+    return dict(
+        bbox_mAP=coco(metrics, 'bbox_mAP'),
+        bbox_mAP_50=coco(metrics, 'bbox_mAP_50'))
+
+
 def measure(model: torch.nn.Module, size: int) -> dict:
     """mmifso's FLOPs (conv/linear MACs per image) and the parameters."""
     from mmifso.models.task_modules import (DetDemoInput, count_params,
@@ -183,8 +190,7 @@ def main(argv=None):
         base_ckpt = osp.join(work_dir, 'baseline',
                              f'epoch_{base_cfg.train_cfg.max_epochs}.pth')
     baseline = dict(
-        bbox_mAP=coco(base['metrics'], 'bbox_mAP'),
-        bbox_mAP_50=coco(base['metrics'], 'bbox_mAP_50'),
+        **bbox_maps(base['metrics']),
         **measure(base['runner'].model, size))
     seconds['baseline'] = round(time.time() - t, 1)
 
@@ -234,8 +240,7 @@ def main(argv=None):
     ft_cfg.load_from = exported['checkpoint']
     ft = run(ft_cfg, osp.join(work_dir, 'finetune'))
     pruned = dict(
-        bbox_mAP=coco(ft['metrics'], 'bbox_mAP'),
-        bbox_mAP_50=coco(ft['metrics'], 'bbox_mAP_50'),
+        **bbox_maps(ft['metrics']),
         **measure(ft['runner'].model, size))
     seconds['finetune'] = round(time.time() - t, 1)
 
@@ -252,9 +257,7 @@ def main(argv=None):
         ctl_cfg.model = base_cfg.model
         ctl_cfg.load_from = base_ckpt
         ctl = run(ctl_cfg, osp.join(work_dir, 'control'))
-        control = dict(
-            bbox_mAP=coco(ctl['metrics'], 'bbox_mAP'),
-            bbox_mAP_50=coco(ctl['metrics'], 'bbox_mAP_50'))
+        control = bbox_maps(ctl['metrics'])
         seconds['control'] = round(time.time() - t, 1)
 
     criterion = args.criterion.split('.')[-1]
