@@ -9,15 +9,18 @@ Example:
     ...                 target_flops=0.5, criterion_kwargs=dict(lam=1e-4))
     >>> pruned, structure = export_model(model, mutator)
 """
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+import logging
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 
+from mmifso.models.algorithms import prune_step
 from mmifso.models.importance import BaseImportance, ScoringContext
-from mmifso.models.mutators import ChannelMutator, select_channels
+from mmifso.models.mutators import (ChannelMutator, ChannelSelector,
+                                    export_pruned_model)
 from mmifso.registry import TASK_UTILS
-from mmifso.structures import export_pruned_model
 
 Criterion = Union[str, dict, BaseImportance]
 
@@ -58,9 +61,11 @@ def build_criterion(criterion: Criterion, **kwargs) -> BaseImportance:
     return TASK_UTILS.build(cfg)
 
 
-def score_channels(model: nn.Module, mutator: ChannelMutator,
+def score_channels(model: nn.Module,
+                   mutator: ChannelMutator,
                    criterion: Criterion,
-                   data_batches: Iterable[dict]) -> List[torch.Tensor]:
+                   data_batches: Iterable[dict],
+                   optimizer=None) -> List[torch.Tensor]:
     """Mean criterion scores over ``data_batches``.
 
     Args:
@@ -71,50 +76,122 @@ def score_channels(model: nn.Module, mutator: ChannelMutator,
             or instance.
         data_batches (Iterable[dict]): Raw batches as a dataloader yields
             them (pre-processed by the model's data preprocessor).
+        optimizer (optional): The training optimizer (or OptimWrapper); the
+            criterion takes what it needs from it (IFSO's ``lam=None``: the
+            weight decay of the scored weights).
 
     Returns:
         list[Tensor]: Per unit, shape ``(num_channels, )``; lower = prune
         first.
     """
     imp = build_criterion(criterion)
-    return imp.score(ScoringContext(model, mutator), data_batches)
+    ctx = ScoringContext(model, mutator)
+    if optimizer is not None:
+        imp.bind_optimizer(optimizer, ctx)
+    return imp.score(ctx, data_batches)
 
 
 def prune_to_target(model: nn.Module,
                     mutator: ChannelMutator,
                     criterion: Criterion,
                     data_batches: Sequence[dict],
-                    target_flops: float,
+                    target_flops: Optional[float] = None,
                     step_fraction: float = 0.05,
                     cost: str = 'acts',
                     cost_power: float = 0.5,
-                    criterion_kwargs: Dict = None) -> Dict:
-    """Iteratively re-score and prune until the FLOPs ratio hits the target.
+                    criterion_kwargs: Optional[Dict] = None,
+                    selection: Optional[Dict] = None,
+                    optimizer=None,
+                    seed: Optional[int] = None,
+                    target_latency: Optional[float] = None) -> Dict:
+    """Iteratively re-score and prune until the FLOPs (or predicted
+    latency) ratio hits the target.
 
     Each step removes ``step_fraction`` of the channels still alive (at least
-    one), then scores again on the masked model, without any training.
+    one) with :func:`~mmifso.models.algorithms.prune_step` (so a criterion's
+    ``after_prune``, e.g. WoodFisher's OBS update, runs as in the hooks),
+    then scores again on the masked model, without any training.
+
+    Args:
+        model (nn.Module): The gated model.
+        mutator (ChannelMutator): From :func:`analyse_model`.
+        criterion: Registered name, config dict or instance.
+        data_batches (Sequence[dict]): Raw batches scored at every step.
+        target_flops (float, optional): FLOPs ratio in (0, 1) to reach.
+        step_fraction (float): Share of the alive channels removed per step.
+        cost (str): ``'acts'``, ``'flops'`` or ``'none'``.
+        cost_power (float): ``p`` of ``score / cost ** p``.
+        criterion_kwargs (dict, optional): Added to the criterion config.
+        selection (dict, optional): Further
+            :class:`~mmifso.models.mutators.ChannelSelector` knobs.
+        optimizer (optional): See :func:`score_channels`.
+        seed (int, optional): Batch ``b`` of every step is prepared with
+            seed ``seed + b`` (dropout, batch augmentation).
+        target_latency (float, optional): Predicted latency ratio in (0, 1)
+            to reach instead of ``target_flops`` (exactly one of the two);
+            needs ``selection=dict(latency_table=PATH)``. If every unit
+            reaches its floor first, pruning stops there with a warning
+            (``reached=False`` in the result).
 
     Returns:
-        dict: ``mutator.resources()`` after pruning plus ``steps``.
+        dict: ``mutator.resources()`` after pruning plus ``steps``,
+        ``reached``, and with a latency table ``latency_ratio`` and
+        ``latency_ms`` (predicted).
     """
-    if not 0 < target_flops < 1:
-        raise ValueError(f'target_flops must be in (0, 1), got {target_flops}')
+    if (target_flops is None) == (target_latency is None):
+        raise ValueError(
+            'set exactly one of target_flops and target_latency, got '
+            f'target_flops={target_flops!r}, '
+            f'target_latency={target_latency!r}')
+    metric = 'flops' if target_latency is None else 'latency'
+    target = target_flops if metric == 'flops' else target_latency
+    if isinstance(target, bool) or not isinstance(
+            target, (int, float)) or not 0 < target < 1:
+        raise ValueError(f'target_{metric} must be in (0, 1), got {target!r}')
     imp = build_criterion(criterion, **(criterion_kwargs or {}))
+    selector = ChannelSelector(cost, cost_power, **(selection or {}))
+    if metric == 'latency' and selector.latency_table is None:
+        raise ValueError(
+            'target_latency needs selection=dict(latency_table=PATH); build '
+            'the table with tools/analysis/latency_table.py')
     ctx = ScoringContext(model, mutator)
+    if optimizer is not None:
+        imp.bind_optimizer(optimizer, ctx)
     steps = 0
-    while mutator.resources()['flops_ratio'] > target_flops:
-        scores = imp.score(ctx, data_batches)
+    reached = True
+    while selector.ratio(mutator, metric) > target:
+        scores = imp.score(ctx, data_batches, seed)
         alive = sum(u.num_alive for u in mutator.units)
         k = max(1, int(alive * step_fraction))
-        removed = select_channels(mutator, scores, k, cost, cost_power,
-                                  target_flops)
+        step = prune_step(ctx, imp, selector, scores, k,
+                          **{f'target_{metric}': target})
+        if step.skipped:
+            raise FloatingPointError(
+                f'{type(imp).__name__} gave NaN/Inf scores for units '
+                f'{step.nonfinite_units}: nothing pruned; check the loss of '
+                'the batches and the criterion\'s damping')
+        removed = step.removed
         steps += 1
-        if not removed:
+        if not removed and metric == 'flops':
             raise RuntimeError(
-                'cannot reach the FLOPs target: every unit is at '
-                f'min_channels (FLOPs ratio '
+                'cannot reach the FLOPs target: every unit is at its floor '
+                '(min_channels, max_prune_ratio, round_to; FLOPs ratio '
                 f'{mutator.resources()["flops_ratio"]:.3f})')
-    return dict(mutator.resources(), steps=steps)
+        if not removed:
+            reached = False
+            print_log(
+                f'[mmifso] target_latency={target} cannot be reached: every '
+                'unit is at its floor (min_channels, max_prune_ratio, '
+                'round_to); stopped at the best reachable predicted latency '
+                f'ratio {selector.ratio(mutator, "latency"):.4f}',
+                logger='current',
+                level=logging.WARNING)
+            break
+    out = dict(mutator.resources(), steps=steps, reached=reached)
+    if selector.latency_table is not None:
+        out.update(latency_ratio=selector.ratio(mutator, 'latency'),
+                   latency_ms=selector.predicted_latency_ms(mutator))
+    return out
 
 
 def export_model(model: nn.Module,

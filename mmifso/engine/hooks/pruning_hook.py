@@ -1,8 +1,8 @@
 """Interleaved pruning schedule: score while training, prune every interval."""
 import copy
 import logging
-import math
 import numbers
+from contextlib import nullcontext
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -11,14 +11,14 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from mmifso.models.algorithms import PruningAlgorithm
+from mmifso.models.algorithms import (PruneStepResult, PruningAlgorithm,
+                                      prune_step)
 from mmifso.models.importance import (BaseImportance, ScoringContext,
-                                      lam_from_weight_decay,
                                       registered_criteria)
-from mmifso.models.mutators import select_channels
+from mmifso.models.mutators import ChannelSelector
 from mmifso.registry import HOOKS, TASK_UTILS
-from mmifso.utils import ATOMIC_BACKEND_ARGS
-from .checkpoint_hook import AtomicCheckpointHook  # noqa: F401 (registers)
+from mmifso.utils import ATOMIC_BACKEND_ARGS, check_checkpoint_fits_model
+from .resume_hook import ensure_exact_resume_hook, preserved_rng_state
 
 DEFAULT_THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 EMPTY_LOADER = ('the scoring dataloader is empty: check the dataset of '
@@ -88,17 +88,22 @@ class PruningHook(Hook):
     important channels (score / cost^p) are removed and the accumulator is
     reset. A checkpoint ``flops_{xx}.pth`` is saved whenever the FLOPs ratio
     falls below a threshold, and training stops once ``target_flops`` is
-    reached.
+    reached. With ``target_latency`` (and ``selection=dict(latency_table=
+    PATH)``) the ratio is the latency predicted by the table instead, and
+    the checkpoints are ``latency_{xx}.pth``.
 
     Args:
         importance (dict): Criterion config, e.g.
             ``dict(type='mmifso.IFSOImportance')``.
-        target_flops (float): Final FLOPs ratio in (0, 1).
+        target_flops (float, optional): Final FLOPs ratio in (0, 1); 0.5
+            when neither target is set.
         interval (int): Training iterations between pruning steps.
         channels_per_step (int): Channels removed per pruning step.
         score_batches (int): Batches scored per iteration.
         cost (str): ``'acts'``, ``'flops'`` or ``'none'``.
         cost_power (float): Exponent ``p`` of ``score / cost^p``.
+        selection (dict, optional): Further knobs of the
+            :class:`~mmifso.models.mutators.ChannelSelector`.
         save_thresholds (Sequence[float]): FLOPs ratios at which a checkpoint
             is saved (the target is always included).
         start_iter (int): First iteration that scores.
@@ -121,7 +126,13 @@ class PruningHook(Hook):
             (``load_from``/resume), raise if it was saved from another
             architecture (mmengine would skip the mismatched tensors with a
             warning); see
-            :func:`mmifso.apis.checks.check_checkpoint_fits_model`.
+            :func:`mmifso.utils.check_checkpoint_fits_model`.
+
+    ``target_latency`` (float, optional, last argument): final predicted
+    latency ratio in (0, 1) instead of ``target_flops`` (both: error); needs
+    ``selection=dict(latency_table=PATH)``. A latency the structure cannot
+    reach (every unit at its floor) stops at the best reachable point with a
+    warning.
 
     A pruning step whose scores contain NaN or Inf (a diverging loss, a
     criterion failing numerically) is skipped with a warning: nothing is
@@ -132,22 +143,36 @@ class PruningHook(Hook):
 
     def __init__(self,
                  importance: dict = dict(type='mmifso.IFSOImportance'),
-                 target_flops: float = 0.5,
+                 target_flops: Optional[float] = None,
                  interval: int = 10,
                  channels_per_step: int = 1,
                  score_batches: int = 2,
                  cost: str = 'acts',
                  cost_power: float = 0.5,
+                 selection: Optional[dict] = None,
                  save_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                  start_iter: int = 0,
                  stop_at_target: bool = True,
                  scoring_dataloader: Optional[dict] = None,
                  backend_args: Optional[dict] = ATOMIC_BACKEND_ARGS,
                  check_checkpoint_shapes: bool = True,
-                 sync_scoring: bool = True) -> None:
-        target_flops = _check_ratio(
-            'target_flops', target_flops,
-            'it is the fraction of the FLOPs that remains after pruning')
+                 sync_scoring: bool = True,
+                 target_latency: Optional[float] = None) -> None:
+        if target_flops is not None and target_latency is not None:
+            raise ValueError(
+                f'{type(self).__name__}: set target_flops or target_latency, '
+                f'not both (got {target_flops!r} and {target_latency!r})')
+        #: ``'flops'`` or ``'latency'``: what the target and thresholds
+        #: measure (:meth:`ChannelSelector.ratio`).
+        self.metric = 'flops' if target_latency is None else 'latency'
+        if target_latency is None:
+            target = 0.5 if target_flops is None else target_flops
+        else:
+            target = target_latency
+        target = _check_ratio(
+            f'target_{self.metric}', target,
+            f'it is the fraction of the {self.metric} that remains after '
+            'pruning')
         _check_int('interval', interval, 1,
                    'training iterations between two pruning steps')
         _check_int('channels_per_step', channels_per_step, 1,
@@ -155,14 +180,13 @@ class PruningHook(Hook):
         _check_int('score_batches', score_batches, 0,
                    'batches scored per iteration')
         _check_int('start_iter', start_iter, 0, 'first iteration that scores')
-        if cost not in ('acts', 'flops', 'none'):
+        self.selector = ChannelSelector(
+            cost=cost, cost_power=cost_power, **(selection or {}))
+        if self.metric == 'latency' and self.selector.latency_table is None:
             raise ValueError(
-                f"cost must be 'acts', 'flops' or 'none', got {cost!r}")
-        if isinstance(cost_power, bool) or not isinstance(
-                cost_power, numbers.Real) or not math.isfinite(
-                    cost_power) or cost_power < 0:
-            raise ValueError('cost_power must be a finite number >= 0 (the p '
-                             f'of score / cost^p), got {cost_power!r}')
+                f'{type(self).__name__}: target_latency needs selection='
+                'dict(latency_table=PATH); build the table with tools/'
+                'analysis/latency_table.py CONFIG --shape N C H W --out PATH')
         thresholds = check_save_thresholds(save_thresholds)
         if isinstance(importance, dict):
             unknown = _unknown_criterion(importance)
@@ -175,15 +199,15 @@ class PruningHook(Hook):
         if self.importance.requires_data and score_batches < 1:
             raise ValueError(f'{type(self.importance).__name__} needs data: '
                              'set score_batches >= 1')
-        self.target_flops = target_flops
+        self.target = target
+        self.target_flops = target if self.metric == 'flops' else None
+        self.target_latency = target if self.metric == 'latency' else None
         self.interval = interval
         self.channels_per_step = channels_per_step
         self.score_batches = score_batches
-        self.cost = cost
-        self.cost_power = cost_power
         self.thresholds = sorted(
             {t
-             for t in thresholds if target_flops < t} | {target_flops},
+             for t in thresholds if target < t} | {target},
             reverse=True)
         self.start_iter = start_iter
         self.stop_at_target = stop_at_target
@@ -211,15 +235,16 @@ class PruningHook(Hook):
                 f'architecture=...), got {type(model).__name__}')
         return model
 
+    def before_run(self, runner) -> None:
+        # Resuming continues the exact trajectory only with the random state
+        # and data position in the checkpoints.
+        ensure_exact_resume_hook(runner)
+
     def before_train(self, runner) -> None:
         algo = self._algorithm(runner)
-        wd = runner.optim_wrapper.optimizer.param_groups[0].get(
-            'weight_decay', 0)
-        if lam_from_weight_decay(self.importance, wd,
-                                 'set importance.lam explicitly'):
-            runner.logger.info(f'[mmifso] IFSO lambda = weight decay = {wd}')
         self.ctx = ScoringContext(
             algo.architecture, algo.mutator, sync_ranks=self.sync_scoring)
+        self.importance.bind_optimizer(runner.optim_wrapper, self.ctx)
         # Per-batch seeds from rank 0's seed: with randomness.diff_rank_seed
         # the runner's seed differs per rank. Every rank then draws the same
         # seed sequence, so no per-rank random state decides anything that
@@ -228,10 +253,10 @@ class PruningHook(Hook):
         broadcast(seed, src=0)
         self._seed_base = int(seed.item())
         self._log_state(runner, algo, 'start')
-        if algo.mutator.resources()['flops_ratio'] <= self.target_flops:
+        if self._ratio(algo) <= self.target:
             self.done = True
-            runner.logger.info('[mmifso] the model is already at the FLOPs '
-                               'target; nothing to prune')
+            runner.logger.info(f'[mmifso] the model is already at the '
+                               f'{self.metric} target; nothing to prune')
 
     def _build_scoring_loader(self, runner):
         cfg = self.scoring_dataloader or runner.cfg.get('train_dataloader')
@@ -255,15 +280,21 @@ class PruningHook(Hook):
         resumed run draws exactly the batches an uninterrupted one would.
         """
         if self._score_iter is None:
-            self._loader = self._build_scoring_loader(runner)
+            # After a resume (batches consumed before) the uninterrupted run
+            # built the loader and, unless an epoch starts now, the iterator
+            # earlier: doing it here must not draw from the random state.
+            resumed = self._consumed > 0
+            with preserved_rng_state() if resumed else nullcontext():
+                self._loader = self._build_scoring_loader(runner)
             if len(self._loader) == 0:
                 raise RuntimeError(
                     EMPTY_LOADER + ' (it yields no batch: fewer samples than '
                     'batch_size with drop_last=True, or an empty dataset)')
             epoch, skip = divmod(self._consumed, len(self._loader))
-            self._score_iter = self._start_epoch(epoch)
-            for _ in range(skip):
-                next(self._score_iter)
+            with preserved_rng_state() if skip else nullcontext():
+                self._score_iter = self._start_epoch(epoch)
+                for _ in range(skip):
+                    next(self._score_iter)
         try:
             batch = next(self._score_iter)
         except StopIteration:
@@ -300,53 +331,37 @@ class PruningHook(Hook):
         algo = self._algorithm(runner)
         scores = self.importance.compute(self.ctx)
         self.importance.reset()
-        if not self._scores_finite(runner, algo, scores):
+        step = prune_step(self.ctx, self.importance, self.selector, scores,
+                          self.channels_per_step, **self._targets(self.target))
+        if not self._step_done(runner, step):
             return
-        removed = select_channels(
-            algo.mutator,
-            scores,
-            self.channels_per_step,
-            cost=self.cost,
-            cost_power=self.cost_power,
-            target_flops=self.target_flops)
-        # Every rank computed the same all-reduced scores; broadcasting the
-        # masks of rank 0 guarantees identical models whatever the float
-        # ties.
-        for unit in algo.mutator.units:
-            broadcast(unit.mask, src=0)
-        # Criteria with a weight update (WoodFisher's OBS step) apply it now.
-        after_prune = getattr(self.importance, 'after_prune', None)
-        if removed and callable(after_prune):
-            after_prune(self.ctx, removed)
-            for p in algo.architecture.parameters():
-                broadcast(p.data, src=0)  # keep rank 0's update
+        removed = step.removed
         self._steps += 1
         self._pruned_total += len(removed)
         if not removed:
             runner.logger.warning(
-                '[mmifso] no channel could be removed (every unit is at '
-                'min_channels); stopping pruning')
+                f'[mmifso] no channel could be removed (every unit is at '
+                f'its floor: min_channels, max_prune_ratio, round_to); '
+                f'stopping pruning at the best reachable {self.metric} ratio '
+                f'{self._ratio(algo):.4f} (target {self.target})')
             self.done = True
+            self._save_crossed_thresholds(
+                runner, algo, force=self.metric == 'latency')
             return
         self._log_state(runner, algo, 'step', removed)
-        res = algo.mutator.resources()
-        self.done = res['flops_ratio'] <= self.target_flops
-        self._save_crossed_thresholds(runner, algo, res)
+        self.done = self._ratio(algo) <= self.target
+        self._save_crossed_thresholds(runner, algo)
         if self.done:
             runner.logger.info(
-                f'[mmifso] reached target FLOPs {self.target_flops} after '
+                f'[mmifso] reached target {self.metric} {self.target} after '
                 f'{self._steps} steps ({self._pruned_total} channels)')
             if self.stop_at_target:
                 runner.train_loop.stop_training = True
 
-    def _scores_finite(self, runner, algo: PruningAlgorithm,
-                       scores: List[torch.Tensor]) -> bool:
-        """False (and a warning) if a score is NaN or Inf: the step is
-        skipped. The scores are all-reduced, so every rank decides alike."""
-        bad = [
-            u.name for u, s in zip(algo.mutator.units, scores)
-            if not bool(torch.isfinite(s).all())
-        ]
+    def _step_done(self, runner, step: PruneStepResult) -> bool:
+        """False (and a warning) if the step was skipped on NaN/Inf scores.
+        The scores are all-reduced, so every rank decides alike."""
+        bad = step.nonfinite_units
         if not bad:
             return True
         self._skipped_nonfinite += 1
@@ -370,28 +385,49 @@ class PruningHook(Hook):
             save_param_scheduler=False,
             backend_args=copy.deepcopy(self.backend_args))
 
+    def _ratio(self, algo: PruningAlgorithm) -> float:
+        """The ratio the target refers to (FLOPs or predicted latency)."""
+        return self.selector.ratio(algo.mutator, self.metric)
+
+    def _targets(self, value: float) -> Dict[str, float]:
+        """``target_flops=value`` or ``target_latency=value``."""
+        return {f'target_{self.metric}': value}
+
     def _save_crossed_thresholds(self, runner, algo: PruningAlgorithm,
-                                 res: Dict) -> None:
-        """Save ``flops_XX.pth`` for every threshold newly crossed."""
+                                 res: Optional[Dict] = None,
+                                 force: bool = False) -> None:
+        """Save ``flops_XX.pth`` (``latency_XX.pth``) for every threshold
+        newly crossed; ``force``: the final target as well (unreachable
+        target, best point reached)."""
+        ratio = self._ratio(algo)
         for thr in self.thresholds:
-            if res['flops_ratio'] <= thr and thr not in self.crossed:
+            hit = ratio <= thr or (force and thr == self.target)
+            if hit and thr not in self.crossed:
                 self.crossed.append(thr)
-                name = f'flops_{int(round(thr * 100)):02d}.pth'
+                name = f'{self.metric}_{int(round(thr * 100)):02d}.pth'
                 self._save_checkpoint(runner, name)
+                ms = self.selector.predicted_latency_ms(algo.mutator)
+                lat = '' if ms is None else (
+                    f', predicted latency {ms:.2f} ms (ratio '
+                    f'{self.selector.ratio(algo.mutator, "latency"):.4f})')
                 runner.logger.info(
-                    f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} <= {thr}: '
-                    f'saved {name}\n' + self._unit_table(algo))
+                    f'[mmifso] {self.metric} ratio {ratio:.4f} <= {thr}'
+                    f'{" (not reached)" if ratio > thr else ""}: saved '
+                    f'{name}; FLOPs ratio '
+                    f'{algo.mutator.resources()["flops_ratio"]:.4f}{lat}\n' +
+                    self._unit_table(algo))
 
     def after_train(self, runner) -> None:
         if self.done:
             return
         algo = self._algorithm(runner)
-        ratio = algo.mutator.resources()['flops_ratio']
+        ratio = self._ratio(algo)
         nonfinite = (f'; {self._skipped_nonfinite} step(s) were skipped on '
                      'NaN/Inf scores' if self._skipped_nonfinite else '')
         runner.logger.warning(
-            f'[mmifso] training ended before the FLOPs target '
-            f'{self.target_flops} was reached (FLOPs ratio {ratio:.4f} after '
+            f'[mmifso] training ended before the {self.metric} target '
+            f'{self.target} was reached ({self.metric} ratio {ratio:.4f} '
+            f'after '
             f'{self._steps} pruning steps{nonfinite}); {self._advice}')
 
     @property
@@ -406,8 +442,9 @@ class PruningHook(Hook):
     def _log_state(self, runner, algo: PruningAlgorithm, when: str,
                    removed: Optional[list] = None) -> None:
         res = algo.mutator.resources()
-        span = 1 - self.target_flops
-        done = (1 - res['flops_ratio']) / span if span > 0 else 1.0
+        span = 1 - self.target
+        done = (1 - self._ratio(algo)) / span if span > 0 else 1.0
+        ms = self.selector.predicted_latency_ms(algo.mutator)
         runner.message_hub.update_scalar('train/flops_ratio',
                                          res['flops_ratio'])
         runner.message_hub.update_scalar('train/params_ratio',
@@ -418,6 +455,11 @@ class PruningHook(Hook):
                 'prune/params_ratio': res['params_ratio'],
                 'prune/flops': res['flops'],
                 'prune/params': res['params'],
+                **({} if ms is None else {
+                    'prune/latency_ms': ms,
+                    'prune/latency_ratio':
+                    ms / self.selector.latency_table.full_ms
+                }),
                 **{
                     f'channels/{u.name}': u.num_alive
                     for u in algo.mutator.units
@@ -425,9 +467,13 @@ class PruningHook(Hook):
             },
             step=runner.iter)
         msg = (f'[mmifso] {when} iter {runner.iter + 1}: FLOPs '
-               f'{res["flops"] / 1e6:.2f}M ({res["flops_ratio"]:.4f}, target '
-               f'{self.target_flops}) {progress_bar(done)} | params '
-               f'{res["params"] / 1e6:.3f}M ({res["params_ratio"]:.4f})')
+               f'{res["flops"] / 1e6:.2f}M ({res["flops_ratio"]:.4f}) | ' +
+               ('' if ms is None else
+                f'predicted latency {ms:.2f} ms '
+                f'({ms / self.selector.latency_table.full_ms:.4f}) | ') +
+               f'target {self.target} ({self.metric}) {progress_bar(done)} '
+               f'| params {res["params"] / 1e6:.3f}M '
+               f'({res["params_ratio"]:.4f})')
         if removed:
             units: Dict[str, int] = {}
             for i, _ in removed:
@@ -478,7 +524,6 @@ class PruningHook(Hook):
 
     def _check_checkpoint_shapes(self, runner, checkpoint: dict) -> None:
         """Called before mmengine loads ``checkpoint`` (strict=False)."""
-        from mmifso.apis.checks import check_checkpoint_fits_model
         algo = self._algorithm(runner)
         path = runner.cfg.get('load_from', None)
         tolerated = check_checkpoint_fits_model(

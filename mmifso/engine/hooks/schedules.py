@@ -10,9 +10,7 @@ state; only *when* and *how far* to prune differ.
 """
 from typing import Optional, Sequence
 
-from mmengine.dist import broadcast
-
-from mmifso.models.mutators import select_channels
+from mmifso.models.algorithms import prune_step
 from mmifso.registry import HOOKS
 from .pruning_hook import PruningHook
 
@@ -21,17 +19,24 @@ class ScheduledPruningHook(PruningHook):
     """Base of the schedules: prune to :meth:`ratio_at` when it is not None.
 
     Pruning happens in ``before_train_iter`` of the scheduled iteration, so
-    that iteration already trains the pruned model. After the channels are
-    removed, a criterion with an ``after_prune(ctx, removed)`` method (e.g.
-    :class:`WoodFisherImportance` with ``obs_update=True``) may update the
-    remaining weights; the parameters of rank 0 are then broadcast.
+    that iteration already trains the pruned model. The step itself is
+    :func:`~mmifso.models.algorithms.prune_step` (e.g.
+    :class:`WoodFisherImportance` with ``obs_update=True`` updates the
+    remaining weights after the channels are removed).
 
     Args:
         importance (dict): Criterion config.
-        target_flops (float): Final FLOPs ratio in (0, 1).
+        target_flops (float, optional): Final FLOPs ratio in (0, 1); 0.5
+            when neither target is set.
+        target_latency (float, optional): Final predicted latency ratio
+            instead (needs ``selection=dict(latency_table=PATH)``; the
+            schedule's ratios are then latency ratios and the checkpoints
+            ``latency_{xx}.pth``).
         score_batches (int): Batches scored at every pruning step.
         cost (str): ``'acts'``, ``'flops'`` or ``'none'``.
         cost_power (float): Exponent ``p`` of ``score / cost^p``.
+        selection (dict, optional): Further
+            :class:`~mmifso.models.mutators.ChannelSelector` knobs.
         save_thresholds (Sequence[float]): FLOPs ratios at which a checkpoint
             ``flops_{xx}.pth`` is saved; the final target always is.
         start_iter (int): First pruning iteration.
@@ -44,14 +49,16 @@ class ScheduledPruningHook(PruningHook):
 
     def __init__(self,
                  importance: dict = dict(type='mmifso.IFSOImportance'),
-                 target_flops: float = 0.5,
+                 target_flops: Optional[float] = None,
                  score_batches: int = 4,
                  cost: str = 'acts',
                  cost_power: float = 0.5,
+                 selection: Optional[dict] = None,
                  save_thresholds: Sequence[float] = (),
                  start_iter: int = 0,
                  stop_at_target: bool = False,
                  scoring_dataloader: Optional[dict] = None,
+                 target_latency: Optional[float] = None,
                  **kwargs) -> None:
         super().__init__(
             importance=importance,
@@ -61,10 +68,12 @@ class ScheduledPruningHook(PruningHook):
             score_batches=score_batches,
             cost=cost,
             cost_power=cost_power,
+            selection=selection,
             save_thresholds=save_thresholds,
             start_iter=start_iter,
             stop_at_target=stop_at_target,
             scoring_dataloader=scoring_dataloader,
+            target_latency=target_latency,
             **kwargs)
 
     def ratio_at(self, it: int) -> Optional[float]:
@@ -105,8 +114,8 @@ class ScheduledPruningHook(PruningHook):
             list[tuple[int, int]]: The removed ``(unit, channel)`` pairs.
         """
         algo = self._algorithm(runner)
-        ratio = max(float(ratio), self.target_flops)
-        if algo.mutator.resources()['flops_ratio'] <= ratio:
+        ratio = max(float(ratio), self.target)
+        if self._ratio(algo) <= ratio:
             return []
         imp = self.importance
         imp.reset()
@@ -116,58 +125,50 @@ class ScheduledPruningHook(PruningHook):
                 imp.update(self.ctx, batch, self._batch_seed(runner))
         scores = imp.compute(self.ctx)
         imp.reset()
-        if not self._scores_finite(runner, algo, scores):
+        step = prune_step(self.ctx, imp, self.selector, scores,
+                          **self._targets(ratio))
+        if not self._step_done(runner, step):
             return []
-        alive = sum(u.num_alive for u in algo.mutator.units)
-        removed = select_channels(
-            algo.mutator,
-            scores,
-            alive,
-            cost=self.cost,
-            cost_power=self.cost_power,
-            target_flops=ratio)
-        for unit in algo.mutator.units:
-            broadcast(unit.mask, src=0)
-        after_prune = getattr(imp, 'after_prune', None)
-        if removed and callable(after_prune):
-            after_prune(self.ctx, removed)
-            # Ranks computed their own weight update; keep rank 0's.
-            for p in algo.architecture.parameters():
-                broadcast(p.data, src=0)
+        removed = step.removed
         self._steps += 1
         self._pruned_total += len(removed)
         self.done = self.done or final
         res = algo.mutator.resources()
+        reached = self._ratio(algo)
         if not removed:
             runner.logger.warning(
-                '[mmifso] no channel could be removed (every unit is at '
-                'min_channels)')
+                '[mmifso] no channel could be removed (every unit is at its '
+                'floor: min_channels, max_prune_ratio, round_to); best '
+                f'reachable {self.metric} ratio {reached:.4f}')
             return removed
         self._log_state(runner, algo, f'prune to {ratio:.4f}', removed)
-        if res['flops_ratio'] > ratio:
+        if reached > ratio:
             runner.logger.warning(
-                f'[mmifso] FLOPs ratio {res["flops_ratio"]:.4f} is above the '
-                f'step target {ratio:.4f}: every unit is at min_channels')
-        self._save_crossed_thresholds(runner, algo, res)
+                f'[mmifso] {self.metric} ratio {reached:.4f} is above the '
+                f'step target {ratio:.4f}: every unit is at its floor '
+                '(min_channels, max_prune_ratio, round_to); this is the best '
+                'reachable point')
+        self._save_crossed_thresholds(
+            runner, algo, res, force=final and self.metric == 'latency')
         return removed
 
     def after_train(self, runner) -> None:
         if not self.done:
-            ratio = self._algorithm(runner).mutator.resources()['flops_ratio']
+            ratio = self._ratio(self._algorithm(runner))
             runner.logger.warning(
                 f'[mmifso] training ended before the last pruning step of '
-                f'{type(self).__name__} (FLOPs ratio {ratio:.4f}, target '
-                f'{self.target_flops}, {self._steps} steps done); raise '
+                f'{type(self).__name__} ({self.metric} ratio {ratio:.4f}, '
+                f'target {self.target}, {self._steps} steps done); raise '
                 'max_iters or move the schedule earlier')
 
     def _finish(self, runner) -> None:
         self.done = True
-        ratio = self._algorithm(runner).mutator.resources()['flops_ratio']
+        ratio = self._ratio(self._algorithm(runner))
         then = ('stopping training' if self.stop_at_target else
                 'training continues as fine-tuning')
         runner.logger.info(
             f'[mmifso] pruning schedule finished at iter {runner.iter + 1}: '
-            f'FLOPs ratio {ratio:.4f} (target {self.target_flops}) after '
+            f'{self.metric} ratio {ratio:.4f} (target {self.target}) after '
             f'{self._steps} steps ({self._pruned_total} channels); {then}')
         if self.stop_at_target:
             runner.train_loop.stop_training = True
@@ -187,7 +188,7 @@ class OneShotPruningHook(ScheduledPruningHook):
     """
 
     def ratio_at(self, it: int) -> Optional[float]:
-        return self.target_flops if it == self.start_iter else None
+        return self.target if it == self.start_iter else None
 
     def is_last(self, it: int) -> bool:
         return it == self.start_iter
@@ -232,7 +233,7 @@ class IterativePruningHook(ScheduledPruningHook):
         k = self.round_of(it)
         if k is None:
             return None
-        return self.target_flops**(k / self.num_rounds)
+        return self.target**(k / self.num_rounds)
 
     def is_last(self, it: int) -> bool:
         return self.round_of(it) == self.num_rounds
@@ -272,9 +273,9 @@ class GradualPruningHook(ScheduledPruningHook):
         if end_iter <= self.start_iter or frequency < 1 or degree < 1:
             raise ValueError('end_iter > start_iter, frequency >= 1 and '
                              'degree >= 1 are required')
-        if not 0 <= initial_sparsity < 1 - self.target_flops:
+        if not 0 <= initial_sparsity < 1 - self.target:
             raise ValueError(
-                f'initial_sparsity must be in [0, {1 - self.target_flops}) '
+                f'initial_sparsity must be in [0, {1 - self.target}) '
                 '(below the final FLOPs reduction 1 - target_flops), got '
                 f'{initial_sparsity}')
         self.end_iter = end_iter
@@ -286,7 +287,7 @@ class GradualPruningHook(ScheduledPruningHook):
         """``s_t`` (clamped to ``[t0, t_end]``)."""
         t0, t1 = self.start_iter, self.end_iter
         frac = min(max((it - t0) / (t1 - t0), 0.0), 1.0)
-        s_i, s_f = self.initial_sparsity, 1 - self.target_flops
+        s_i, s_f = self.initial_sparsity, 1 - self.target
         return s_f - (s_f - s_i) * (1 - frac)**self.degree
 
     def ratio_at(self, it: int) -> Optional[float]:
@@ -295,7 +296,7 @@ class GradualPruningHook(ScheduledPruningHook):
         if (it - self.start_iter) % self.frequency and it != self.end_iter:
             return None
         if it == self.end_iter:
-            return self.target_flops
+            return self.target
         return 1 - self.sparsity_at(it)
 
     def is_last(self, it: int) -> bool:

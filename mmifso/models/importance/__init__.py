@@ -1,5 +1,5 @@
-from .base import (BaseImportance, ScoringContext, lam_from_weight_decay,
-                   registered_criteria)
+from .base import (BaseImportance, ScoringContext, registered_criteria,
+                   weight_decay_of)
 from .gradflow import GradFlowImportance
 from .group_fisher import GroupFisherImportance
 from .ifso import IFSOImportance
@@ -18,5 +18,5 @@ __all__ = [
     'GroupFisherImportance', 'TaylorImportance', 'GradFlowImportance',
     'SOSPHImportance', 'WoodFisherImportance', 'InfCPImportance',
     'ChannelSlices', 'channel_slices', 'gauss_newton_product',
-    'TorchPruningImportance', 'registered_criteria', 'lam_from_weight_decay'
+    'TorchPruningImportance', 'registered_criteria', 'weight_decay_of'
 ]

@@ -1,13 +1,15 @@
 """The criterion interface and the safe loss evaluation it runs on."""
 import contextlib
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 from mmengine.dist import all_reduce, get_world_size
 
+from mmifso.registry import TASK_UTILS
 from ..mutators import ChannelMutator
+from ..utils import DifferentiableSyncBatchNorm
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm,
                nn.modules.instancenorm._InstanceNorm)
@@ -35,7 +37,7 @@ class ScoringContext:
     the scores of the global batch. BatchNorm layers converted to SyncBN
     (``sync_bn='torch'``) normalise with the global batch statistics during
     scoring too (through autograd-aware collectives, so double backprop
-    works; see :class:`~mmifso.engine.distributed.DifferentiableSyncBatchNorm`); then
+    works; see :class:`~mmifso.models.utils.DifferentiableSyncBatchNorm`); then
     the scores equal those of one process scoring the whole batch. Every
     rank must call the primitives in the same order (they are collectives);
     the ranks' control flow may only depend on reduced values.
@@ -192,8 +194,6 @@ class ScoringContext:
         swapped = []
         try:
             if self.distributed:
-                from mmifso.engine.distributed import \
-                    DifferentiableSyncBatchNorm
                 for m in norms:
                     if type(m) is nn.SyncBatchNorm:
                         m.__class__ = DifferentiableSyncBatchNorm
@@ -328,6 +328,17 @@ class BaseImportance:
     requires_data: bool = True
     #: How :meth:`compute` combines the ranks: ``'mean'`` or ``'sum'``.
     rank_reduction: str = 'mean'
+    #: Whether a distributed run scores exactly as one process with the
+    #: whole batch (criteria built on the reduced primitives of
+    #: :class:`ScoringContext`, data-free criteria). A criterion or variant
+    #: whose statistics stay per rank sets it False (class or instance).
+    distributed_exact: bool = True
+    #: Constructor arguments of small configurations that together take the
+    #: criterion's code paths (its variants). The tests that cover every
+    #: registered criterion (no side effects, a pruning step in a real
+    #: Runner, distributed scoring) build one criterion per entry, so a new
+    #: criterion is tested as soon as it is registered.
+    example_kwargs: Tuple[Dict, ...] = ({}, )
 
     def __init__(self) -> None:
         self.reset()
@@ -417,6 +428,30 @@ class BaseImportance:
             self.update(ctx, batch, None if seed is None else seed + b)
         return self.compute(ctx)
 
+    # ------------------------------------------------------------------ #
+    # Hooks a criterion may override; callers never check for subclasses.
+    # ------------------------------------------------------------------ #
+    #: Whether :meth:`after_prune` changes weights (then a distributed
+    #: pruning step broadcasts rank 0's parameters afterwards).
+    updates_weights: bool = False
+
+    def bind_optimizer(self, optimizer, ctx: ScoringContext) -> None:
+        """Take what the criterion needs from the training optimizer (e.g.
+        IFSO's ``lam`` from the weight decay). Called once before scoring
+        by the hooks, the Python API and the tools; default: nothing.
+
+        Args:
+            optimizer: A :class:`torch.optim.Optimizer` or an mmengine
+                ``OptimWrapper``.
+            ctx (ScoringContext): The model to be scored.
+        """
+
+    def after_prune(self, ctx: ScoringContext,
+                    removed: List) -> None:
+        """Called after the channels ``removed`` (``(unit, channel)``
+        pairs) were pruned, e.g. for WoodFisher's OBS weight update.
+        Default: nothing."""
+
     def state_dict(self) -> Dict:
         return dict(sum=self._sum, count=self._count)
 
@@ -427,32 +462,41 @@ class BaseImportance:
 def registered_criteria() -> List[str]:
     """Names (without scope) of every criterion registered in mmifso's
     ``TASK_UTILS``, sorted."""
-    from mmifso.registry import TASK_UTILS
     return sorted(k for k, cls in TASK_UTILS.module_dict.items()
                   if isinstance(cls, type) and issubclass(cls, BaseImportance))
 
 
-def lam_from_weight_decay(importance: BaseImportance, weight_decay: float,
-                          how_to_set: str) -> bool:
-    """Give a criterion with ``lam=None`` (IFSO) the training weight decay.
+def weight_decay_of(optimizer, params: List[torch.Tensor]) -> float:
+    """The weight decay the optimizer applies to ``params``.
+
+    Only the parameter groups that hold ``params`` count (with mmengine's
+    ``paramwise_cfg`` the first group may hold a bias or a norm layer with
+    another decay).
 
     Args:
-        importance (BaseImportance): The criterion.
-        weight_decay (float): The optimizer's weight decay.
-        how_to_set (str): Where the user sets ``lam`` instead; ends the
-            error message.
+        optimizer: A :class:`torch.optim.Optimizer` or an mmengine
+            ``OptimWrapper`` around one.
+        params (list[Tensor]): The parameters whose decay is wanted.
 
     Returns:
-        bool: Whether ``lam`` was set.
+        float: Their common weight decay.
 
     Raises:
-        ValueError: ``lam`` is None and the weight decay is 0.
+        ValueError: No group holds them, or the groups disagree.
     """
-    if getattr(importance, 'lam', 0) is not None:
-        return False
-    if not weight_decay:
+    optimizer = getattr(optimizer, 'optimizer', optimizer)
+    wanted = {id(p) for p in params}
+    decays = {
+        float(group.get('weight_decay', 0) or 0)
+        for group in optimizer.param_groups
+        if any(id(p) in wanted for p in group['params'])
+    }
+    if not decays:
+        raise ValueError('none of the scored conv/linear weights is in the '
+                         "optimizer's parameter groups")
+    if len(decays) > 1:
         raise ValueError(
-            f'{type(importance).__name__}(lam=None) takes lambda from the '
-            f"optimizer's weight decay, which is 0: {how_to_set}")
-    importance.lam = float(weight_decay)
-    return True
+            'the optimizer applies different weight decays '
+            f'{sorted(decays)} to the scored conv/linear weights '
+            '(paramwise_cfg), so lambda is ambiguous')
+    return decays.pop()

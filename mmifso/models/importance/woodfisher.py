@@ -95,6 +95,11 @@ class WoodFisherImportance(BaseImportance):
         offload (bool): Keep the gradients on the CPU.
     """
 
+    example_kwargs = (dict(num_grads=4, obs_update=True), )
+    # The empirical Fisher is built from each rank's chunk gradients and the
+    # saliency is nonlinear in them; the ranks' saliencies are averaged.
+    distributed_exact = False
+
     def __init__(self,
                  num_grads: int = 16,
                  damp: float = 1e-3,
@@ -117,6 +122,11 @@ class WoodFisherImportance(BaseImportance):
         #: Per unit ``(G, S)`` of the last scored batch (``obs_update``).
         self._factors: Optional[List[Tuple[torch.Tensor,
                                            torch.Tensor]]] = None
+
+    @property
+    def updates_weights(self) -> bool:
+        """The OBS update changes the remaining weights."""
+        return self.obs_update
 
     # ------------------------------------------------------------------ #
     def chunk_gradients(self, ctx: ScoringContext,

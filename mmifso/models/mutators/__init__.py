@@ -1,8 +1,10 @@
 from .channel_mutator import (ChannelMutator, InputGate, NoPrunableUnitsError,
-                              strip_gates)
-from .selection import normalised_scores, select_channels
+                              compose_gate, strip_gates)
+from .export import export_pruned_model
+from .selection import ChannelSelector, normalised_scores, select_channels
 
 __all__ = [
-    'ChannelMutator', 'InputGate', 'NoPrunableUnitsError', 'strip_gates',
+    'ChannelMutator', 'InputGate', 'NoPrunableUnitsError', 'compose_gate',
+    'strip_gates', 'export_pruned_model', 'ChannelSelector',
     'normalised_scores', 'select_channels'
 ]
