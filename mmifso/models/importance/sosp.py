@@ -142,13 +142,18 @@ class SOSPHImportance(BaseImportance):
 
         s = | sign * theta_s^T g + 1/2 theta_s^T (H theta_S) |
 
-    This is the mask-space form ``|(grad_m L + 1/2 H_mm 1)_s|`` with a gate
-    ``m_s`` scaling ``theta_s`` (``sign=+1``, the default, as specified for
-    mmifso). The removal perturbation ``-theta_s`` gives ``-theta_s^T g +
-    1/2 ...``: ``first_order_sign=-1``. The sign and the factor are
-    reconstructed from the paper's abstract and must be checked against its
-    Section 2. ``g`` and ``H`` are those of the batch mean loss over all
-    trainable parameters; the signed value is averaged over the scoring
+    Removing ``s`` moves ``theta`` by ``-theta_s``, so the second-order
+    Taylor expansion of the removal is ``-theta_s^T g + 1/2 theta_s^T H
+    theta``: ``first_order_sign=-1``, the default. In mask space (a gate
+    ``m_s`` scaling ``theta_s``) this is ``|(-grad_m L + 1/2 H_mm 1)_s|``,
+    the masks moving along ``-1``. ``first_order_sign=+1`` is the expansion
+    for *adding* ``theta_s`` (``|(grad_m L + 1/2 H_mm 1)_s|``, mmifso's
+    default before the review of issue 9), kept as an option. Whether the
+    paper keeps the first-order term and where it takes the absolute value
+    is not verified against its Section 2.
+
+    ``g`` and ``H`` are those of the batch mean loss over all trainable
+    parameters; the signed value is averaged over the scoring
     batches and the absolute value taken at the end (the paper computes
     the saliency from data-set-level ``g`` and ``H``).
 
@@ -172,15 +177,18 @@ class SOSPHImportance(BaseImportance):
     Args:
         hessian (str): ``'exact'`` or ``'gauss_newton'``.
         first_order (bool): Keep the gradient term.
-        first_order_sign (int): ``+1`` or ``-1``, see above.
+        first_order_sign (int): ``-1`` (removal, default) or ``+1``
+            (the expansion for adding ``theta_s``), see above.
         output_modules (Sequence[str], optional): Outputs ``z`` for the
             Gauss-Newton product.
     """
 
+    example_kwargs = (dict(), dict(hessian='gauss_newton'))
+
     def __init__(self,
                  hessian: str = 'exact',
                  first_order: bool = True,
-                 first_order_sign: int = 1,
+                 first_order_sign: int = -1,
                  output_modules: Optional[Sequence[str]] = None) -> None:
         if hessian not in ('exact', 'gauss_newton'):
             raise ValueError("hessian must be 'exact' or 'gauss_newton', got "

@@ -141,3 +141,101 @@ def test_per_sample_mask_grads_match_single_sample_losses(setup):
             ref = grad_or_zeros(loss, ctx.masks)
             for g, r in zip(got, ref):
                 assert torch.allclose(g[n], r, atol=1e-10)
+
+
+def test_abs_per_consumer_matches_explicit(setup):
+    """Released form on coupled units: |.| of each consumer's share, summed.
+
+    The per-consumer Hessian is formed explicitly over the consumer gates;
+    the consumers' signed shares must add up to the shared-mask score (so
+    the gates sit on the right channels), and a unit with several consumers
+    must differ from |shared| (else the test could not tell them apart)."""
+    from mmifso.models.importance.ifso import consumer_gates
+    model, mutator, ctx, data = setup
+    lam = 0.5
+    with ctx.session(), consumer_gates(ctx) as gates:
+        flat = [g for per_unit in gates for g in per_unit]
+        loss = ctx.loss(data)
+        params = ctx.weights + flat
+        grads = torch.cat([
+            g.flatten() for g in grad_or_zeros(loss, params, create_graph=True)
+        ])
+        hessian = torch.stack([
+            torch.cat([r.flatten() for r in grad_or_zeros(
+                grads[i], params, retain_graph=True)])
+            for i in range(len(grads))
+        ])
+    p = sum(w.numel() for w in ctx.weights)
+    h_ww, h_wg, h_gg, g_g = (hessian[:p, :p], hessian[:p, p:],
+                             hessian[p:, p:], grads[p:].detach())
+    ones = torch.ones(h_wg.shape[1], dtype=torch.float64)
+    eye = torch.eye(p, dtype=torch.float64)
+    differs = False
+    for inverse in ('cg', 'order0'):
+        if inverse == 'cg':
+            u = torch.linalg.solve(h_ww + lam * eye, h_wg @ ones)
+            kwargs = dict(inverse='cg', cg_iters=400)
+        else:
+            u = h_wg @ ones / lam
+            kwargs = dict()
+        signed = -g_g + 0.5 * (h_gg @ ones) - 0.5 * h_wg.T @ u
+        per_unit, shared, i = [], [], 0
+        for per in gates:
+            c = per[0].numel()
+            parts = [signed[i + k * c:i + (k + 1) * c]
+                     for k in range(len(per))]
+            i += c * len(per)
+            per_unit.append(sum(x.abs() for x in parts))
+            shared.append(sum(parts))
+        kwargs.update(lam=lam, first_order=True, second_order_mm=True)
+        signed_shared = IFSOImportance(abs_per_batch=False, **kwargs).score(
+            ctx, [data])
+        assert_close(signed_shared, torch.cat(shared), 1e-4)
+        got = IFSOImportance(abs_per_consumer=True, **kwargs).score(
+            ctx, [data])
+        assert_close(got, torch.cat(per_unit), 1e-4)
+        multi = [k for k, per in enumerate(gates) if len(per) > 1]
+        assert multi, 'TinyNet must have a unit with several consumers'
+        differs |= any(not torch.allclose(got[k], shared[k].abs())
+                       for k in multi)
+    # Consumers of a channel with opposite signs: sum|.| != |sum|.
+    assert differs
+    with pytest.raises(ValueError, match="needs hvp='exact'"):
+        IFSOImportance(lam=lam, abs_per_consumer=True, hvp='finite_diff')
+
+
+def test_diverging_neumann_series_is_an_error(setup):
+    from mmifso.models.importance.ifso import NeumannDivergenceError
+    model, mutator, ctx, data = setup
+    h_ww, _, _, _ = explicit_blocks(ctx, data)
+    top = float(torch.linalg.eigvalsh(h_ww).abs().max())
+    # lam far below the largest eigenvalue: (H/lam)^k v grows.
+    imp = IFSOImportance(lam=top / 20, neumann_order=3)
+    with pytest.raises(NeumannDivergenceError, match="inverse='cg'"):
+        imp.score(ctx, [data])
+    # Order 0 is always defined; CG reaches a small residual.
+    IFSOImportance(lam=top / 20).score(ctx, [data])
+    cg = IFSOImportance(lam=top / 20 + float(
+        torch.linalg.eigvalsh(h_ww).min().abs()), inverse='cg',
+        cg_iters=500, cg_tol=1e-8)
+    cg.score(ctx, [data])
+    assert cg.last_residual < 1e-6
+
+
+def test_single_direction_is_the_diagonal_of_the_schur_complement(setup):
+    """``direction='single'``: removing channel c alone, ``-g_c + 1/2
+    M_cc``; differs from the all-ones row sum."""
+    model, mutator, ctx, data = setup
+    h_ww, h_wm, h_mm, g_m = explicit_blocks(ctx, data)
+    lam = float(torch.linalg.eigvalsh(h_ww).min().abs()) + 0.5
+    eye = torch.eye(h_ww.shape[0], dtype=torch.float64)
+    m = h_mm - h_wm.T @ torch.linalg.solve(h_ww + lam * eye, h_wm)
+    expected = -g_m + 0.5 * torch.diagonal(m)
+    kwargs = dict(lam=lam, inverse='cg', cg_iters=400, first_order=True,
+                  second_order_mm=True, abs_per_batch=False)
+    got = IFSOImportance(direction='single', **kwargs).score(ctx, [data])
+    assert_close(got, expected, 1e-4)
+    ones = IFSOImportance(**kwargs).score(ctx, [data])
+    assert not torch.allclose(torch.cat(got), torch.cat(ones), rtol=1e-2)
+    with pytest.raises(ValueError, match="direction='single' needs"):
+        IFSOImportance(lam=1.0, direction='single', hvp='finite_diff')

@@ -65,8 +65,10 @@ def structure_vector(model, masks):
 
 
 @pytest.mark.parametrize('first_order,sign', [(True, 1), (True, -1),
-                                              (False, 1)])
+                                              (True, None), (False, 1)])
 def test_sosp_exact_matches_explicit(explicit, first_order, sign):
+    """``sign=None``: the default, the removal expansion ``-theta_s^T g +
+    1/2 theta_s^T H theta_S`` (removing s moves theta by -theta_s)."""
     model, mutator, ctx, batches, stats = explicit
     masks = slice_masks(model, mutator)
     th, v = theta(model), structure_vector(model, masks)
@@ -75,12 +77,13 @@ def test_sosp_exact_matches_explicit(explicit, first_order, sign):
         second = per_channel(unflatten(th * (h @ v), model), masks)
         first = per_channel(unflatten(th * g, model), masks)
         signed.append([
-            (sign * f if first_order else 0) + 0.5 * s
-            for f, s in zip(first, second)
+            ((-1 if sign is None else sign) * f if first_order else 0) +
+            0.5 * s for f, s in zip(first, second)
         ])
     expected = [((a + b) / 2).abs() for a, b in zip(*signed)]
+    kwargs = {} if sign is None else dict(first_order_sign=sign)
     got = SOSPHImportance(first_order=first_order,
-                          first_order_sign=sign).score(ctx, batches)
+                          **kwargs).score(ctx, batches)
     assert_close(got, expected, 1e-5)
 
 
@@ -116,7 +119,8 @@ def test_sosp_gauss_newton_matches_explicit():
     gn = explicit_gauss_newton(model, data)
     first = per_channel(unflatten(th * g, model), masks)
     second = per_channel(unflatten(th * (gn @ v), model), masks)
-    expected = [(f + 0.5 * s).abs() for f, s in zip(first, second)]
+    # Default sign: the removal expansion -theta_s^T g + 1/2 theta_s^T G v.
+    expected = [(-f + 0.5 * s).abs() for f, s in zip(first, second)]
     got = SOSPHImportance(hessian='gauss_newton').score(ctx, [data])
     assert_close(got, expected, 1e-5)
     # Naming the logits layer explicitly gives the same.
