@@ -210,6 +210,39 @@ def test_prune_config(path):
     assert head_fc.out_features == (1000 if is_imagenet(path) else 10)
 
 
+# Every prune config, classification and detection: the settings of the
+# variables-only fragments (configs/ifso/_base_/pruning/) reach it, so that a
+# default changed there changes every prune config.
+ALL_PRUNE = sorted(p for p in CONFIG_DIR.rglob('ifso_prune_*.py')
+                   if '_base_' not in p.parts)
+FRAGMENTS = CONFIG_DIR / '_base_' / 'pruning'
+
+
+@pytest.mark.parametrize('path', ALL_PRUNE, ids=_id)
+def test_prune_config_uses_the_fragment(path):
+    kind = 'det' if 'mmdet::' in path.read_text() else 'cls'
+    fragment = Config.fromfile(str(FRAGMENTS / f'ifso_{kind}.py'))
+    assert set(fragment.keys()) == {'ifso_model', 'ifso_hook'}  # variables
+    cfg = load(path)
+    # The model: the fragment's, with the config's architecture and size.
+    model = copy.deepcopy(cfg.model.to_dict())
+    assert model.pop('architecture')
+    shape = model['mutator']['demo_input'].pop('input_shape')
+    assert tuple(shape) == tuple(cfg.input_shape)
+    assert model == fragment.ifso_model.to_dict()
+    # The hook: the fragment's, with the config's target and interval.
+    (hook, ) = [
+        h for h in cfg.custom_hooks if h['type'] == 'mmifso.PruningHook'
+    ]
+    hook = dict(hook)
+    assert (hook.pop('target_flops'), hook.pop('interval')) == (
+        cfg.target_flops, cfg.interval)
+    if path.name.startswith('ifso_prune_mobilenet-v2'):  # its checkpoints
+        assert hook.pop('save_thresholds') == (0.9, 0.8, 0.7)
+        fragment.ifso_hook.pop('save_thresholds')
+    assert hook == fragment.ifso_hook.to_dict()
+
+
 @pytest.mark.parametrize('path', BASELINES, ids=_id)
 def test_baseline_config(path):
     cfg = load(path)

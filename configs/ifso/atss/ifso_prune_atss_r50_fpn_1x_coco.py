@@ -3,7 +3,10 @@
 # as the RetinaNet config, after MMRazor's Group Fisher detection configs).
 # The GroupNorm head (32 groups) loses whole GN groups (blocks of 8 channels)
 # and the exported GroupNorms have fewer groups.
-_base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py']
+_base_ = [
+    'mmdet::atss/atss_r50_fpn_1x_coco.py',
+    '../_base_/pruning/ifso_det.py'
+]
 custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
 pretrained_ckpt = 'https://download.openmmlab.com/mmdetection/v2.0/atss/atss_r50_fpn_1x_coco/atss_r50_fpn_1x_coco_20200209-985f7bd0.pth'  # noqa: E501
@@ -14,25 +17,13 @@ input_shape = (1, 3, 800, 1333)  # FLOPs are counted at this size
 
 architecture = _base_.model
 architecture.backbone.frozen_stages = -1
-model = dict(
-    _delete_=True,
-    type='mmifso.PruningAlgorithm',
-    architecture=architecture,
-    mutator=dict(
-        type='mmifso.ChannelMutator',
-        demo_input=dict(type='mmifso.DetDemoInput', input_shape=input_shape),
-        frozen='skip'))
+model = dict(_base_.ifso_model, _delete_=True, architecture=architecture)
+model['mutator']['demo_input']['input_shape'] = input_shape
 load_from = pretrained_ckpt
 
 optim_wrapper = dict(
     optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr * lr_ratio))
 
 custom_hooks = [
-    dict(
-        type='mmifso.PruningHook',
-        importance=dict(type='mmifso.IFSOImportance'),
-        target_flops=target_flops,
-        interval=interval,
-        channels_per_step=1,
-        score_batches=2),
+    dict(_base_.ifso_hook, target_flops=target_flops, interval=interval)
 ]

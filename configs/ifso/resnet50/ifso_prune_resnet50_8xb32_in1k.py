@@ -7,7 +7,10 @@
 #     configs/ifso/resnet50/ifso_prune_resnet50_8xb32_in1k.py \
 #     work_dirs/ifso_prune_resnet50_8xb32_in1k/flops_50.pth \
 #     --out-dir work_dirs/ifso_prune_resnet50_8xb32_in1k/export
-_base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py']
+_base_ = [
+    'mmpretrain::resnet/resnet50_8xb32_in1k.py',
+    '../_base_/pruning/ifso_cls.py'
+]
 custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
 pretrained_ckpt = 'https://download.openmmlab.com/mmclassification/v0/resnet/resnet50_8xb32_in1k_20210831-ea4938fc.pth'  # noqa: E501
@@ -17,36 +20,13 @@ lr_ratio = 0.04  # pruning lr = training lr * lr_ratio
 input_shape = (1, 3, 224, 224)
 
 architecture = _base_.model
-model = dict(
-    _delete_=True,
-    type='mmifso.PruningAlgorithm',
-    architecture=architecture,
-    mutator=dict(
-        type='mmifso.ChannelMutator',
-        demo_input=dict(type='mmifso.DemoInput', input_shape=input_shape),
-        min_channels=1,
-        frozen='error'))
+model = dict(_base_.ifso_model, _delete_=True, architecture=architecture)
+model['mutator']['demo_input']['input_shape'] = input_shape
 load_from = pretrained_ckpt
 
 optim_wrapper = dict(
     optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr * lr_ratio))
 
 custom_hooks = [
-    dict(
-        type='mmifso.PruningHook',
-        # lam=None: lambda is the optimizer's weight decay (1e-4).
-        importance=dict(
-            type='mmifso.IFSOImportance',
-            lam=None,
-            inverse='neumann',
-            neumann_order=0,
-            hvp='exact'),
-        target_flops=target_flops,
-        interval=interval,
-        channels_per_step=1,
-        score_batches=2,
-        cost='acts',
-        cost_power=0.5,
-        save_thresholds=(0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1),
-        stop_at_target=True),
+    dict(_base_.ifso_hook, target_flops=target_flops, interval=interval)
 ]

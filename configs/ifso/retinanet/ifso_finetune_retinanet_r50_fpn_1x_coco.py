@@ -1,7 +1,7 @@
 # Fine-tune the exported (physically pruned) RetinaNet R50-FPN with the
 # upstream 1x schedule at half its lr (MMRazor's Group Fisher fine-tuning
 # lr for RetinaNet).
-_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+_base_ = ['./ifso_deploy_retinanet_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
 # Written by tools/export_pruned.py from the pruning run's flops_50.pth.
@@ -9,13 +9,8 @@ export_dir = 'work_dirs/ifso_prune_retinanet_r50_fpn_1x_coco/export'
 structure = export_dir + '/structure.json'
 pruned_ckpt = export_dir + '/pruned.pth'
 
-architecture = _base_.model
-architecture.backbone.frozen_stages = -1
-model = dict(
-    _delete_=True,
-    type='mmifso.PrunedModel',
-    architecture=architecture,
-    structure=structure)
+# The pruned model of the deploy config, from this export.
+model = dict(structure=structure)
 load_from = pruned_ckpt
 
 optim_wrapper = dict(optimizer=dict(lr=0.005))

@@ -12,7 +12,10 @@
 # FPN outputs (one head shared by the five levels) another; retina_cls and
 # retina_reg are predictions and never pruned. FLOPs count the shared head on
 # every level.
-_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+_base_ = [
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    '../_base_/pruning/ifso_det.py'
+]
 custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
 pretrained_ckpt = 'https://download.openmmlab.com/mmdetection/v2.0/retinanet/retinanet_r50_fpn_1x_coco/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth'  # noqa: E501
@@ -24,27 +27,13 @@ input_shape = (1, 3, 800, 1333)
 
 architecture = _base_.model
 architecture.backbone.frozen_stages = -1
-model = dict(
-    _delete_=True,
-    type='mmifso.PruningAlgorithm',
-    architecture=architecture,
-    mutator=dict(
-        type='mmifso.ChannelMutator',
-        demo_input=dict(type='mmifso.DetDemoInput', input_shape=input_shape),
-        # Anything still frozen is left out with a warning, not an error.
-        frozen='skip'))
+model = dict(_base_.ifso_model, _delete_=True, architecture=architecture)
+model['mutator']['demo_input']['input_shape'] = input_shape
 load_from = pretrained_ckpt
 
 optim_wrapper = dict(
     optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr * lr_ratio))
 
 custom_hooks = [
-    dict(
-        type='mmifso.PruningHook',
-        # lam=None: lambda is the optimizer's weight decay (1e-4).
-        importance=dict(type='mmifso.IFSOImportance'),
-        target_flops=target_flops,
-        interval=interval,
-        channels_per_step=1,
-        score_batches=2),
+    dict(_base_.ifso_hook, target_flops=target_flops, interval=interval)
 ]

@@ -7,7 +7,7 @@
 #     configs/ifso/vgg16/ifso_prune_vgg16bn_1xb128_cifar10.py \
 #     work_dirs/ifso_prune_vgg16bn_1xb128_cifar10/flops_30.pth \
 #     --out-dir work_dirs/ifso_prune_vgg16bn_1xb128_cifar10/export_flops30
-_base_ = ['./vgg16bn_8xb16_cifar10.py']
+_base_ = ['./vgg16bn_8xb16_cifar10.py', '../_base_/pruning/ifso_cls.py']
 custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
 # The trained baseline (tools/train.py vgg16bn_8xb16_cifar10.py).
@@ -17,15 +17,8 @@ interval = 10  # training iterations between two pruning steps
 input_shape = (1, 3, 32, 32)
 
 architecture = _base_.model
-model = dict(
-    _delete_=True,
-    type='mmifso.PruningAlgorithm',
-    architecture=architecture,
-    mutator=dict(
-        type='mmifso.ChannelMutator',
-        demo_input=dict(type='mmifso.DemoInput', input_shape=input_shape),
-        min_channels=1,
-        frozen='error'))
+model = dict(_base_.ifso_model, _delete_=True, architecture=architecture)
+model['mutator']['demo_input']['input_shape'] = input_shape
 load_from = pretrained_ckpt
 
 train_dataloader = dict(batch_size=128)
@@ -33,21 +26,5 @@ train_dataloader = dict(batch_size=128)
 param_scheduler = []
 
 custom_hooks = [
-    dict(
-        type='mmifso.PruningHook',
-        # lam=None: lambda is the optimizer's weight decay (1e-4).
-        importance=dict(
-            type='mmifso.IFSOImportance',
-            lam=None,
-            inverse='neumann',
-            neumann_order=0,
-            hvp='exact'),
-        target_flops=target_flops,
-        interval=interval,
-        channels_per_step=1,
-        score_batches=2,
-        cost='acts',
-        cost_power=0.5,
-        save_thresholds=(0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1),
-        stop_at_target=True),
+    dict(_base_.ifso_hook, target_flops=target_flops, interval=interval)
 ]

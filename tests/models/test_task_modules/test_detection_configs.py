@@ -45,7 +45,7 @@ def test_every_detector_has_a_prune_config():
     for folder in DETECTORS:
         (upstream, ) = [p for p in PRUNE if p.parent.name == folder]
         # OpenMMLab naming: ifso_prune_<upstream config name>.py
-        base = re.search(r"_base_ = \['mmdet::([^']+)'\]",
+        base = re.search(r"_base_ = \[\s*'mmdet::([^']+)'",
                          upstream.read_text()).group(1)
         assert upstream.name == 'ifso_prune_' + base.split('/')[-1]
 
