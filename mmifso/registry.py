@@ -8,7 +8,6 @@ config's default scope.
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import TASK_UTILS as MMENGINE_TASK_UTILS
@@ -27,8 +26,6 @@ DATASETS = Registry(
     'dataset', parent=MMENGINE_DATASETS, locations=['mmifso.datasets'])
 TRANSFORMS = Registry(
     'transform', parent=MMENGINE_TRANSFORMS, locations=['mmifso.datasets'])
-METRICS = Registry(
-    'metric', parent=MMENGINE_METRICS, locations=['mmifso.evaluation'])
 # Pruning criteria, demo-input builders and other non-module helpers.
 TASK_UTILS = Registry(
     'task util', parent=MMENGINE_TASK_UTILS, locations=['mmifso.models'])

@@ -2,7 +2,7 @@
 import copy
 import os
 import os.path as osp
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
@@ -10,11 +10,13 @@ from mmengine.registry import init_default_scope
 
 from mmifso.models.task_modules import (count_params, count_resources,
                                         record_layers)
+from mmifso.registry import MODELS
 from mmifso.structures import save_structure
 from mmifso.utils import (load_checkpoint_file, remove_stale_temp_files,
                           save_text, save_torch)
-from .checks import (ArchitectureMismatch, check_checkpoint_fits_model,
-                     file_sha256)
+from mmifso.utils.checkpoint_checks import (ArchitectureMismatch,
+                                            check_checkpoint_fits_model,
+                                            file_sha256)
 
 
 class ExportError(RuntimeError):
@@ -24,8 +26,6 @@ class ExportError(RuntimeError):
 def build_from_config(cfg: Config):
     """Build ``cfg.model`` in the config's default scope."""
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    import mmifso  # noqa: F401  (registers modules)
-    from mmifso.registry import MODELS
     return MODELS.build(copy.deepcopy(cfg.model))
 
 
@@ -104,6 +104,11 @@ def export_checkpoint(config: Union[str, Config],
     Returns:
         dict: Paths written, ``max_abs_diff`` and FLOPs/params before and
         after (conv/linear MACs per image).
+
+    Raises:
+        ExportError: the config is not a pruning config, the checkpoint is
+            not its masked checkpoint, or the exported model differs from the
+            masked one.
     """
     cfg = Config.fromfile(config) if isinstance(config, str) else config
     if not str(cfg.model.get('type', '')).endswith('PruningAlgorithm'):
@@ -114,10 +119,41 @@ def export_checkpoint(config: Union[str, Config],
     algo = build_from_config(cfg)
     load_masked_weights(algo, checkpoint, cfg.model)
     algo.eval()
-    masked_res = algo.mutator.resources()
     pruned, structure = algo.export()
     pruned.eval()
+    diff, flops = verify_export(algo, pruned, atol)
+    summary = dict(
+        flops=flops,
+        params=count_params(pruned),
+        flops_unpruned=count_resources(algo.mutator.layer_records)['flops'],
+        params_unpruned=count_params(algo.architecture),
+        max_abs_diff=diff)
+    structure['resources'] = summary
+    paths = write_export(out_dir, cfg, pruned, structure, checkpoint, summary)
+    return dict(**paths, **summary)
 
+
+def verify_export(algo, pruned: torch.nn.Module,
+                  atol: float = 1e-4) -> Tuple[float, int]:
+    """Check that ``pruned`` computes what the masked ``algo`` computes.
+
+    Both run on the mutator's demo input (same seed); the FLOPs counted on
+    the exported model must equal the masked count.
+
+    Args:
+        algo (PruningAlgorithm): The masked model (eval mode).
+        pruned (nn.Module): Its export (eval mode).
+        atol (float): Largest allowed output difference, scaled by the
+            largest absolute output when that exceeds 1 (fp32 rounding alone
+            exceeds any fixed tolerance on huge logits).
+
+    Returns:
+        tuple[float, int]: The largest absolute output difference and the
+        FLOPs of the exported model.
+
+    Raises:
+        ExportError: the outputs or the FLOPs differ.
+    """
     demo = algo.mutator.demo_input
     with torch.no_grad():
         torch.manual_seed(0)
@@ -125,8 +161,6 @@ def export_checkpoint(config: Union[str, Config],
         torch.manual_seed(0)
         actual = demo(pruned)
     diff = max_abs_diff(expected, actual)
-    # Absolute for outputs of order one; scaled for huge logits, where fp32
-    # rounding alone exceeds any fixed absolute tolerance.
     scale = max(1.0, max_abs_value(expected))
     if not diff <= atol * scale:
         raise ExportError(
@@ -135,12 +169,37 @@ def export_checkpoint(config: Union[str, Config],
             'not handled. Run tools/analysis/coverage.py on the config to '
             'find it.')
     with torch.no_grad():
-        exported = count_resources(record_layers(pruned, demo))
-    if exported['flops'] != masked_res['flops']:
+        exported = count_resources(record_layers(pruned, demo))['flops']
+    masked = algo.mutator.resources()['flops']
+    if exported != masked:
         raise ExportError(
-            f'FLOPs counted on the exported model ({exported["flops"]}) differ '
-            f'from the masked count ({masked_res["flops"]})')
+            f'FLOPs counted on the exported model ({exported}) differ '
+            f'from the masked count ({masked})')
+    return diff, exported
 
+
+def write_export(out_dir: str, cfg: Config, pruned: torch.nn.Module,
+                 structure: Dict, checkpoint: str,
+                 summary: Dict) -> Dict[str, str]:
+    """Write ``structure.json``, ``pruned.pth`` and ``deploy_config.py``.
+
+    Each file is replaced atomically (temporary files of an export killed
+    before are removed first); the checkpoint records the hash of the
+    structure written just before it, so a structure and a checkpoint of two
+    different exports (one killed in between) are detected by
+    :func:`mmifso.apis.check_checkpoint_matches_config`.
+
+    Args:
+        out_dir (str): Output directory (created if needed).
+        cfg (Config): The pruning config (the deploy config is made from it).
+        pruned (nn.Module): The exported model.
+        structure (dict): Its structure (:func:`save_structure` format).
+        checkpoint (str): The masked checkpoint it was exported from.
+        summary (dict): FLOPs/params figures stored in the checkpoint's meta.
+
+    Returns:
+        dict: ``checkpoint``, ``structure`` and ``config``: the paths.
+    """
     os.makedirs(out_dir, exist_ok=True)
     out_dir = osp.abspath(out_dir)
     structure_path = osp.join(out_dir, 'structure.json')
@@ -148,37 +207,21 @@ def export_checkpoint(config: Union[str, Config],
     config_path = osp.join(out_dir, 'deploy_config.py')
     for path in (structure_path, ckpt_path, config_path):
         remove_stale_temp_files(path)  # of an export killed before
-    full = count_resources(algo.mutator.layer_records)
-    summary = dict(
-        flops=exported['flops'],
-        params=count_params(pruned),
-        flops_unpruned=full['flops'],
-        params_unpruned=algo.mutator._model_param_count,
-        max_abs_diff=diff)
-    structure['resources'] = summary
-    # Each file is replaced atomically; the checkpoint records the hash of
-    # the structure written just before it, so a structure and a checkpoint
-    # of two different exports (one killed in between) are detected by
-    # mmifso.apis.check_checkpoint_matches_config (tools/test.py, train.py).
     save_structure(structure, structure_path)
+    meta = dict(
+        kind='pruned',
+        structure=structure_path,
+        structure_sha256=file_sha256(structure_path),
+        deploy_config=config_path,
+        source_checkpoint=osp.abspath(checkpoint),
+        **summary)
     save_torch(
-        dict(
-            state_dict=pruned.state_dict(),
-            meta=dict(
-                mmifso=dict(
-                    kind='pruned',
-                    structure=structure_path,
-                    structure_sha256=file_sha256(structure_path),
-                    deploy_config=config_path,
-                    source_checkpoint=osp.abspath(checkpoint),
-                    **summary))), ckpt_path)
+        dict(state_dict=pruned.state_dict(), meta=dict(mmifso=meta)),
+        ckpt_path)
     deploy = pruning_deploy_config(cfg, structure_path, ckpt_path)
     save_text(deploy.pretty_text, config_path)
     return dict(
-        checkpoint=ckpt_path,
-        structure=structure_path,
-        config=config_path,
-        **summary)
+        checkpoint=ckpt_path, structure=structure_path, config=config_path)
 
 
 def max_abs_value(a) -> float:

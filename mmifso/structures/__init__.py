@@ -1,9 +1,7 @@
 from .pruned_structure import (STRUCTURE_FORMAT, StructureMismatchError,
-                               apply_structure, export_pruned_model,
                                load_structure, make_structure, save_structure)
 
 __all__ = [
-    'STRUCTURE_FORMAT', 'StructureMismatchError', 'apply_structure',
-    'export_pruned_model', 'load_structure', 'make_structure',
-    'save_structure'
+    'STRUCTURE_FORMAT', 'StructureMismatchError', 'load_structure',
+    'make_structure', 'save_structure'
 ]

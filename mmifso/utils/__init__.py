@@ -1,3 +1,7 @@
+from .checkpoint_checks import (ArchitectureMismatch, CheckpointConfigMismatch,
+                                check_checkpoint_fits_model,
+                                check_checkpoint_matches_config,
+                                checkpoint_kind, model_kind)
 from .io import (ATOMIC_BACKEND, ATOMIC_BACKEND_ARGS, AtomicLocalBackend,
                  atomic_write, load_checkpoint_file, remove_stale_temp_files,
                  save_json, save_text, save_torch)
@@ -6,5 +10,8 @@ from .safe_pickle import UnsafeCheckpointError
 __all__ = [
     'ATOMIC_BACKEND', 'ATOMIC_BACKEND_ARGS', 'AtomicLocalBackend',
     'UnsafeCheckpointError', 'atomic_write', 'load_checkpoint_file',
-    'remove_stale_temp_files', 'save_json', 'save_text', 'save_torch'
+    'remove_stale_temp_files', 'save_json', 'save_text', 'save_torch',
+    'ArchitectureMismatch', 'CheckpointConfigMismatch',
+    'check_checkpoint_fits_model', 'check_checkpoint_matches_config',
+    'checkpoint_kind', 'model_kind'
 ]

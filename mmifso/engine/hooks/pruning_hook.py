@@ -165,13 +165,14 @@ class PruningHook(Hook):
         #: ``'flops'`` or ``'latency'``: what the target and thresholds
         #: measure (:meth:`ChannelSelector.ratio`).
         self.metric = 'flops' if target_latency is None else 'latency'
+        self._what = 'FLOPs' if self.metric == 'flops' else 'latency'
         if target_latency is None:
             target = 0.5 if target_flops is None else target_flops
         else:
             target = target_latency
         target = _check_ratio(
             f'target_{self.metric}', target,
-            f'it is the fraction of the {self.metric} that remains after '
+            f'it is the fraction of the {self._what} that remains after '
             'pruning')
         _check_int('interval', interval, 1,
                    'training iterations between two pruning steps')
@@ -256,7 +257,7 @@ class PruningHook(Hook):
         if self._ratio(algo) <= self.target:
             self.done = True
             runner.logger.info(f'[mmifso] the model is already at the '
-                               f'{self.metric} target; nothing to prune')
+                               f'{self._what} target; nothing to prune')
 
     def _build_scoring_loader(self, runner):
         cfg = self.scoring_dataloader or runner.cfg.get('train_dataloader')
@@ -425,8 +426,8 @@ class PruningHook(Hook):
         nonfinite = (f'; {self._skipped_nonfinite} step(s) were skipped on '
                      'NaN/Inf scores' if self._skipped_nonfinite else '')
         runner.logger.warning(
-            f'[mmifso] training ended before the {self.metric} target '
-            f'{self.target} was reached ({self.metric} ratio {ratio:.4f} '
+            f'[mmifso] training ended before the {self._what} target '
+            f'{self.target} was reached ({self._what} ratio {ratio:.4f} '
             f'after '
             f'{self._steps} pruning steps{nonfinite}); {self._advice}')
 

@@ -8,9 +8,9 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 
 from mmifso.registry import MODELS
-from mmifso.structures import (apply_structure, export_pruned_model,
-                               load_structure)
-from ..mutators import ChannelMutator
+from mmifso.structures import load_structure
+from ..mutators import ChannelMutator, export_pruned_model
+from ..task_modules import apply_structure
 
 ARCH_PREFIX = 'architecture.'
 MUTATOR_PREFIX = 'mutator.'

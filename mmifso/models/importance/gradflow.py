@@ -87,6 +87,8 @@ class GradFlowImportance(BaseImportance):
             ``'biased_loss'``, ``'grasp'``, ``'grad_norm'``.
     """
 
+    example_kwargs = (dict(), dict(kind='grasp'), dict(kind='magnitude'))
+
     def __init__(self, kind: str = 'loss_preservation') -> None:
         if kind not in KINDS:
             raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')

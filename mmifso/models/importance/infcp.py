@@ -57,6 +57,8 @@ class InfCPImportance(BaseImportance):
             or vote needs every batch's scores on every rank).
     """
 
+    example_kwargs = (dict(), dict(normalize='layer'))
+
     def __init__(self,
                  base: Union[dict, BaseImportance] = dict(
                      type='mmifso.TaylorImportance'),

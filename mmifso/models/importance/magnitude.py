@@ -23,6 +23,8 @@ class MagnitudeImportance(BaseImportance):
 
     requires_data = False
 
+    example_kwargs = (dict(p=1), dict(p=2))
+
     def __init__(self, p: int = 1) -> None:
         if p not in (1, 2):
             raise ValueError(f'p must be 1 or 2, got {p}')

@@ -39,6 +39,8 @@ class TaylorImportance(BaseImportance):
         variant (str): ``'taylor_fo'`` or ``'snip'``.
     """
 
+    example_kwargs = (dict(), dict(variant='snip'))
+
     def __init__(self, variant: str = 'taylor_fo') -> None:
         if variant not in ('taylor_fo', 'snip'):
             raise ValueError(

@@ -17,8 +17,9 @@ from torch_pruning import _helpers
 from torch_pruning.dependency.group import Group
 
 from mmifso.registry import TASK_UTILS
-from ..task_modules.channel_analyzer import ChannelAnalyzer, is_depthwise
+from ..task_modules.channel_analyzer import ChannelAnalyzer
 from ..task_modules.groups import get_pruning_group
+from ..task_modules.layer_types import is_depthwise
 from .base import BaseImportance, ScoringContext, grad_or_zeros
 
 
@@ -104,6 +105,9 @@ class TorchPruningImportance(BaseImportance):
 
     KINDS = ('taylor', 'magnitude', 'hessian')
 
+    example_kwargs = (dict(kind='taylor'), dict(kind='magnitude'),
+                      dict(kind='hessian'))
+
     def __init__(self,
                  kind: str = 'taylor',
                  p: int = 2,
@@ -132,8 +136,10 @@ class TorchPruningImportance(BaseImportance):
             self.tp_importance = imp.GroupHessianImportance(
                 group_reduction=group_reduction, normalizer=normalizer,
                 bias=bias)
-        # Instance attribute: the hooks read it from the instance.
+        # Instance attributes: the hooks read them from the instance.
         self.requires_data = kind != 'magnitude'
+        # Hessian statistics are per sample of each rank (ranks averaged).
+        self.distributed_exact = kind != 'hessian'
         self._graph_key: Optional[Tuple] = None
         self._groups: List[Group] = []
         self._loss_checked = False

@@ -5,7 +5,7 @@ import torch
 from mmengine.model import BaseModule
 
 from mmifso.registry import MODELS
-from ..task_modules.channel_analyzer import ChannelSite, UnitSpec
+from ..task_modules.channel_units import ChannelSite, UnitSpec
 
 
 @MODELS.register_module()

@@ -1,7 +1,7 @@
 """The channel mutator: builds units, gates consumers, counts resources."""
 import logging
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -10,13 +10,42 @@ from mmengine.model import BaseModule
 
 from mmifso.registry import MODELS, TASK_UTILS
 from ..mutables import MutableChannelUnit
-from ..task_modules.channel_analyzer import (AnalysisResult, ChannelAnalyzer,
-                                             compose_gate)
+from ..task_modules.channel_analyzer import ChannelAnalyzer
+from ..task_modules.channel_units import AnalysisResult
 from ..task_modules.resource import count_resources, record_layers
 
 
 class NoPrunableUnitsError(RuntimeError):
     """The analysis found nothing that can be pruned."""
+
+
+def compose_gate(num_channels: int, parts: Sequence[Tuple[torch.Tensor,
+                                                          torch.Tensor,
+                                                          torch.Tensor]],
+                 like: torch.Tensor) -> torch.Tensor:
+    """Build a per-channel gate from several units' masks.
+
+    Args:
+        num_channels (int): Channels of the gated tensor.
+        parts: ``(mask, idxs, root_idxs)`` triples: ``gate[..., idxs] =
+            mask[..., root_idxs]``. Masks have shape ``(C_u, )`` or, for
+            per-sample gates, ``(N, C_u)``.
+        like (Tensor): Gives dtype and device of the result.
+
+    Returns:
+        Tensor: The gate, shape ``(num_channels, )`` or ``(N, num_channels)``;
+        differentiable w.r.t. every mask.
+    """
+    lead = ()
+    for mask, _, _ in parts:
+        if mask.dim() == 2:
+            lead = (mask.shape[0], )
+    gate = torch.ones(lead + (num_channels, ), dtype=like.dtype,
+                      device=like.device)
+    for mask, idxs, root_idxs in parts:
+        src = mask[..., root_idxs].to(like.dtype).expand(lead + (-1, ))
+        gate = gate.scatter(-1, idxs.expand(lead + (-1, )), src)
+    return gate
 
 
 class InputGate:

@@ -6,23 +6,12 @@ them) and the matching input channels of every consumer that reads them,
 across residual adds, concatenations, depthwise convolutions and modules that
 are reused on several inputs.
 
-Some channels of a unit are *tied*: they can only be removed together, because
-an op between producer and consumer mixes them.
-
-* ``nn.GroupNorm``: statistics are per group, so removing a whole group leaves
-  the other groups' outputs unchanged (masking == removal) while removing part
-  of a group does not. Channels of one GN group are tied; the exported model
-  gets fewer groups (see :class:`GroupNormBlockPruner`).
-* Grouped convolutions (``1 < groups``, not depthwise): the exported layer
-  keeps its ``groups`` and every group must lose the same channels, so the
-  channel at position ``j`` of every group is tied to position ``j`` of the
-  others.
-
-The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
-channels); selection removes whole blocks.
+Some channels of a unit are *tied* (GroupNorm groups, grouped convolutions):
+they can only be removed together; see :mod:`.channel_ties`. The found units
+are described by the data classes of :mod:`.channel_units`; the Torch-Pruning
+adaptations the trace relies on are in :mod:`.tp_patches`.
 """
 import logging
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,166 +20,12 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 from torch_pruning import ops as tp_ops
 
+from .channel_ties import ChannelTies
+from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
 from .groups import GroupDivergedError, get_all_groups
-
-#: Module types whose *input* channels can be gated exactly in a forward
-#: pre-hook (the gate multiplies the input along the channel dimension).
-GATEABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
-#: Normalisation layers whose statistics mix channels: removing a channel
-#: changes the output of the others, which an input gate cannot reproduce.
-#: (GroupNorm mixes channels only within a group: it is supported by tying
-#: the channels of each group, see the module docstring.)
-CROSS_CHANNEL_NORMS = (nn.LayerNorm, )
-#: Layers with per-channel parameters or statistics only: channels pass
-#: through them unmixed.
-PER_CHANNEL_TYPES = (nn.modules.batchnorm._BatchNorm,
-                     nn.modules.instancenorm._InstanceNorm, nn.PReLU)
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    """A depthwise convolution: one input and one output channel per group."""
-    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-            and module.groups == module.in_channels == module.out_channels)
-
-
-def is_grouped(module: nn.Module) -> bool:
-    """A grouped convolution that is not depthwise."""
-    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-            and not is_depthwise(module))
-
-
-class GroupNormBlockPruner(tp.pruner.function.GroupNormPruner):
-    """Torch-Pruning's GroupNorm pruner that removes whole groups only.
-
-    Torch-Pruning keeps ``num_groups`` when it removes channels of a
-    ``GroupNorm``, which changes the channels per group and therefore the
-    statistics of every group. This pruner requires the removed channels to
-    be whole groups and lowers ``num_groups`` accordingly, so the pruned layer
-    normalises the remaining channels exactly as before.
-    """
-
-    def prune_out_channels(self, layer: nn.GroupNorm, idxs) -> nn.Module:
-        idxs = sorted(set(int(i) for i in idxs))
-        per_group = layer.num_channels // layer.num_groups
-        groups = sorted({i // per_group for i in idxs})
-        whole = [i for g in groups for i in range(g * per_group,
-                                                    (g + 1) * per_group)]
-        if idxs != whole:
-            raise ValueError(
-                f'GroupNorm({layer.num_groups}, {layer.num_channels}): the '
-                f'removed channels {idxs} are not whole groups of '
-                f'{per_group} channels, so removing them would change the '
-                'statistics of the remaining groups')
-        if len(groups) >= layer.num_groups:
-            raise ValueError(f'GroupNorm({layer.num_groups}, '
-                             f'{layer.num_channels}): cannot remove every '
-                             'group')
-        super().prune_out_channels(layer, idxs)
-        layer.num_groups -= len(groups)
-        return layer
-
-    prune_in_channels = prune_out_channels
-
-
-def _patch_concat_index_mapping() -> None:
-    """Torch-Pruning 1.6.1 sums the input sizes of a concatenation before it
-    checks them for ``None`` (unknown, e.g. slices of the input image as in
-    YOLOX's Focus stem) and raises ``TypeError``. Such a concatenation gets
-    no index mapping, which is what the function does for ``None`` sizes a
-    few lines later."""
-    from torch_pruning.dependency import index_mapping
-    original = index_mapping.update_concat_index_mapping
-    if getattr(original, '_mmifso_safe', False):
-        return
-
-    def update_concat_index_mapping(graph, cat_node):
-        try:
-            return original(graph, cat_node)
-        except TypeError:
-            sizes = getattr(cat_node.module, 'concat_sizes', None)
-            if sizes is not None and None in sizes:
-                return None
-            raise
-
-    update_concat_index_mapping._mmifso_safe = True
-    index_mapping.update_concat_index_mapping = update_concat_index_mapping
-
-
-_patch_concat_index_mapping()
-
-
-def new_dependency_graph() -> tp.DependencyGraph:
-    """A DependencyGraph whose GroupNorm pruner removes whole groups."""
-    graph = tp.DependencyGraph()
-    graph.REGISTERED_PRUNERS[tp_ops.OPTYPE.GN] = GroupNormBlockPruner()
-    pruners = [
-        p for p in list(graph.REGISTERED_PRUNERS.values()) +
-        list(graph.CUSTOMIZED_PRUNERS.values()) if p is not None
-    ]
-    graph._in_channel_pruning_fn = set(p.prune_in_channels for p in pruners)
-    graph._out_channel_pruning_fn = set(p.prune_out_channels for p in pruners)
-    return graph
-
-
-@dataclass
-class ChannelSite:
-    """Where a unit's channels live in one module.
-
-    Args:
-        module (str): Name of the module in the analysed model.
-        role (str): ``'in'`` for input channels of a conv/linear consumer,
-            ``'out'`` for output channels of a conv/linear producer,
-            ``'param'`` for per-channel parameters of other layers (norms).
-        idxs (list[int]): Channel indices along the module's channel dim.
-        root_idxs (list[int]): For each entry of ``idxs``, the channel of the
-            unit (``0 .. num_channels - 1``) it belongs to.
-    """
-    module: str
-    role: str
-    idxs: List[int]
-    root_idxs: List[int]
-
-
-@dataclass
-class UnitSpec:
-    """A coupled channel group, the result of the analysis.
-
-    Args:
-        name (str): Name of the root producer whose output channels index the
-            unit.
-        num_channels (int): Number of coupled channels.
-        sites (list[ChannelSite]): Every place the channels appear.
-        blocks (list[list[int]], optional): Channels that can only be removed
-            together (a partition of ``range(num_channels)``), from GroupNorm
-            groups and grouped convolutions; ``None`` when every channel can
-            be removed on its own.
-    """
-    name: str
-    num_channels: int
-    sites: List[ChannelSite] = field(default_factory=list)
-    blocks: Optional[List[List[int]]] = None
-
-    def modules(self, role: Optional[str] = None) -> List[str]:
-        return [s.module for s in self.sites if role in (None, s.role)]
-
-
-@dataclass
-class SkippedUnit:
-    """A coupled group that is not prunable, and why."""
-    name: str
-    num_channels: int
-    reason: str
-
-
-@dataclass
-class AnalysisResult:
-    """Units found in a model plus everything that was left out."""
-    units: List[UnitSpec]
-    skipped: List[SkippedUnit]
-    #: ``{module_name: number_of_calls}`` for conv/linear modules seen.
-    call_counts: Dict[str, int]
-    #: Leaf modules with parameters that DepGraph does not understand.
-    opaque_modules: List[str]
+from .layer_types import (CROSS_CHANNEL_NORMS, GATEABLE_TYPES,
+                          PER_CHANNEL_TYPES, is_depthwise, is_grouped)
+from .tp_patches import new_dependency_graph
 
 
 class FrozenUnitError(RuntimeError):
@@ -374,7 +209,7 @@ class ChannelAnalyzer:
         num_channels = len(group[0].idxs)
         spec = UnitSpec(root_name, num_channels)
         reason = None
-        ties = _Ties(num_channels)
+        ties = ChannelTies(num_channels)
         opaque_fns = getattr(self, '_opaque_fns', {})
         for item in group:
             dep, idxs = item.dep, list(item.idxs)
@@ -537,118 +372,3 @@ def _tensors(x) -> List[torch.Tensor]:
     if isinstance(x, dict):
         return [t for v in x.values() for t in _tensors(v)]
     return []
-
-
-class _Ties:
-    """Union-find over the channels of one unit: which must go together."""
-
-    def __init__(self, num_channels: int) -> None:
-        self.parent = list(range(num_channels))
-        self.sources: List[str] = []
-
-    def _find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def _tie(self, keys: Sequence[int], root_idxs: Sequence[int]) -> bool:
-        """Tie the root channels that share a key; True if any were new."""
-        first: Dict[int, int] = {}
-        merged = False
-        for k, r in zip(keys, root_idxs):
-            if r is None or not 0 <= int(r) < len(self.parent):
-                continue  # an inconsistent mapping, reported elsewhere
-            r = int(r)
-            if k in first:
-                a, b = self._find(first[k]), self._find(r)
-                if a != b:
-                    self.parent[max(a, b)] = min(a, b)
-                    merged = True
-            else:
-                first[k] = r
-        return merged
-
-    def shared_indices(self, name: str, idxs, root_idxs) -> None:
-        """A channel of a layer reached from several channels of the root:
-        those root channels can only go together."""
-        if self._tie([int(i) for i in idxs], root_idxs):
-            self.sources.append(f'{name} (channels reached from several '
-                                'root channels)')
-
-    def group_norm(self, name: str, module: nn.GroupNorm, idxs, root_idxs
-                   ) -> Optional[str]:
-        per_group = module.num_channels // module.num_groups
-        keys = [int(i) // per_group for i in idxs]
-        present: Dict[int, set] = {}
-        for i, k in zip(idxs, keys):
-            present.setdefault(k, set()).add(int(i))
-        partial = [k for k, v in present.items() if len(v) != per_group]
-        if partial:
-            return (f'{name} (GroupNorm, {module.num_groups} groups of '
-                    f'{per_group}) has groups whose channels belong to '
-                    'several units, so no unit can remove a whole group')
-        if per_group > 1:
-            self._tie(keys, root_idxs)
-            self.sources.append(f'{name} (GroupNorm)')
-        return None
-
-    def grouped_conv(self, name: str, module: nn.modules.conv._ConvNd,
-                     is_out: bool, idxs, root_idxs) -> Optional[str]:
-        total = module.out_channels if is_out else module.in_channels
-        per_group = total // module.groups
-        if len(set(int(i) for i in idxs)) != total:
-            side = 'output' if is_out else 'input'
-            return (f'{name} is a grouped convolution (groups='
-                    f'{module.groups}) whose {side} channels belong to '
-                    'several units; every group must lose the same channels')
-        # Position j of every group is tied: the pruned layer keeps `groups`
-        # and one weight slice per position.
-        self._tie([int(i) % per_group for i in idxs], root_idxs)
-        self.sources.append(f'{name} (groups={module.groups})')
-        return None
-
-    def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:
-        """The partition into blocks, or a reason when it is trivial."""
-        if not self.sources:
-            return None, None
-        comps: Dict[int, List[int]] = {}
-        for i in range(len(self.parent)):
-            comps.setdefault(self._find(i), []).append(i)
-        blocks = sorted(comps.values())
-        if len(blocks) == len(self.parent):
-            return None, None
-        if len(blocks) == 1:
-            return None, ('all its channels are tied into one block by ' +
-                          ', '.join(self.sources) +
-                          ', so none can be removed')
-        return blocks, None
-
-
-def compose_gate(num_channels: int, parts: Sequence[Tuple[torch.Tensor,
-                                                          torch.Tensor,
-                                                          torch.Tensor]],
-                 like: torch.Tensor) -> torch.Tensor:
-    """Build a per-channel gate from several units' masks.
-
-    Args:
-        num_channels (int): Channels of the gated tensor.
-        parts: ``(mask, idxs, root_idxs)`` triples: ``gate[..., idxs] =
-            mask[..., root_idxs]``. Masks have shape ``(C_u, )`` or, for
-            per-sample gates, ``(N, C_u)``.
-        like (Tensor): Gives dtype and device of the result.
-
-    Returns:
-        Tensor: The gate, shape ``(num_channels, )`` or ``(N, num_channels)``;
-        differentiable w.r.t. every mask.
-    """
-    lead = ()
-    for mask, _, _ in parts:
-        if mask.dim() == 2:
-            lead = (mask.shape[0], )
-    gate = torch.ones(lead + (num_channels, ), dtype=like.dtype,
-                      device=like.device)
-    for mask, idxs, root_idxs in parts:
-        src = mask[..., root_idxs].to(like.dtype).expand(lead + (-1, ))
-        gate = gate.scatter(-1, idxs.expand(lead + (-1, )), src)
-    return gate

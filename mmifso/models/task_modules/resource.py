@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch.nn as nn
 
-from .channel_analyzer import GATEABLE_TYPES
+from .layer_types import GATEABLE_TYPES
 
 
 @dataclass

@@ -87,7 +87,7 @@ def test_units_crossing_unknown_layers_are_skipped():
 
 
 def test_layers_whose_output_is_unused_still_lose_input_channels():
-    from mmifso.structures import export_pruned_model
+    from mmifso.models.mutators import export_pruned_model
 
     class Dead(Net):
         def __init__(self):

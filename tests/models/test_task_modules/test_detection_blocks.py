@@ -6,13 +6,13 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from mmifso.models.mutators import ChannelMutator, select_channels
-from mmifso.models.task_modules import (DemoInput, count_params,
-                                        count_resources, record_layers)
-from mmifso.models.task_modules.channel_analyzer import GroupNormBlockPruner
+from mmifso.models.mutators import (ChannelMutator, export_pruned_model,
+                                    select_channels)
+from mmifso.models.task_modules import (DemoInput, GroupNormBlockPruner,
+                                        count_params, count_resources,
+                                        record_layers)
 from mmifso.models.task_modules.groups import (GroupDivergedError,
                                                get_all_groups)
-from mmifso.structures import export_pruned_model
 
 
 class GNHead(BaseModel):

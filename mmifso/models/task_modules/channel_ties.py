@@ -1,0 +1,106 @@
+"""Channels of a unit that can only be removed together (union-find).
+
+Some channels of a unit are *tied*: they can only be removed together, because
+an op between producer and consumer mixes them.
+
+* ``nn.GroupNorm``: statistics are per group, so removing a whole group leaves
+  the other groups' outputs unchanged (masking == removal) while removing part
+  of a group does not. Channels of one GN group are tied; the exported model
+  gets fewer groups (see :class:`~.tp_patches.GroupNormBlockPruner`).
+* Grouped convolutions (``1 < groups``, not depthwise): the exported layer
+  keeps its ``groups`` and every group must lose the same channels, so the
+  channel at position ``j`` of every group is tied to position ``j`` of the
+  others.
+
+The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
+channels); selection removes whole blocks.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch.nn as nn
+
+
+class ChannelTies:
+    """Union-find over the channels of one unit: which must go together."""
+
+    def __init__(self, num_channels: int) -> None:
+        self.parent = list(range(num_channels))
+        self.sources: List[str] = []
+
+    def _find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def _tie(self, keys: Sequence[int], root_idxs: Sequence[int]) -> bool:
+        """Tie the root channels that share a key; True if any were new."""
+        first: Dict[int, int] = {}
+        merged = False
+        for k, r in zip(keys, root_idxs):
+            if r is None or not 0 <= int(r) < len(self.parent):
+                continue  # an inconsistent mapping, reported elsewhere
+            r = int(r)
+            if k in first:
+                a, b = self._find(first[k]), self._find(r)
+                if a != b:
+                    self.parent[max(a, b)] = min(a, b)
+                    merged = True
+            else:
+                first[k] = r
+        return merged
+
+    def shared_indices(self, name: str, idxs, root_idxs) -> None:
+        """A channel of a layer reached from several channels of the root:
+        those root channels can only go together."""
+        if self._tie([int(i) for i in idxs], root_idxs):
+            self.sources.append(f'{name} (channels reached from several '
+                                'root channels)')
+
+    def group_norm(self, name: str, module: nn.GroupNorm, idxs, root_idxs
+                   ) -> Optional[str]:
+        per_group = module.num_channels // module.num_groups
+        keys = [int(i) // per_group for i in idxs]
+        present: Dict[int, set] = {}
+        for i, k in zip(idxs, keys):
+            present.setdefault(k, set()).add(int(i))
+        partial = [k for k, v in present.items() if len(v) != per_group]
+        if partial:
+            return (f'{name} (GroupNorm, {module.num_groups} groups of '
+                    f'{per_group}) has groups whose channels belong to '
+                    'several units, so no unit can remove a whole group')
+        if per_group > 1:
+            self._tie(keys, root_idxs)
+            self.sources.append(f'{name} (GroupNorm)')
+        return None
+
+    def grouped_conv(self, name: str, module: nn.modules.conv._ConvNd,
+                     is_out: bool, idxs, root_idxs) -> Optional[str]:
+        total = module.out_channels if is_out else module.in_channels
+        per_group = total // module.groups
+        if len(set(int(i) for i in idxs)) != total:
+            side = 'output' if is_out else 'input'
+            return (f'{name} is a grouped convolution (groups='
+                    f'{module.groups}) whose {side} channels belong to '
+                    'several units; every group must lose the same channels')
+        # Position j of every group is tied: the pruned layer keeps `groups`
+        # and one weight slice per position.
+        self._tie([int(i) % per_group for i in idxs], root_idxs)
+        self.sources.append(f'{name} (groups={module.groups})')
+        return None
+
+    def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:
+        """The partition into blocks, or a reason when it is trivial."""
+        if not self.sources:
+            return None, None
+        comps: Dict[int, List[int]] = {}
+        for i in range(len(self.parent)):
+            comps.setdefault(self._find(i), []).append(i)
+        blocks = sorted(comps.values())
+        if len(blocks) == len(self.parent):
+            return None, None
+        if len(blocks) == 1:
+            return None, ('all its channels are tied into one block by ' +
+                          ', '.join(self.sources) +
+                          ', so none can be removed')
+        return blocks, None
