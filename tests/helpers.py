@@ -1,10 +1,17 @@
 """Builders shared by the tests (real mmpretrain models and data)."""
+import contextlib
 import copy
+import logging
+import os.path as osp
+from typing import List, Tuple
 
 import torch
+from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmifso  # noqa: F401
+from mmifso.models.importance import registered_criteria
+from mmifso.registry import TASK_UTILS
 
 TINY_CLASSIFIER = dict(
     type='ImageClassifier',
@@ -21,6 +28,25 @@ TINY_CLASSIFIER = dict(
         mean=[85.0] * 3,
         std=[110.0] * 3,
         to_rgb=False))
+#: The mutator of a 16 x 16 demo input.
+MUTATOR16 = dict(
+    type='mmifso.ChannelMutator',
+    demo_input=dict(type='mmifso.DemoInput', input_shape=(1, 3, 16, 16)))
+#: Another architecture than TINY_CLASSIFIER (wider stem).
+OTHER_ARCH = dict(
+    copy.deepcopy(TINY_CLASSIFIER),
+    backbone=dict(type='mmifso.CifarResNet', depth=8, base_channels=6),
+    head=dict(TINY_CLASSIFIER['head'], in_channels=24))
+#: The error of a checkpoint of OTHER_ARCH loaded into TINY_CLASSIFIER.
+OTHER_ARCH_MSG = (
+    r'checkpoint .*flops_70.pth was saved from another architecture: \d+ '
+    r'tensors have other shapes than in the model built from the config '
+    r'\(architecture\..*checkpoint \[6, .* vs model \[4, .*The run that saved '
+    r'it built model=PruningAlgorithm\(architecture=ImageClassifier\(backbone='
+    r"CifarResNet\(depth=8, base_channels=6\).*this config builds model="
+    r'PruningAlgorithm\(architecture=ImageClassifier\(backbone=CifarResNet\('
+    r'depth=8, base_channels=4\).*Use the config of the run that saved the '
+    r'checkpoint \(next to it: .*prune_other.py\)')
 
 
 def build_algorithm(arch=None, input_shape=(1, 3, 32, 32), **mutator_kw):
@@ -59,3 +85,89 @@ def random_prune(mutator, fraction=0.3, seed=0):
         if k > 0:
             unit.prune(
                 torch.randperm(unit.num_channels, generator=g)[:k].tolist())
+
+
+def runner_cfg(work_dir, target=0.7, max_iters=30, criterion=None):
+    return Config(
+        dict(
+            default_scope='mmpretrain',
+            custom_imports=dict(imports=['mmifso'], allow_failed_imports=False),
+            work_dir=str(work_dir),
+            # mmengine names the logger after the experiment (the timestamp
+            # for a config without a file): two Runners built in the same
+            # second would share a logger and write into the first one's
+            # log file.
+            experiment_name=f'pruning_hook_{osp.basename(str(work_dir))}',
+            model=dict(
+                type='mmifso.PruningAlgorithm',
+                architecture=TINY_CLASSIFIER,
+                mutator=dict(
+                    type='mmifso.ChannelMutator',
+                    demo_input=dict(
+                        type='mmifso.DemoInput', input_shape=(1, 3, 16, 16)))),
+            train_dataloader=dict(
+                batch_size=16,
+                num_workers=0,
+                dataset=dict(
+                    type='mmifso.DigitsDataset',
+                    split='train',
+                    image_size=16,
+                    indices=128,
+                    pipeline=[dict(type='PackInputs')]),
+                sampler=dict(type='DefaultSampler', shuffle=True)),
+            optim_wrapper=dict(
+                optimizer=dict(
+                    type='SGD', lr=0.05, momentum=0.9, weight_decay=1e-4)),
+            train_cfg=dict(by_epoch=False, max_iters=max_iters),
+            default_hooks=dict(
+                logger=dict(type='LoggerHook', interval=5),
+                checkpoint=dict(type='CheckpointHook', interval=1000)),
+            custom_hooks=[
+                dict(
+                    type='mmifso.PruningHook',
+                    importance=criterion or dict(type='mmifso.IFSOImportance'),
+                    target_flops=target,
+                    interval=2,
+                    channels_per_step=3,
+                    score_batches=1,
+                    save_thresholds=(0.9, 0.8))
+            ],
+            log_level='INFO',
+            randomness=dict(seed=0)))
+
+
+def criterion_examples() -> List[Tuple[str, dict]]:
+    """``(id, config)`` of every ``example_kwargs`` entry of every criterion
+    mmifso registers (criteria that tests register are left out), so tests
+    parametrised with it cover a new criterion without a list to edit."""
+    examples = []
+    for name in registered_criteria():
+        cls = TASK_UTILS.get(name)
+        if not cls.__module__.startswith('mmifso.'):
+            continue
+        for kwargs in cls.example_kwargs:
+            args = ','.join(f'{k}={v}' for k, v in kwargs.items())
+            examples.append((f'{name}({args})',
+                             dict(type=f'mmifso.{name}', **kwargs)))
+    return examples
+
+
+@contextlib.contextmanager
+def warnings_logged():
+    """Collect the messages logged at WARNING or above through mmengine's
+    current logger (``print_log(..., logger='current')``) in the block."""
+    from mmengine.logging import MMLogger
+    messages: List[str] = []
+
+    class _Handler(logging.Handler):
+
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = MMLogger.get_current_instance()
+    handler = _Handler(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

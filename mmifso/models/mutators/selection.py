@@ -251,9 +251,8 @@ class ChannelSelector:
                  latency_table: Union[str, LatencyTable, None] = None
                  ) -> None:
         if cost not in COSTS:
-            raise ValueError(
-                f'cost must be one of {", ".join(map(repr, COSTS))}, got '
-                f'{cost!r}')
+            raise ValueError("cost must be 'acts', 'flops', 'none' or "
+                             f"'latency', got {cost!r}")
         if isinstance(latency_table, str):
             latency_table = LatencyTable.load(latency_table)
         if latency_table is not None and not isinstance(

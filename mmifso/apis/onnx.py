@@ -1,0 +1,243 @@
+"""Export a (pruned) model to ONNX and check it with ONNX Runtime.
+
+The exported graph is the model's raw ``mode='tensor'`` forward: the input
+is the *pre-processed* image batch (what the model's data preprocessor
+outputs: normalised, padded), the outputs are the tensors of that forward,
+flattened in order (an mmpretrain classifier: the logits; an mmdet
+single-stage detector: every level's class scores, then every level's box
+deltas, ...). Post-processing (softmax, NMS, box decoding) is not part of
+the graph.
+
+Example:
+    >>> from mmifso.apis.onnx import export_onnx
+    >>> export_onnx('work_dirs/export/deploy_config.py',
+    ...             'work_dirs/export/pruned.pth', 'model.onnx',
+    ...             shape=(1, 3, 224, 224), dynamic_batch=True)
+
+The ONNX file is written to a temporary file next to ``out``, run with ONNX
+Runtime on a random input and compared output by output with PyTorch; only
+if every output agrees within ``rtol`` (relative to the output's largest
+magnitude) is it renamed to ``out``. Otherwise :class:`OnnxExportError` is
+raised and no file is left.
+"""
+import copy
+import os.path as osp
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from mmifso.models.task_modules.latency import TensorModeWrapper
+from mmifso.registry import MODELS
+from mmifso.utils import (atomic_write, check_checkpoint_matches_config,
+                          checkpoint_kind, load_checkpoint_file,
+                          remove_stale_temp_files)
+
+#: Default ONNX opset (the newest that torch 2.1's exporter supports well).
+DEFAULT_OPSET = 17
+
+
+class OnnxExportError(RuntimeError):
+    """Bad input for the export, or ONNX Runtime disagrees with PyTorch."""
+
+
+def _onnx_modules():
+    """``(onnx, onnxruntime)``; imported on use, so ``import mmifso`` does
+    not load them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise OnnxExportError(
+            f'{e.name} is not installed: run `make env` (it installs the '
+            'pinned onnx and onnxruntime of requirements/runtime.txt)') from e
+    return onnx, onnxruntime
+
+
+def load_deploy_model(config: Union[str, Config], checkpoint: str
+                      ) -> nn.Module:
+    """Build the model of a deploy (or plain) config and load a checkpoint
+    strictly, in eval mode.
+
+    Args:
+        config (str | Config): ``deploy_config.py`` written by
+            ``tools/export_pruned.py`` (``model.type='mmifso.PrunedModel'``)
+            or a plain mmpretrain/mmdet config.
+        checkpoint (str): The matching checkpoint (``pruned.pth``, or a
+            plain checkpoint for a plain config).
+
+    Returns:
+        nn.Module: The model, eval mode, on the CPU.
+
+    Raises:
+        OnnxExportError: a masked checkpoint or a pruning config (run
+            ``tools/export_pruned.py`` first), or a checkpoint of another
+            model.
+    """
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
+    mtype = str(cfg.model.get('type', ''))
+    if checkpoint_kind(checkpoint) == 'masked' or mtype.endswith(
+            'PruningAlgorithm'):
+        raise OnnxExportError(
+            f'{checkpoint} with model.type={mtype!r}: this is a masked '
+            'pruning checkpoint/config (full-size weights and channel '
+            'masks), which ONNX would export unpruned. Export the pruned '
+            'model first: python tools/export_pruned.py PRUNE_CONFIG '
+            'CHECKPOINT --out-dir DIR, then pass DIR/deploy_config.py and '
+            'DIR/pruned.pth')
+    try:
+        check_checkpoint_matches_config(cfg, checkpoint)
+    except ValueError as e:
+        raise OnnxExportError(str(e)) from e
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    ckpt = load_checkpoint_file(checkpoint)
+    state = ckpt.get('state_dict', ckpt)
+    state = {k[7:] if k.startswith('module.') else k: v
+             for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise OnnxExportError(
+            f'{checkpoint} does not fit the model of the config: '
+            f'{str(e)[:600]}') from e
+    return model.eval()
+
+
+def ort_session(path: str, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op
+    threads (default: torch's thread count) and one inter-op thread."""
+    _, ort = _onnx_modules()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        path, sess_options=opts, providers=['CPUExecutionProvider'])
+
+
+def relative_errors(expected: Sequence[torch.Tensor],
+                    actual: Sequence[np.ndarray]) -> List[float]:
+    """Per output: ``max |actual - expected| / max |expected|`` (inf on a
+    shape mismatch)."""
+    errs = []
+    for e, a in zip(expected, actual):
+        e = e.detach().double().numpy()
+        a = np.asarray(a, dtype=np.float64)
+        if e.shape != a.shape:
+            errs.append(float('inf'))
+            continue
+        if not e.size:
+            errs.append(0.0)
+            continue
+        scale = max(float(np.abs(e).max()), 1e-12)
+        errs.append(float(np.abs(a - e).max()) / scale)
+    return errs
+
+
+def export_onnx(config: Union[str, Config],
+                checkpoint: str,
+                out: str,
+                shape: Sequence[int] = (1, 3, 224, 224),
+                dynamic_batch: bool = False,
+                opset: int = DEFAULT_OPSET,
+                rtol: float = 1e-4,
+                seed: int = 0) -> Dict:
+    """Export a pruned (or plain) model to ONNX; keep it only if ONNX
+    Runtime reproduces PyTorch.
+
+    Args:
+        config (str | Config): ``deploy_config.py`` of
+            ``tools/export_pruned.py``, or a plain config.
+        checkpoint (str): Its checkpoint (``pruned.pth``).
+        out (str): The ``.onnx`` file to write.
+        shape (Sequence[int]): Input ``(N, C, H, W)`` (pre-processed).
+        dynamic_batch (bool): Make the batch dimension dynamic (then also
+            checked at batch ``N + 1``).
+        opset (int): ONNX opset version.
+        rtol (float): Largest allowed ``max |ORT - torch| / max |torch|``
+            of any output.
+        seed (int): Seed of the random check input.
+
+    Returns:
+        dict: ``path``, ``outputs`` (name and shape of each), ``max_rel_err``
+        (per output, over the checked batches), ``opset``,
+        ``dynamic_batch``, ``input_shape``.
+
+    Raises:
+        OnnxExportError: bad input (masked checkpoint, wrong model) or an
+            output beyond ``rtol``; no file is written.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise OnnxExportError(
+            f'shape must be N C H W with positive sizes, got {shape}')
+    if not rtol > 0:
+        raise OnnxExportError(f'rtol must be > 0, got {rtol}')
+    onnx, _ = _onnx_modules()
+    model = load_deploy_model(config, checkpoint)
+    wrapper = TensorModeWrapper(model).eval()
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(shape, generator=g)]
+    if dynamic_batch:
+        inputs.append(torch.randn((shape[0] + 1, ) + shape[1:], generator=g))
+    try:
+        with torch.no_grad():
+            expected = [wrapper(x) for x in inputs]
+    except TypeError as e:
+        raise OnnxExportError(str(e)) from e
+    names = [f'output{i}' for i in range(len(expected[0]))]
+    axes = None
+    if dynamic_batch:
+        axes = {n: {0: 'batch'} for n in ['input'] + names}
+    result: Dict = {}
+
+    def write(tmp: str) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (inputs[0], ),
+                tmp,
+                input_names=['input'],
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True)
+        onnx.checker.check_model(tmp)
+        sess = ort_session(tmp)
+        errs = [0.0] * len(names)
+        for x, exp in zip(inputs, expected):
+            got = sess.run(None, {'input': x.numpy()})
+            if len(got) != len(exp):
+                raise OnnxExportError(
+                    f'ONNX Runtime gave {len(got)} outputs, PyTorch '
+                    f'{len(exp)}')
+            errs = [max(a, b) for a, b in zip(errs, relative_errors(exp,
+                                                                    got))]
+        bad = [(n, tuple(t.shape), e)
+               for n, t, e in zip(names, expected[0], errs) if not e <= rtol]
+        if bad:
+            shown = ', '.join(f'{n} {s}: {e:.3g}' for n, s, e in bad[:5])
+            raise OnnxExportError(
+                f'ONNX Runtime differs from PyTorch by more than rtol={rtol} '
+                f'(max |ORT - torch| / max |torch|) on {len(bad)} of '
+                f'{len(names)} outputs ({shown}); no file written. Try '
+                'another --opset or report the model')
+        result.update(
+            outputs=[dict(name=n, shape=list(t.shape))
+                     for n, t in zip(names, expected[0])],
+            max_rel_err=errs)
+
+    remove_stale_temp_files(out)  # of an export killed before
+    atomic_write(out, write)
+    return dict(
+        path=osp.abspath(out),
+        input_shape=list(shape),
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        **result)

@@ -1,0 +1,241 @@
+"""Latency of a gated model's structures: prediction from a
+:class:`~mmifso.models.task_modules.latency.LatencyTable`, measurement of
+the physically pruned model, and the table's accuracy check."""
+import random
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..task_modules.latency import (LatencyTable, TensorModeWrapper,
+                                    acts_ratio, build_latency_table,
+                                    latency_key, runner_for, set_uniform,
+                                    time_interleaved)
+from .channel_mutator import ChannelMutator
+from .export import export_pruned_model
+
+
+def predict_latency_ms(table: LatencyTable, mutator: ChannelMutator) -> float:
+    """Predicted latency (ms per batch) of the current masks."""
+    alive_in, alive_out = mutator._alive('in'), mutator._alive('out')
+    return table.predict_ms(alive_in, alive_out,
+                            acts_ratio(mutator.layer_records, alive_out,
+                                       alive_in))
+
+
+def latency_ratio(table: LatencyTable, mutator: ChannelMutator) -> float:
+    """Predicted latency of the current masks / of the unpruned model."""
+    return predict_latency_ms(table, mutator) / table.full_ms
+
+
+def unit_latency_costs(table: LatencyTable, mutator: ChannelMutator,
+                       step: int = 8) -> List[torch.Tensor]:
+    """Marginal latency (ms) of one channel of each unit at its current
+    width: the predicted saving of removing ``step`` more channels (whole
+    blocks), divided by the channels removed.
+
+    Averaging over ``step`` channels smooths the interpolated table; a unit
+    whose removal saves nothing gets 1 % of the median positive saving (so
+    ``score / cost ** p`` stays finite and such a unit goes last).
+
+    Returns:
+        list[Tensor]: Per unit, shape ``(num_channels, )`` (one value).
+    """
+    base = predict_latency_ms(table, mutator)
+    saves = []
+    for unit in mutator.units:
+        alive = unit.alive.nonzero().flatten().tolist()
+        blocks = unit.blocks or [[c] for c in range(unit.num_channels)]
+        drop: List[int] = []
+        for b in blocks:
+            if len(drop) >= min(step, max(len(alive) - 1, 0)):
+                break
+            if unit.alive[b[0]] and len(alive) - len(drop) - len(b) >= 1:
+                drop.extend(b)
+        if not drop:
+            saves.append(0.0)
+            continue
+        saved = unit.mask.clone()
+        try:
+            unit.mask[drop] = 0
+            after = predict_latency_ms(table, mutator)
+        finally:
+            unit.mask.copy_(saved)
+        saves.append((base - after) / len(drop))
+    positive = [s for s in saves if s > 0]
+    floor = 0.01 * float(np.median(positive)) if positive else 1e-6
+    return [
+        torch.full((u.num_channels, ), max(s, floor))
+        for u, s in zip(mutator.units, saves)
+    ]
+
+
+def structure_runner(model: nn.Module, mutator: ChannelMutator,
+                     input_shape: Sequence[int], backend: str = 'torch',
+                     threads: Optional[int] = None, device: str = 'cpu',
+                     seed: int = 0) -> Callable[[], None]:
+    """A callable running the physically pruned model of the current
+    masks once (tensor mode, eval, no autograd / ONNX Runtime)."""
+    pruned, _ = export_pruned_model(model, mutator)
+    wrapper = TensorModeWrapper(pruned).to(device).eval()
+    x = torch.randn(tuple(input_shape),
+                    generator=torch.Generator().manual_seed(seed)).to(device)
+    return runner_for(wrapper, x, backend,
+                      int(threads or torch.get_num_threads()))
+
+
+def _with_masks(mutator: ChannelMutator, masks: Optional[List], fn):
+    saved = [u.mask.clone() for u in mutator.units]
+    try:
+        if masks is not None:
+            for u, m in zip(mutator.units, masks):
+                u.mask.copy_(m)
+        return fn()
+    finally:
+        for u, m in zip(mutator.units, saved):
+            u.mask.copy_(m)
+
+
+def uniform_masks(mutator: ChannelMutator, keep: float) -> List:
+    """Masks where every unit keeps its first ``keep`` share of channels."""
+
+    def make():
+        for u in mutator.units:
+            set_uniform(u, keep)
+        return [u.mask.clone() for u in mutator.units]
+
+    return _with_masks(mutator, None, make)
+
+
+def measure_structures_ms(model: nn.Module, mutator: ChannelMutator,
+                          structures: Dict[str, Optional[List]],
+                          input_shape: Sequence[int],
+                          backend: str = 'torch',
+                          threads: Optional[int] = None,
+                          device: str = 'cpu', rounds: int = 15,
+                          warmup: int = 3, seed: int = 0) -> Dict[str, float]:
+    """Measured ms per batch of several structures, interleaved.
+
+    Args:
+        structures (dict): ``{label: masks}`` (a mask per unit; None: the
+            current masks).
+        Others: see :func:`build_model_latency_table`.
+
+    Returns:
+        dict: ``{label: median ms}``.
+    """
+    fns = {
+        label: _with_masks(
+            mutator, masks, lambda: structure_runner(
+                model, mutator, input_shape, backend, threads, device, seed))
+        for label, masks in structures.items()
+    }
+    sync = torch.cuda.synchronize if str(device).startswith('cuda') else None
+    med = time_interleaved(fns, rounds, warmup, 5e-3, seed, sync)
+    return {k: v * 1e3 for k, v in med.items()}
+
+
+def build_model_latency_table(model: nn.Module,
+                              mutator: ChannelMutator,
+                              input_shape: Sequence[int],
+                              backend: str = 'torch',
+                              threads: Optional[int] = None,
+                              device: str = 'cpu',
+                              rounds: int = 7,
+                              whole_rounds: int = 15,
+                              seed: int = 0,
+                              log: Callable[[str], None] = print,
+                              **kwargs) -> LatencyTable:
+    """Measure the latency table of the gated ``model`` (masks untouched).
+
+    Args:
+        model (nn.Module): The gated architecture of ``mutator``.
+        mutator (ChannelMutator): Its units.
+        input_shape (Sequence[int]): ``(N, C, H, W)`` timed.
+        backend (str): ``'torch'`` (eval, ``no_grad``) or ``'onnxruntime'``.
+        threads (int, optional): Intra-op threads (default: torch's).
+        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch only).
+        rounds (int): Samples per layer grid point.
+        whole_rounds (int): Samples per whole-model calibration structure.
+        seed (int): Seed of the inputs and orders.
+        log (Callable): Progress messages.
+        **kwargs: ``fractions``, ``warmup``, ``min_sample_s`` of
+            :func:`~mmifso.models.task_modules.latency.build_latency_table`.
+
+    Returns:
+        LatencyTable: The table.
+    """
+    full = [torch.ones_like(u.mask) for u in mutator.units]
+    half = uniform_masks(mutator, 0.5)
+    whole: Dict[str, float] = {}
+
+    def whole_model_ms(keep: Optional[float]) -> float:
+        if not whole:  # both structures interleaved in one measurement
+            whole.update(measure_structures_ms(
+                model, mutator, dict(full=full, half=half), input_shape,
+                backend, threads, device, whole_rounds, seed=seed))
+        return whole['full' if keep is None else 'half']
+
+    return build_latency_table(
+        model, mutator, input_shape, whole_model_ms, backend, threads,
+        device, rounds=rounds, seed=seed, log=log, **kwargs)
+
+
+def check_latency_table(model: nn.Module, mutator: ChannelMutator,
+                        table: LatencyTable, num_structures: int = 5,
+                        keep_range=(0.3, 1.0), rounds: int = 15,
+                        device: str = 'cpu', seed: int = 0) -> Dict:
+    """Compare the table's predictions with measured latency at random
+    structures (each unit keeps a random share in ``keep_range`` of its
+    channels, a random subset), all measured interleaved.
+
+    The table's key must match the model (the input shape, backend and
+    threads of the measurement are the table's).
+
+    Returns:
+        dict: ``structures`` (label, predicted and measured ms, relative
+        error), ``max_abs_rel_err`` and ``mean_abs_rel_err``.
+    """
+    key = table.key
+    table.check_key(latency_key(mutator, key['input_shape'], key['backend'],
+                                key['threads'], device))
+    rng = random.Random(seed)
+    structures: Dict[str, Optional[List]] = dict(full=None)
+    predicted = {}
+
+    def draw():
+        for u in mutator.units:
+            keep = rng.uniform(*keep_range)
+            blocks = list(u.blocks or [[c] for c in range(u.num_channels)])
+            rng.shuffle(blocks)
+            n = max(u.min_channels, int(round(u.num_channels * keep)))
+            kept: List[int] = []
+            for b in blocks:
+                if len(kept) >= n:
+                    break
+                kept.extend(b)
+            u.current_choice = kept
+        return [u.mask.clone() for u in mutator.units]
+
+    full = [torch.ones_like(u.mask) for u in mutator.units]
+    structures['full'] = full
+    for i in range(num_structures):
+        structures[f'random{i}'] = _with_masks(mutator, None, draw)
+    for label, masks in structures.items():
+        predicted[label] = _with_masks(
+            mutator, masks, lambda: predict_latency_ms(table, mutator))
+    measured = measure_structures_ms(
+        model, mutator, structures, key['input_shape'], key['backend'],
+        key['threads'], device, rounds, seed=seed)
+    rows = []
+    for label in structures:
+        err = predicted[label] / measured[label] - 1
+        ratio = _with_masks(mutator, structures[label],
+                            lambda: mutator.resources()['flops_ratio'])
+        rows.append(dict(label=label, flops_ratio=ratio,
+                         predicted_ms=predicted[label],
+                         measured_ms=measured[label], rel_err=err))
+    errs = [abs(r['rel_err']) for r in rows]
+    return dict(structures=rows, max_abs_rel_err=max(errs),
+                mean_abs_rel_err=float(np.mean(errs)))

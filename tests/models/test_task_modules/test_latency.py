@@ -1,0 +1,172 @@
+"""The latency table (build, key, cache, prediction) and selection by
+latency, on a tiny classifier. No timed assertions: the timings are real
+but only their bookkeeping is checked."""
+import copy
+import glob
+import json
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+from helpers import (TINY_CLASSIFIER, build_algorithm, digits_batch,
+                     runner_cfg, warnings_logged)
+from mmifso.apis import prune_to_target
+from mmifso.models.mutators import ChannelSelector
+from mmifso.models.mutators.latency import (build_model_latency_table,
+                                            latency_ratio,
+                                            predict_latency_ms,
+                                            uniform_masks)
+from mmifso.models.task_modules.latency import (LatencyTable,
+                                                LatencyTableMismatch,
+                                                latency_key)
+
+SHAPE = (2, 3, 16, 16)
+FAST = dict(rounds=1, whole_rounds=1, warmup=0, min_sample_s=0.0,
+            log=lambda msg: None)
+
+
+@pytest.fixture(scope='module')
+def table_path(tmp_path_factory):
+    torch.manual_seed(0)
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    table = build_model_latency_table(algo.architecture, algo.mutator, SHAPE,
+                                      **FAST)
+    path = str(tmp_path_factory.mktemp('latency') / 'table.json')
+    table.save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def synthetic_path(table_path, tmp_path_factory):
+    """The measured table with deterministic values: every layer costs its
+    MACs (1e-6 ms each) plus 0.01 ms, the rest 10 % of the unpruned model.
+    Selection tests then do not depend on the load of the machine."""
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    data = json.load(open(table_path))
+    for name, lay in data['layers'].items():
+        rec = algo.mutator.layer_records[name]
+        lay['ms'] = [[
+            0.01 + 1e-6 * rec.macs(ci, ci if lay['depthwise'] else co)
+            for co in lay['out_widths']
+        ] for ci in lay['in_widths']]
+    table = LatencyTable(dict(data, calibration=dict(a_ms=0.0, b_ms=0.0)))
+    table.calibration['a_ms'] = 0.1 * table.full_ms / 0.9
+    path = str(tmp_path_factory.mktemp('latency') / 'synthetic.json')
+    table.save(path)
+    return path
+
+
+def test_table_contents_and_calibration(table_path):
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    table = LatencyTable.load(table_path,
+                              latency_key(algo.mutator, SHAPE))
+    data = json.load(open(table_path))
+    assert data['key']['input_shape'] == list(SHAPE)
+    assert data['key']['backend'] == 'torch'
+    # Every gated conv/linear is in the table with its measured grid.
+    gated = set(algo.mutator._sites['in']) | set(algo.mutator._sites['out'])
+    assert set(table.layers) == {
+        n for n in gated if algo.mutator.layer_records[n].spatial}
+    for lay in table.layers.values():
+        assert len(lay['ms']) == len(lay['in_widths'])
+        assert all(len(r) == len(lay['out_widths']) for r in lay['ms'])
+        assert lay['in_widths'] == sorted(lay['in_widths'])
+    # Calibration: the prediction equals the two measured whole models.
+    cal = table.calibration
+    assert table.full_ms == pytest.approx(cal['whole_full_ms'], rel=1e-9)
+    for u, m in zip(algo.mutator.units, uniform_masks(algo.mutator, 0.5)):
+        u.mask.copy_(m)
+    assert predict_latency_ms(table, algo.mutator) == pytest.approx(
+        cal['whole_half_ms'], rel=1e-9)
+    assert set(data['unit_curves']) == {u.name for u in algo.mutator.units}
+
+
+def test_table_of_another_setting_is_refused(table_path):
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    key = latency_key(algo.mutator, SHAPE)
+    for field, value in [('input_shape', [1, 3, 16, 16]),
+                         ('backend', 'onnxruntime'), ('threads', 99),
+                         ('device', 'another CPU')]:
+        with pytest.raises(LatencyTableMismatch, match=f'{field}: table'):
+            LatencyTable.load(table_path, dict(key, **{field: value}))
+    other = copy.deepcopy(TINY_CLASSIFIER)
+    other['backbone']['base_channels'] = 8
+    other['head']['in_channels'] = 32
+    wide = build_algorithm(other, input_shape=(1, 3, 16, 16))
+    sel = ChannelSelector(cost='latency', latency_table=table_path)
+    zeros = [torch.zeros(u.num_channels) for u in wide.mutator.units]
+    with pytest.raises(LatencyTableMismatch,
+                       match='model: table.*latency_table.py'):
+        sel.select(wide.mutator, zeros, target_latency=0.5)
+
+
+@pytest.mark.parametrize('round_to, target', [(1, 0.6), (4, 0.85)])
+def test_select_to_a_latency_target(synthetic_path, round_to, target):
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    sel = ChannelSelector(cost='latency', latency_table=synthetic_path,
+                          round_to=round_to)
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.rand(u.num_channels, generator=g)
+              for u in algo.mutator.units]
+    sel.select(algo.mutator, scores, target_latency=target)
+    assert target - 0.1 < sel.ratio(algo.mutator, 'latency') <= target
+    if round_to > 1:
+        assert all(u.num_alive % round_to == 0 or u.num_channels < round_to
+                   for u in algo.mutator.units)
+
+
+def test_both_targets_and_missing_table():
+    with pytest.raises(ValueError, match='not both'):
+        ChannelSelector().select(None, [], target_flops=0.5,
+                                 target_latency=0.5)
+    with pytest.raises(ValueError, match='latency_table.py'):
+        ChannelSelector(cost='latency')
+    from mmifso.engine.hooks import OneShotPruningHook, PruningHook
+    for hook in (PruningHook, OneShotPruningHook):
+        with pytest.raises(ValueError, match='not both'):
+            hook(target_flops=0.5, target_latency=0.5)
+        with pytest.raises(ValueError, match='latency_table=PATH'):
+            hook(target_latency=0.5)
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    with pytest.raises(ValueError, match='exactly one'):
+        prune_to_target(algo.architecture, algo.mutator,
+                        'mmifso.MagnitudeImportance', [], target_flops=0.5,
+                        target_latency=0.5)
+
+
+def test_unreachable_latency_target_stops_at_best_point(synthetic_path,
+                                                       ):
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    with warnings_logged() as out:
+        res = prune_to_target(
+            algo.architecture, algo.mutator, 'mmifso.MagnitudeImportance',
+            [digits_batch(4, size=16)], target_latency=0.01,
+            step_fraction=0.2,
+            selection=dict(latency_table=synthetic_path,
+                           max_prune_ratio=0.5))
+    assert res['reached'] is False and res['latency_ratio'] > 0.01
+    assert any('cannot be reached' in m for m in out)
+    for u in algo.mutator.units:  # at the floor of max_prune_ratio
+        assert u.num_alive == -(-u.num_channels // 2)
+
+
+def test_hook_prunes_to_a_latency_target(tmp_path, synthetic_path):
+    cfg = runner_cfg(tmp_path, max_iters=40)
+    hook = cfg.custom_hooks[0]
+    hook.pop('target_flops', None)
+    hook.update(target_latency=0.8, cost='latency',
+                selection=dict(latency_table=synthetic_path),
+                save_thresholds=(0.9, ))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    algo = runner.model
+    names = sorted(osp.basename(p)
+                   for p in glob.glob(str(tmp_path / 'latency_*.pth')))
+    assert names == ['latency_80.pth', 'latency_90.pth']
+    assert not glob.glob(str(tmp_path / 'flops_*.pth'))
+    table = LatencyTable.load(synthetic_path)
+    assert latency_ratio(table, algo.mutator) <= 0.8
+    log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    assert 'predicted latency' in log and 'saved latency_80.pth' in log

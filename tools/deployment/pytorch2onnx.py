@@ -1,0 +1,68 @@
+"""Export a pruned mmpretrain classifier or mmdet detector to ONNX.
+
+Usage:
+    python tools/deployment/pytorch2onnx.py DEPLOY_CONFIG PRUNED_CKPT \
+        --shape 1 3 224 224 --out model.onnx [--dynamic-batch]
+
+DEPLOY_CONFIG and PRUNED_CKPT are what ``tools/export_pruned.py`` writes
+(``deploy_config.py``, ``pruned.pth``); a plain config with its checkpoint
+works too (e.g. the unpruned baseline, to time both). The graph is the raw
+``mode='tensor'`` forward: its input is the pre-processed image batch, its
+outputs the flattened tensors of that forward (no softmax, NMS or box
+decoding). The model is run with ONNX Runtime and the file is kept only if
+every output is within ``--rtol`` (relative to its largest magnitude) of
+PyTorch; otherwise the tool exits with an error and writes nothing.
+"""
+import argparse
+import json
+import sys
+
+from mmengine.config import Config, DictAction
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='deploy_config.py (or a plain config)')
+    parser.add_argument('checkpoint', help='pruned.pth (or a plain one)')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=4,
+        required=True,
+        metavar=('N', 'C', 'H', 'W'),
+        help='input shape, e.g. 1 3 224 224')
+    parser.add_argument('--out', required=True, help='the .onnx file')
+    parser.add_argument(
+        '--dynamic-batch',
+        action='store_true',
+        help='dynamic batch dimension (checked at N and N + 1)')
+    parser.add_argument('--opset', type=int, default=17)
+    parser.add_argument(
+        '--rtol',
+        type=float,
+        default=1e-4,
+        help='largest allowed max|ORT - torch| / max|torch| of any output')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    from mmifso.apis.onnx import export_onnx
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    try:
+        result = export_onnx(cfg, args.checkpoint, args.out, args.shape,
+                             args.dynamic_batch, args.opset, args.rtol)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        # OnnxExportError and unreadable checkpoints: the message says what
+        # to do.
+        sys.exit(f'tools/deployment/pytorch2onnx.py: {type(e).__name__}: {e}')
+    print(json.dumps(result, indent=2))
+    print(f'wrote {result["path"]}: {len(result["outputs"])} outputs, max '
+          f'relative ORT/torch difference {max(result["max_rel_err"]):.2e}')
+
+
+if __name__ == '__main__':
+    main()
