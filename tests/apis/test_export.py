@@ -1,4 +1,5 @@
 """Export of a masked checkpoint from a real pruning run."""
+import copy
 import hashlib
 import os.path as osp
 
@@ -7,8 +8,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from engine.test_hooks.test_pruning_hook import runner_cfg
-from helpers import TINY_CLASSIFIER
+from helpers import OTHER_ARCH_MSG, TINY_CLASSIFIER, runner_cfg
+from mmifso.apis.checks import checkpoint_kind
 from mmifso.apis.export import ExportError, export_checkpoint
 from mmifso.structures import StructureMismatchError, load_structure
 
@@ -109,3 +110,29 @@ def test_plain_checkpoint_loads_into_pruning_model(pruned_run, tmp_path):
     for k, v in plain.items():
         assert torch.equal(fresh.architecture.state_dict()[k], v)
     assert all(u.num_alive == u.num_channels for u in fresh.mutator.units)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input (the ckpts and other_arch_ckpt fixtures are in tests/conftest.py)
+# --------------------------------------------------------------------------- #
+def test_checkpoint_of_another_architecture_into_export(
+        tmp_path, other_arch_ckpt):
+    with pytest.raises(ExportError, match=OTHER_ARCH_MSG):
+        export_checkpoint(runner_cfg(tmp_path), other_arch_ckpt,
+                          str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_export_needs_a_masked_checkpoint_and_a_pruning_config(
+        tmp_path, ckpts):
+    cfg = runner_cfg(tmp_path)
+    with pytest.raises(ExportError, match='holds no channel masks: it is not '
+                       'a checkpoint of a pruning run.*Export the '
+                       'flops_XX.pth'):
+        export_checkpoint(cfg, ckpts['plain'], str(tmp_path / 'out'))
+    plain_cfg = copy.deepcopy(cfg)
+    plain_cfg.model = copy.deepcopy(TINY_CLASSIFIER)
+    with pytest.raises(ExportError, match='export needs the pruning config '
+                       r'\(model.type="mmifso.PruningAlgorithm"\)'):
+        export_checkpoint(plain_cfg, ckpts['masked'], str(tmp_path / 'out'))
+    assert checkpoint_kind(ckpts['masked']) == 'masked'

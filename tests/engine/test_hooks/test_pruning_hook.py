@@ -46,7 +46,7 @@ def test_hook_prunes_while_training(tmp_path):
     assert ckpt['meta']['mmifso_pruning_hook']['done']
     log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
     assert 'FLOPs' in log and 'target 0.7' in log and '%]' not in log[:0]
-    assert 'IFSO lambda = weight decay = 0.0001' in log
+    assert 'IFSO lambda = weight decay of the scored weights = 0.0001' in log
 
 
 # --------------------------------------------------------------------------- #

@@ -5,7 +5,9 @@ import os.path as osp
 
 import pytest
 import torch
+from mmengine.runner import Runner
 
+from helpers import runner_cfg
 from mmifso.engine.hooks import (GradualPruningHook, IterativePruningHook,
                                  OneShotPruningHook)
 from mmifso.models.importance import ScoringContext, channel_slices
@@ -131,3 +133,13 @@ def test_schedule_arguments_are_checked():
         IterativePruningHook(num_rounds=0)
     with pytest.raises(ValueError, match='target_flops'):
         OneShotPruningHook(target_flops=1.0)
+
+
+@pytest.mark.parametrize('kind', ['mmifso.NoSuchHook',
+                                  'mmifso.CosinePruningHook'])
+def test_unknown_hook_or_schedule_type(tmp_path, kind):
+    cfg = runner_cfg(tmp_path)
+    cfg.custom_hooks = [dict(type=kind)]
+    with pytest.raises(KeyError, match=f'{kind} is not in the .*hook '
+                       'registry. Please check whether the value'):
+        Runner.from_cfg(cfg)

@@ -132,8 +132,27 @@ def test_no_prunable_units():
         backbone=dict(type='mmifso.CifarResNet', depth=8, base_channels=1),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=10, in_channels=4))
-    with pytest.raises(NoPrunableUnitsError, match='no prunable'):
+    with pytest.raises(NoPrunableUnitsError, match='has no prunable channel '
+                       'units .*why they were skipped'):
         build_algorithm(arch, min_channels=4)
+
+
+def test_min_channels_below_one():
+    with pytest.raises(ValueError, match='min_channels must be >= 1, got 0'):
+        build_algorithm(input_shape=(1, 3, 16, 16), min_channels=0)
+
+
+def test_choices_below_min_channels_or_out_of_range():
+    algo = build_algorithm(input_shape=(1, 3, 16, 16), min_channels=2)
+    unit = algo.mutator.units[0]
+    with pytest.raises(ValueError, match=f'unit {unit.name}: 1 channels kept, '
+                       'fewer than min_channels=2'):
+        algo.mutator.set_choices({unit.name: [0]})
+    with pytest.raises(ValueError, match='channel index out of range'):
+        algo.mutator.set_choices({unit.name: [0, unit.num_channels]})
+    with pytest.raises(KeyError, match='unknown units'):
+        algo.mutator.set_choices({'nope': [0]})
+    assert unit.num_alive == unit.num_channels  # nothing changed
 
 
 def test_building_leaves_bn_statistics_untouched():

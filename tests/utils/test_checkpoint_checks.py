@@ -1,5 +1,7 @@
-"""Checkpoint kind / config kind checks (mmifso.apis.checks)."""
+"""Checkpoint kind / config kind checks (mmifso.utils.checkpoint_checks),
+and the bad checkpoints they must reject (docs/reliability.md)."""
 import copy
+import hashlib
 import os
 
 import pytest
@@ -7,11 +9,15 @@ import torch
 from mmengine.config import Config
 
 from helpers import TINY_CLASSIFIER, build_algorithm, random_prune
-from mmifso.apis import (CheckpointConfigMismatch,
-                         check_checkpoint_matches_config, checkpoint_kind,
-                         model_kind)
-from mmifso.apis.checks import model_type_from_cfg_text
+from mmifso import apis
 from mmifso.models.algorithms.pruning_algorithm import PruningAlgorithm
+from mmifso.utils import UnsafeCheckpointError, load_checkpoint_file
+from mmifso.utils.checkpoint_checks import (ArchitectureMismatch,
+                                            CheckpointConfigMismatch,
+                                            check_checkpoint_fits_model,
+                                            check_checkpoint_matches_config,
+                                            checkpoint_kind, model_kind,
+                                            model_type_from_cfg_text)
 
 MUTATOR = dict(
     type='mmifso.ChannelMutator',
@@ -213,3 +219,136 @@ def test_remote_paths_are_not_checked():
     cfg = full_config(PRUNED_MODEL)
     url = 'https://download.openmmlab.com/mmclassification/v0/x.pth'
     assert check_checkpoint_matches_config(cfg, url) is None
+
+
+def test_apis_reexports_the_checks():
+    """``mmifso.apis`` and ``mmifso.apis.checks`` keep the public names."""
+    assert apis.check_checkpoint_matches_config is \
+        check_checkpoint_matches_config
+    assert apis.checks.check_checkpoint_fits_model is \
+        check_checkpoint_fits_model
+    assert apis.checks.ArchitectureMismatch is ArchitectureMismatch
+
+
+# --------------------------------------------------------------------------- #
+# Bad input: checkpoints (the ckpts fixture is in tests/conftest.py)
+# --------------------------------------------------------------------------- #
+def pruned_model(structure='x/structure.json'):
+    return dict(
+        type='mmifso.PrunedModel',
+        architecture=copy.deepcopy(TINY_CLASSIFIER),
+        structure=structure)
+
+
+def test_missing_checkpoint(tmp_path):
+    missing = str(tmp_path / 'nope.pth')
+    with pytest.raises(FileNotFoundError, match=f'checkpoint {missing} does '
+                       'not exist'):
+        check_checkpoint_matches_config(full_config(MASKED_MODEL), missing)
+
+
+@pytest.mark.parametrize('name', ['random', 'truncated'])
+def test_corrupted_or_truncated_checkpoint(ckpts, name):
+    with pytest.raises(RuntimeError, match=f'cannot read checkpoint '
+                       f'{ckpts[name]} .*the file is corrupted or truncated: '
+                       'use another checkpoint or write it again'):
+        load_checkpoint_file(ckpts[name])
+    with pytest.raises(RuntimeError, match='corrupted or truncated'):
+        check_checkpoint_matches_config(full_config(MASKED_MODEL),
+                                        ckpts[name])
+
+
+class RunsCode:
+    """Unpickling this would call os.system."""
+
+    def __reduce__(self):
+        return (os.system, ('echo pwned > /dev/null', ))
+
+
+def test_checkpoint_with_pickled_code(tmp_path):
+    path = str(tmp_path / 'evil.pth')
+    torch.save(dict(state_dict={}, meta=dict(x=RunsCode())), path)
+    with pytest.raises(UnsafeCheckpointError, match=f'checkpoint {path} '
+                       r'refers to posix.system.*could run arbitrary code.*'
+                       'trust_checkpoint=True.*MMIFSO_TRUST_CHECKPOINTS=1'):
+        check_checkpoint_matches_config(full_config(MASKED_MODEL), path)
+    assert issubclass(UnsafeCheckpointError, RuntimeError)  # tools exit
+
+
+def test_masked_checkpoint_into_plain_config(ckpts):
+    with pytest.raises(CheckpointConfigMismatch, match='is a masked pruning '
+                       'checkpoint; evaluate it with the pruning config that '
+                       'produced it .*or export it with'):
+        check_checkpoint_matches_config(full_config(TINY_CLASSIFIER),
+                                        ckpts['masked'])
+
+
+def test_masked_checkpoint_into_pruned_config(ckpts):
+    with pytest.raises(CheckpointConfigMismatch, match='export it first with '
+                       '`python tools/export_pruned.py'):
+        check_checkpoint_matches_config(full_config(pruned_model()),
+                                        ckpts['masked'])
+
+
+def test_plain_checkpoint_into_pruned_config(ckpts):
+    with pytest.raises(CheckpointConfigMismatch, match=r'unpruned \(plain\) '
+                       "checkpoint.*model.type is the unpruned "
+                       "'ImageClassifier'"):
+        check_checkpoint_matches_config(full_config(pruned_model()),
+                                        ckpts['plain'])
+
+
+def test_pruned_checkpoint_into_pruning_config(ckpts):
+    with pytest.raises(CheckpointConfigMismatch, match='use the deploy config '
+                       'written next to it: x/deploy_config.py.*To prune it '
+                       'further'):
+        check_checkpoint_matches_config(full_config(MASKED_MODEL),
+                                        ckpts['pruned'])
+
+
+def test_plain_checkpoint_with_another_head_is_tolerated():
+    """Another number of classes (a new classifier) is not an error for a
+    plain checkpoint: only the head is skipped, with a warning."""
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    other = build_algorithm(
+        dict(TINY_CLASSIFIER, head=dict(TINY_CLASSIFIER['head'],
+                                        num_classes=5)),
+        input_shape=(1, 3, 16, 16))
+    plain = {
+        k[len('architecture.'):]: v
+        for k, v in other.state_dict().items()
+        if k.startswith('architecture.')
+    }
+    tolerated = check_checkpoint_fits_model(algo, dict(state_dict=plain))
+    assert {k for k, _, _ in tolerated} == {
+        'architecture.head.fc.weight', 'architecture.head.fc.bias'}
+    # ... but not for a masked checkpoint, nor when asked to be strict.
+    with pytest.raises(ArchitectureMismatch, match='head.fc.weight'):
+        check_checkpoint_fits_model(algo, dict(state_dict=other.state_dict()))
+    with pytest.raises(ArchitectureMismatch):
+        check_checkpoint_fits_model(
+            algo, dict(state_dict=plain), allow_head_mismatch=False)
+
+
+def test_structure_and_checkpoint_of_two_exports(tmp_path, ckpts):
+    """The checkpoint records the SHA-256 of the structure exported with it
+    (an export killed between its files leaves them mixed)."""
+    structure = tmp_path / 'structure.json'
+    structure.write_text('{"format": "mmifso.pruned_structure"}')
+    ckpt = torch.load(ckpts['pruned'])
+    ckpt['meta']['mmifso'].update(
+        structure_sha256=hashlib.sha256(b'another export').hexdigest(),
+        source_checkpoint='work/flops_50.pth')
+    path = str(tmp_path / 'pruned.pth')
+    torch.save(ckpt, path)
+    cfg = full_config(pruned_model(str(structure)))
+    with pytest.raises(CheckpointConfigMismatch, match='was exported together '
+                       'with another structure file .*an export was '
+                       'interrupted between its files.*Run the export again: '
+                       '`python tools/export_pruned.py CONFIG CKPT --out-dir '
+                       r'DIR` \(CKPT = work/flops_50.pth\)'):
+        check_checkpoint_matches_config(cfg, path)
+    ckpt['meta']['mmifso']['structure_sha256'] = hashlib.sha256(
+        structure.read_bytes()).hexdigest()
+    torch.save(ckpt, path)
+    assert check_checkpoint_matches_config(cfg, path) == 'pruned'

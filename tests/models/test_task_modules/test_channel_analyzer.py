@@ -1,0 +1,71 @@
+"""ChannelAnalyzer: coupled channel units from one demo forward."""
+import pytest
+import torch
+
+from helpers import build_algorithm
+from mmifso.models.task_modules import ChannelAnalyzer, FrozenUnitError
+from tiny import TinyNet
+
+
+def demo(model):
+    return model(torch.rand(1, 2, 5, 5))
+
+
+def test_residual_add_couples_two_producers():
+    result = ChannelAnalyzer(demo).analyse(TinyNet())
+    units = {u.name: u for u in result.units}
+    # conv1 and conv3 feed one add: one unit of 4 channels (named after its
+    # root, conv3), read by conv2 and fc; conv2's outputs are a unit alone.
+    assert set(units) == {'conv3', 'conv2'}
+    assert units['conv3'].num_channels == 4
+    assert sorted(units['conv3'].modules('out')) == ['conv1', 'conv3']
+    assert sorted(units['conv3'].modules('in')) == ['conv2', 'fc']
+    assert units['conv2'].num_channels == 5
+    assert units['conv2'].modules('in') == ['conv3']
+    # The classifier's outputs are predictions: never a unit.
+    assert [s.name for s in result.skipped] == ['fc']
+    assert 'outputs of the model' in result.skipped[0].reason
+    assert result.call_counts == {'conv1': 1, 'conv2': 1, 'conv3': 1,
+                                  'fc': 1}
+
+
+def test_training_flags_are_restored():
+    model = TinyNet(bn=True)
+    model.train()
+    model.bn.eval()
+    ChannelAnalyzer(demo).analyse(model)
+    assert model.training and not model.bn.training
+
+
+def test_frozen_unit_skipped_on_request():
+    model = TinyNet()
+    model.conv2.weight.requires_grad_(False)
+    with pytest.raises(FrozenUnitError, match='conv2 has frozen parameters'):
+        ChannelAnalyzer(demo).analyse(model)
+    # Both units touch conv2 (its input and its output channels).
+    result = ChannelAnalyzer(demo, frozen='skip').analyse(model)
+    assert not result.units
+    assert sorted(s.name for s in result.skipped
+                  if 'frozen' in s.reason) == ['conv2', 'conv3']
+    with pytest.raises(ValueError, match="frozen must be 'error' or 'skip'"):
+        ChannelAnalyzer(demo, frozen='ignore')
+
+
+def test_min_channels():
+    result = ChannelAnalyzer(demo, min_channels=4).analyse(TinyNet())
+    assert [u.name for u in result.units] == ['conv2']  # 5 channels > 4
+    assert any(s.name == 'conv3' and 'min_channels=4' in s.reason
+               for s in result.skipped)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input
+# --------------------------------------------------------------------------- #
+def test_frozen_stage():
+    arch = dict(
+        type='ImageClassifier',
+        backbone=dict(type='ResNet', depth=18, frozen_stages=1),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=512))
+    with pytest.raises(FrozenUnitError, match='frozen_stages'):
+        build_algorithm(arch, input_shape=(1, 3, 32, 32))
