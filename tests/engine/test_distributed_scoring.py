@@ -9,25 +9,19 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from helpers import criterion_examples
+from mmifso.registry import TASK_UTILS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
 
-#: (name, criterion config) compared between the runs.
-CRITERIA = [
-    ('ifso_exact', dict(type='mmifso.IFSOImportance', lam=0.05)),
-    ('ifso_full_cg', dict(type='mmifso.IFSOImportance', lam=0.5,
-                          inverse='cg', cg_iters=4, first_order=True,
-                          second_order_mm=True, abs_per_batch=False)),
-    ('taylor_fo', dict(type='mmifso.TaylorImportance')),
-    ('snip', dict(type='mmifso.TaylorImportance', variant='snip')),
-    ('group_fisher', dict(type='mmifso.GroupFisherImportance')),
-    ('loss_preservation', dict(type='mmifso.GradFlowImportance')),
-    ('grasp', dict(type='mmifso.GradFlowImportance', kind='grasp')),
-    ('sosp_exact', dict(type='mmifso.SOSPHImportance')),
-    ('sosp_gauss_newton', dict(type='mmifso.SOSPHImportance',
-                               hessian='gauss_newton')),
-    ('infcp_layer', dict(type='mmifso.InfCPImportance', normalize='layer')),
-]
+#: (id, criterion config) of every example configuration of every
+#: registered criterion (``BaseImportance.example_kwargs``).
+CRITERIA = criterion_examples()
+#: Those whose distributed scores must equal one process with the whole batch
+#: (``distributed_exact``; e.g. WoodFisher's per-rank Fisher is not).
+EXACT = [n for n, cfg in CRITERIA
+         if TASK_UTILS.build(dict(cfg)).distributed_exact]
 #: max |scores_2 - scores_1| / max |scores_1| allowed: float32 sums in
 #: another order. IFSO's finite differences (hvp='finite_diff') are reduced
 #: alike but not compared: in float32 on this model their own rounding error,
@@ -45,7 +39,6 @@ def _scores(rank: int, world: int, sync_bn: bool, out: str) -> None:
     from helpers import build_algorithm, digits_batch, random_prune
 
     from mmifso.models.importance import ScoringContext
-    from mmifso.registry import TASK_UTILS
     algo = build_algorithm(input_shape=(1, 3, 16, 16))
     random_prune(algo.mutator, 0.25, seed=1)
     if sync_bn:
@@ -104,7 +97,12 @@ def test_ranks_hold_identical_scores(runs):
         assert torch.equal(r0[name], r1[name]), name
 
 
-@pytest.mark.parametrize('name', [n for n, _ in CRITERIA])
+def test_exact_criteria_found():
+    assert 'IFSOImportance(lam=0.05)' in EXACT
+    assert 'WoodFisherImportance(num_grads=4,obs_update=True)' not in EXACT
+
+
+@pytest.mark.parametrize('name', EXACT)
 def test_scores_equal_single_process_whole_batch(runs, name):
     r0, _, single = runs
     diff = max_relative_difference(r0[name], single[name])

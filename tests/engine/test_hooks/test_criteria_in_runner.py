@@ -2,29 +2,15 @@
 import pytest
 from mmengine.runner import Runner
 
-from engine.test_hooks.test_pruning_hook import runner_cfg
+from helpers import criterion_examples, runner_cfg
 
-# One entry per criterion class, plus the variants that take another code
-# path (data-free, double backprop, Gauss-Newton); the other variants are
-# covered by the brute-force and side-effect tests of the criteria.
-CRITERIA = [
-    dict(type='mmifso.GroupFisherImportance'),
-    dict(type='mmifso.TaylorImportance', variant='snip'),
-    dict(type='mmifso.GradFlowImportance', kind='magnitude'),
-    dict(type='mmifso.GradFlowImportance', kind='grasp'),
-    dict(type='mmifso.BNScaleImportance'),
-    dict(type='mmifso.SOSPHImportance', hessian='exact'),
-    dict(type='mmifso.SOSPHImportance', hessian='gauss_newton'),
-    dict(type='mmifso.WoodFisherImportance', num_grads=4, obs_update=True),
-    dict(type='mmifso.InfCPImportance', normalize='rank'),
-]
+#: Every example configuration of every registered criterion
+#: (``BaseImportance.example_kwargs``).
+CRITERIA = criterion_examples()
 
 
-def ids(c):
-    return '-'.join(str(v).replace('mmifso.', '') for v in c.values())
-
-
-@pytest.mark.parametrize('criterion', CRITERIA, ids=ids)
+@pytest.mark.parametrize('criterion', [c for _, c in CRITERIA],
+                         ids=[name for name, _ in CRITERIA])
 def test_every_criterion_in_the_interleaved_hook(tmp_path, criterion):
     """``PruningHook(importance=criterion)``: score while training, prune
     every ``interval`` iterations."""

@@ -1,23 +1,16 @@
-"""Every new criterion leaves weights, grads, buffers, optimizer state,
-masks and train/eval flags as they were."""
+"""Every registered criterion leaves weights, grads, buffers (BatchNorm
+statistics), optimizer state, masks and train/eval flags as they were."""
 import pytest
 import torch
 
-from helpers import build_algorithm, digits_batch
-from mmifso.models.importance import ScoringContext
+from helpers import build_algorithm, criterion_examples, digits_batch
+from mmifso.models.importance import ScoringContext, registered_criteria
 from mmifso.registry import TASK_UTILS
 
-CRITERIA = [
-    dict(type='mmifso.GroupFisherImportance'),
-    dict(type='mmifso.TaylorImportance', variant='snip'),
-    dict(type='mmifso.GradFlowImportance', kind='grasp'),
-    dict(type='mmifso.GradFlowImportance', kind='magnitude'),
-    dict(type='mmifso.BNScaleImportance'),
-    dict(type='mmifso.SOSPHImportance', hessian='exact'),
-    dict(type='mmifso.SOSPHImportance', hessian='gauss_newton'),
-    dict(type='mmifso.WoodFisherImportance', num_grads=4, obs_update=True),
-    dict(type='mmifso.InfCPImportance'),
-]
+#: Every example configuration of every registered criterion
+#: (``BaseImportance.example_kwargs``): a new criterion is covered once
+#: registered.
+CRITERIA = criterion_examples()
 
 
 @pytest.fixture(scope='module')
@@ -44,8 +37,8 @@ def snapshot(algo, opt):
         modes={k: m.training for k, m in algo.named_modules()})
 
 
-@pytest.mark.parametrize('cfg', CRITERIA,
-                         ids=lambda c: '-'.join(map(str, c.values())))
+@pytest.mark.parametrize('cfg', [c for _, c in CRITERIA],
+                         ids=[name for name, _ in CRITERIA])
 def test_no_side_effects(trained, cfg):
     algo, opt, batch = trained
     before = snapshot(algo, opt)
@@ -62,3 +55,10 @@ def test_no_side_effects(trained, cfg):
     assert all(s.shape == (u.num_channels, )
                for s, u in zip(scores, algo.mutator.units))
     assert all(not u.mask.requires_grad for u in algo.mutator.units)
+
+
+def test_every_registered_criterion_is_covered():
+    assert {c['type'] for _, c in CRITERIA} == {
+        f'mmifso.{n}' for n in registered_criteria()
+        if TASK_UTILS.get(n).__module__.startswith('mmifso.')}
+    assert len(CRITERIA) > len({c['type'] for _, c in CRITERIA})
