@@ -126,3 +126,35 @@ def test_quick_run_latency(quick_result):
             assert isinstance(b['goal_met'], bool)
     assert all(positive_finite(c['value']) and isinstance(c['met'], bool)
                for c in result['summary'])
+
+
+def test_speed_section_on_a_tiny_model(tmp_path):
+    """Section 4 (``--speed``) end to end on CIFAR ResNet-8 (16-64 channels)
+    at 16x16, torch only, one round: structures hit their targets (FLOPs counted, latency
+    predicted), every measurement is there; no timing is judged."""
+    from mmengine.registry import init_default_scope
+
+    from helpers import TINY_CLASSIFIER
+    init_default_scope('mmpretrain')
+    bench = load_script()
+    arch = dict(TINY_CLASSIFIER,
+                backbone=dict(TINY_CLASSIFIER['backbone'], base_channels=16),
+                head=dict(TINY_CLASSIFIER['head'], in_channels=64))
+    res = bench.bench_speed('tiny', arch, 16, [1, 2], 1, 1, 1, ['torch'],
+                            str(tmp_path))
+    assert os.path.isfile(tmp_path / 'latency_torch.json')
+    (entry, ) = res['backends']
+    info = entry['structures']
+    assert set(info) == {'flops50', 'flops50_x8', 'latency50',
+                         'latency50_x8'}
+    for label, i in info.items():
+        if label.startswith('flops'):
+            assert i['flops_ratio'] <= 0.5
+        else:
+            assert i['predicted_ratio'] <= 0.5
+        assert 'round_to=8' in i['selector'] or not label.endswith('_x8')
+    assert [b['batch'] for b in entry['batches']] == [1, 2]
+    for b in entry['batches']:
+        assert positive_finite(b['unpruned_ms'])
+        for r in b['structures'].values():
+            assert positive_finite(r['ms']) and positive_finite(r['speedup'])

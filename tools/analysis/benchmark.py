@@ -547,6 +547,122 @@ def bench_latency(name: str, arch_cfg: dict, size: int,
 
 
 # ---------------------------------------------------------------------- #
+# 4. Prune for speed (opt-in: --speed)
+# ---------------------------------------------------------------------- #
+SPEED_TARGET = 0.5
+
+
+def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
+                threads: int, table_rounds: int, rounds: int,
+                backends: Sequence[str], work_dir: str) -> Dict:
+    """``target_latency=0.5`` against ``target_flops=0.5`` (same scores),
+    with and without ``round_to=8``, per backend: latency table built here
+    (batch ``batches[0]``), structures selected with
+    :class:`~mmifso.models.mutators.ChannelSelector`, the exported models
+    measured interleaved with the unpruned one at every batch size."""
+    from mmifso.models.importance import MagnitudeImportance, ScoringContext
+    from mmifso.models.mutators import ChannelSelector
+    from mmifso.models.mutators.latency import (build_model_latency_table,
+                                                measure_structures_ms,
+                                                predict_latency_ms)
+    torch.manual_seed(0)
+    algo, _ = build_pair(arch_cfg, size)
+    mutator = algo.mutator
+    ctx = ScoringContext(algo.architecture, mutator)
+    scores = MagnitudeImportance(p=1).score(ctx)
+    full = [torch.ones_like(u.mask) for u in mutator.units]
+    out = dict(model=name, image_size=size, threads=threads,
+               criterion='MagnitudeImportance(p=1), random initialisation',
+               target=SPEED_TARGET, backends=[])
+    os.makedirs(work_dir, exist_ok=True)
+    for backend in backends:
+        shape = (batches[0], 3, size, size)
+        wait_idle()
+        s0 = _cpu_sample()
+        t0 = time.perf_counter()
+        table = build_model_latency_table(
+            algo.architecture, mutator, shape, backend, threads,
+            rounds=table_rounds, log=log)
+        build_s = time.perf_counter() - t0
+        table.save(os.path.join(work_dir, f'latency_{backend}.json'))
+        table_cpu = foreign_share(s0, _cpu_sample())
+        structures, info = dict(unpruned=full), {}
+        for label, kw in [
+                ('flops50', dict(target_flops=SPEED_TARGET)),
+                ('flops50_x8', dict(target_flops=SPEED_TARGET, round_to=8)),
+                ('latency50', dict(target_latency=SPEED_TARGET)),
+                ('latency50_x8', dict(target_latency=SPEED_TARGET,
+                                      round_to=8))]:
+            for u in mutator.units:
+                u.mask.fill_(1)
+            latency = 'target_latency' in kw
+            sel = ChannelSelector(
+                cost='latency' if latency else 'acts', cost_power=0.5,
+                round_to=kw.pop('round_to', 1),
+                latency_table=table)
+            t1 = time.perf_counter()
+            sel.select(mutator, scores, **kw)
+            info[label] = dict(
+                select_s=time.perf_counter() - t1,
+                selector=repr(sel),
+                flops_ratio=mutator.resources()['flops_ratio'],
+                predicted_ms=predict_latency_ms(table, mutator),
+                predicted_ratio=sel.ratio(mutator, 'latency'),
+                unit_channels=mutator.channel_counts())
+            structures[label] = [u.mask.clone() for u in mutator.units]
+            log(f'{backend} {label}: FLOPs {info[label]["flops_ratio"]:.3f}'
+                f', predicted latency ratio '
+                f'{info[label]["predicted_ratio"]:.3f}')
+        for u in mutator.units:
+            u.mask.fill_(1)
+        entry = dict(backend=backend, table_build_s=build_s,
+                     table_foreign_share=table_cpu,
+                     predicted_unpruned_ms=table.full_ms,
+                     structures=info, batches=[])
+        for n in batches:
+            wait_idle()
+            s0 = _cpu_sample()
+            ms = measure_structures_ms(
+                algo.architecture, mutator, structures, (n, 3, size, size),
+                backend, threads, rounds=rounds)
+            cpu = foreign_share(s0, _cpu_sample())
+            rows = {}
+            for label in structures:
+                if label == 'unpruned':
+                    continue
+                speedup = ms['unpruned'] / ms[label]
+                rows[label] = dict(
+                    ms=ms[label], speedup=speedup,
+                    measured_ratio=1 / speedup,
+                    flops_speedup=1 / info[label]['flops_ratio'],
+                    efficiency=speedup * info[label]['flops_ratio'])
+            entry['batches'].append(dict(batch=n, unpruned_ms=ms['unpruned'],
+                                         foreign_share=cpu,
+                                         structures=rows))
+        out['backends'].append(entry)
+    return out
+
+
+def print_speed(speed: Dict) -> None:
+    print(f'\n4. Prune for speed: {speed["model"]} at '
+          f'{speed["image_size"]}x{speed["image_size"]}, target '
+          f'{speed["target"]} ({speed["criterion"]})')
+    for e in speed['backends']:
+        print(f'  {e["backend"]}: table built in {e["table_build_s"]:.0f} s '
+              f'(other processes {e["table_foreign_share"]:.0%} of the CPUs)')
+        for b in e['batches']:
+            print(f'    batch {b["batch"]}: unpruned {b["unpruned_ms"]:.2f} ms'
+                  f' (other processes {b["foreign_share"]:.0%})')
+            for label, r in b['structures'].items():
+                i = e['structures'][label]
+                print(f'      {label:<13} FLOPs {i["flops_ratio"]:.3f}  '
+                      f'predicted {i["predicted_ratio"]:.3f}  measured '
+                      f'{r["measured_ratio"]:.3f}  speed-up '
+                      f'{r["speedup"]:.2f}x  efficiency '
+                      f'{r["efficiency"]:.2f}')
+
+
+# ---------------------------------------------------------------------- #
 # Report
 # ---------------------------------------------------------------------- #
 def machine_info(threads: int) -> Dict:
@@ -677,6 +793,16 @@ def parse_args(argv=None):
     parser.add_argument(
         '--quick', action='store_true',
         help='tiny sizes and 1-2 repeats, for the test suite (< 1 min)')
+    parser.add_argument(
+        '--speed', action='store_true',
+        help='run only section 4 (prune for speed: target_latency vs '
+        'target_flops, round_to=8, torch and ONNX Runtime, batch 1 and 8)')
+    parser.add_argument(
+        '--speed-backends', nargs='+', default=['torch', 'onnxruntime'],
+        choices=['torch', 'onnxruntime'])
+    parser.add_argument(
+        '--speed-dir', default='work_dirs/benchmark_speed',
+        help='where section 4 writes its latency tables')
     return parser.parse_args(argv)
 
 
@@ -715,6 +841,23 @@ def main(argv=None) -> Dict:
             gate_overhead_ratio_max=GOAL_GATE,
             ifso_exact_ratio_max=GOAL_SCORE,
             latency_efficiency_min=GOAL_EFFICIENCY))
+
+    if args.speed:
+        from mmifso.utils import save_json
+        result['speed'] = bench_speed(
+            inet, inet_cfg, size, cfg['latency_batches'], threads,
+            1 if args.quick else 7, cfg['latency_repeats'],
+            args.speed_backends, args.speed_dir)
+        result['total_time_s'] = time.perf_counter() - start
+        result['loadavg_end'] = loadavg()
+        print_speed(result['speed'])
+        print(f'total time {result["total_time_s"]:.0f} s; load average '
+              f'{result["loadavg_start"]} at start, {result["loadavg_end"]} '
+              'at end')
+        if args.out:
+            save_json(result, args.out)
+            log(f'wrote {args.out}')
+        return result
 
     log(f'building {inet} ({size}x{size}) and CIFAR ResNet-20')
     algo_i, plain_i = build_pair(inet_cfg, size)

@@ -13,7 +13,10 @@ the rest (BatchNorm, activations, additions, pooling, framework overhead):
 ``L_l`` is interpolated bilinearly between the measured widths (linearly
 extrapolated below the narrowest), ``acts_ratio`` is the share of the
 conv/linear output activations that remain, ``a`` and ``b`` come from the
-whole model measured at full width and at half width. The table of a unit
+whole model measured at full width and at half width (``b >= 0``: a
+negative slope is noise and is clamped; ``a`` may be negative, e.g. with ONNX
+Runtime, where each isolated layer pays a session call the fused whole model
+does not). The table of a unit
 (``unit_curves`` in the JSON) is the latency of the layers it touches as a
 function of its alive channels, the other units at full width.
 
@@ -517,10 +520,14 @@ def build_latency_table(model: nn.Module,
     t_half = whole_model_ms(0.5)
     half_layers = table.predict_ms(alive_in, alive_out, 0.0)
     rest_full, rest_half = t_full - full_layers, t_half - half_layers
-    b = (rest_full - rest_half) / max(1 - r_half, 1e-9)
-    a = rest_full - b
+    b_raw = (rest_full - rest_half) / max(1 - r_half, 1e-9)
+    # The rest cannot grow when activations shrink: a negative slope is
+    # noise (then a constant rest, fitted to the full model).
+    b = max(b_raw, 0.0)
+    a = rest_full - b  # negative when isolated layers pay more overhead
     table.calibration.update(
-        a_ms=a, b_ms=b, whole_full_ms=t_full, whole_half_ms=t_half,
+        a_ms=a, b_ms=b, b_raw_ms=b_raw, whole_full_ms=t_full,
+        whole_half_ms=t_half,
         layers_full_ms=full_layers, layers_half_ms=half_layers,
         acts_ratio_half=r_half)
     table.data['unit_curves'] = unit_curves(table, mutator)

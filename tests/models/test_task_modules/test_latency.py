@@ -78,8 +78,12 @@ def test_table_contents_and_calibration(table_path):
     assert table.full_ms == pytest.approx(cal['whole_full_ms'], rel=1e-9)
     for u, m in zip(algo.mutator.units, uniform_masks(algo.mutator, 0.5)):
         u.mask.copy_(m)
-    assert predict_latency_ms(table, algo.mutator) == pytest.approx(
-        cal['whole_half_ms'], rel=1e-9)
+    if cal['b_raw_ms'] >= 0:
+        assert predict_latency_ms(table, algo.mutator) == pytest.approx(
+            cal['whole_half_ms'], rel=1e-9)
+    else:  # clamped: the rest is constant
+        assert cal['b_ms'] == 0 and cal['a_ms'] == pytest.approx(
+            cal['whole_full_ms'] - cal['layers_full_ms'])
     assert set(data['unit_curves']) == {u.name for u in algo.mutator.units}
 
 
