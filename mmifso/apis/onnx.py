@@ -30,7 +30,8 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from mmifso.models.task_modules.latency import TensorModeWrapper
+from mmifso.models.task_modules.latency import (TensorModeWrapper,
+                                                time_interleaved)
 from mmifso.registry import MODELS
 from mmifso.utils import (atomic_write, check_checkpoint_matches_config,
                           checkpoint_kind, load_checkpoint_file,
@@ -241,3 +242,45 @@ def export_onnx(config: Union[str, Config],
         opset=opset,
         dynamic_batch=dynamic_batch,
         **result)
+
+
+def time_onnx(config: Union[str, Config],
+              checkpoint: str,
+              onnx_path: str,
+              shape: Sequence[int],
+              rounds: int = 20,
+              threads: Optional[int] = None) -> Dict:
+    """Median latency of the model in PyTorch (eval, ``no_grad``, tensor
+    mode) and of its ONNX file in ONNX Runtime, measured interleaved after
+    warm-up.
+
+    Args:
+        config (str | Config): The config the ONNX file was exported from.
+        checkpoint (str): Its checkpoint.
+        onnx_path (str): The ONNX file.
+        shape (Sequence[int]): Input ``(N, C, H, W)`` (a dynamic batch may
+            differ from the exported one).
+        rounds (int): Timed samples of each.
+        threads (int, optional): Intra-op threads of both (default:
+            torch's).
+
+    Returns:
+        dict: ``torch_ms``, ``onnxruntime_ms``, ``threads``, ``shape``.
+    """
+    threads = int(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    model = TensorModeWrapper(load_deploy_model(config, checkpoint)).eval()
+    x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0))
+    sess = ort_session(onnx_path, threads)
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+
+    def run_torch():
+        with torch.no_grad():
+            model(x)
+
+    med = time_interleaved(
+        dict(torch=run_torch, onnxruntime=lambda: sess.run(None, feed)),
+        rounds=rounds, warmup=3, min_sample_s=0.0)
+    return dict(torch_ms=med['torch'] * 1e3,
+                onnxruntime_ms=med['onnxruntime'] * 1e3, threads=threads,
+                shape=list(shape))

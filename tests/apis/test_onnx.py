@@ -154,10 +154,12 @@ def test_tool(classifier, tmp_path):
     out = str(tmp_path / 'tool.onnx')
     done = subprocess.run(
         [sys.executable, tool, exp['config'], exp['checkpoint'], '--shape',
-         '1', '3', '16', '16', '--out', out, '--dynamic-batch'],
+         '1', '3', '16', '16', '--out', out, '--dynamic-batch', '--time',
+         '2'],
         capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert osp.isfile(out) and 'max relative' in done.stdout
+    assert 'PyTorch' in done.stdout and 'ONNX Runtime' in done.stdout
     done = subprocess.run(
         [sys.executable, tool, exp['config'], masked, '--shape', '1', '3',
          '16', '16', '--out', str(tmp_path / 'bad.onnx')],

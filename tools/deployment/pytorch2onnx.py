@@ -42,13 +42,20 @@ def parse_args():
         type=float,
         default=1e-4,
         help='largest allowed max|ORT - torch| / max|torch| of any output')
+    parser.add_argument(
+        '--time',
+        type=int,
+        default=0,
+        metavar='ROUNDS',
+        help='then time PyTorch and ONNX Runtime (interleaved medians of '
+        'ROUNDS samples, torch\'s thread count)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    from mmifso.apis.onnx import export_onnx
+    from mmifso.apis.onnx import export_onnx, time_onnx
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -62,6 +69,11 @@ def main():
     print(json.dumps(result, indent=2))
     print(f'wrote {result["path"]}: {len(result["outputs"])} outputs, max '
           f'relative ORT/torch difference {max(result["max_rel_err"]):.2e}')
+    if args.time:
+        t = time_onnx(cfg, args.checkpoint, args.out, args.shape, args.time)
+        print(f'latency at {tuple(args.shape)}, {t["threads"]} threads: '
+              f'PyTorch {t["torch_ms"]:.2f} ms, ONNX Runtime '
+              f'{t["onnxruntime_ms"]:.2f} ms (medians of {args.time})')
 
 
 if __name__ == '__main__':

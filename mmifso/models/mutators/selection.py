@@ -15,6 +15,9 @@ from .latency import (latency_ratio, predict_latency_ms,
 
 COSTS = ('acts', 'flops', 'none', 'latency')
 METRICS = ('flops', 'latency')
+#: ``cost='latency'``: share of the alive channels selected between two
+#: updates of the units' marginal latencies.
+LATENCY_REFRESH = 0.02
 
 
 def normalised_scores(mutator: ChannelMutator,
@@ -386,10 +389,6 @@ class ChannelSelector:
         self.check_units(mutator)
         if num_channels is None:
             num_channels = sum(u.num_alive for u in mutator.units)
-        costs = None
-        if self.cost == 'latency' and self.cost_power:
-            costs = unit_latency_costs(self.latency_table, mutator,
-                                       max(8, self.round_to))
         reached = None
         if target_latency is not None:
             table = self.latency_table
@@ -399,17 +398,27 @@ class ChannelSelector:
             def reached() -> bool:
                 return latency_ratio(table, mutator) <= target_latency
 
-        return select_channels(
-            mutator,
-            scores,
-            num_channels,
-            self.cost,
-            self.cost_power,
-            target_flops,
-            round_to=self.round_to,
-            max_prune_ratio=self.max_prune_ratio,
-            costs=costs,
-            reached=reached)
+        kwargs = dict(round_to=self.round_to,
+                      max_prune_ratio=self.max_prune_ratio, reached=reached)
+        if self.cost != 'latency' or not self.cost_power:
+            return select_channels(mutator, scores, num_channels, self.cost,
+                                   self.cost_power, target_flops, **kwargs)
+        # The marginal latency of a unit changes with its width: re-read it
+        # from the table after every LATENCY_REFRESH share of the channels.
+        removed: List[Tuple[int, int]] = []
+        while len(removed) < num_channels:
+            alive = sum(u.num_alive for u in mutator.units)
+            batch = min(num_channels - len(removed),
+                        max(1, int(alive * LATENCY_REFRESH)))
+            costs = unit_latency_costs(self.latency_table, mutator,
+                                       max(8, self.round_to))
+            step = select_channels(mutator, scores, batch, self.cost,
+                                   self.cost_power, target_flops,
+                                   costs=costs, **kwargs)
+            removed += step
+            if not step or len(step) < batch:
+                break  # target reached or every unit at its floor
+        return removed
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(cost={self.cost!r}, '
