@@ -24,9 +24,10 @@ from mmengine.registry import init_default_scope
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / 'configs' / 'ifso'
 # The classification zoo; detection configs have their own tests.
+CLS_DIR = CONFIG_DIR / 'classification'
 CLS_FOLDERS = ('resnet50', 'resnet56', 'vgg16', 'mobilenet_v2')
 CONFIGS = sorted(
-    p for p in CONFIG_DIR.rglob('*.py')
+    p for p in CLS_DIR.rglob('*.py')
     if '_base_' not in p.parts and p.parent.name in CLS_FOLDERS)
 PRUNE = [p for p in CONFIGS if p.name.startswith('ifso_prune')]
 PRUNED = [
@@ -116,7 +117,8 @@ def _one_thread():
 def test_configs_found():
     assert len(PRUNE) == 4 and len(BASELINES) == 2
     assert len(PRUNE) + len(PRUNED) + len(BASELINES) == len(CONFIGS)
-    for folder in ('resnet50', 'resnet56', 'vgg16', 'mobilenet_v2'):
+    assert {p.parent.parent for p in CONFIGS} == {CLS_DIR}
+    for folder in CLS_FOLDERS:
         names = [p.name for p in CONFIGS if p.parent.name == folder]
         assert any(n.startswith('ifso_prune') for n in names), folder
         assert any(n.startswith('ifso_finetune') for n in names), folder
@@ -306,7 +308,7 @@ def test_pruned_config_builds(path, tmp_path):
 def test_plain_checkpoint_loads_into_prune_model(tmp_path):
     """``load_from`` a baseline (upstream key names) into the prune config."""
     from mmengine.runner import load_checkpoint
-    path = CONFIG_DIR / 'resnet56' / 'ifso_prune_resnet56_1xb128_cifar10.py'
+    path = CLS_DIR / 'resnet56' / 'ifso_prune_resnet56_1xb128_cifar10.py'
     cfg = load(path)
     plain = build(load(path.parent / 'resnet56_8xb16_cifar10.py').model, cfg)
     randomise(plain)
@@ -371,7 +373,7 @@ def test_resnet56_pipeline_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR10, '_check_integrity', lambda self: True)
     data = tmp_path / 'cifar10'
     _fake_cifar(data)
-    folder = CONFIG_DIR / 'resnet56'
+    folder = CLS_DIR / 'resnet56'
 
     # A "trained" baseline: initialised weights with upstream key names.
     base_cfg = load(folder / 'resnet56_8xb16_cifar10.py')
@@ -434,7 +436,7 @@ def test_resnet56_pipeline_end_to_end(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     'folder', ['resnet50', 'resnet56', 'vgg16', 'mobilenet_v2'])
 def test_metafile(folder):
-    meta = yaml.safe_load((CONFIG_DIR / folder / 'metafile.yml').read_text())
+    meta = yaml.safe_load((CLS_DIR / folder / 'metafile.yml').read_text())
     collections = {c['Name'] for c in meta['Collections']}
     assert meta['Models']
     for model in meta['Models']:

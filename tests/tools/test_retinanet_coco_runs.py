@@ -20,7 +20,7 @@ from mmifso.datasets.shapes import (COCO_SPLITS, SHAPES_CLASSES,
                                     make_shapes_coco)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-RETINANET = osp.join(ROOT, 'configs', 'ifso', 'retinanet')
+RETINANET = osp.join(ROOT, 'configs', 'ifso', 'detection', 'retinanet')
 SIZE = 96
 
 

@@ -1,5 +1,6 @@
-"""The detection configs (configs/ifso/<detector>/, configs/demo_det/) load,
-carry the pruning settings, and build their models (no weights) with units.
+"""The detection configs (configs/ifso/detection/<detector>/,
+configs/demo_det/) load, carry the pruning settings, and build their models
+(no weights) with units.
 
 Models are built at a small demo-input size to keep this fast; the configs'
 own sizes are checked as values.
@@ -15,7 +16,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 ROOT = Path(__file__).resolve().parents[3]
-IFSO = ROOT / 'configs' / 'ifso'
+IFSO = ROOT / 'configs' / 'ifso' / 'detection'
 DETECTORS = ('retinanet', 'fcos', 'atss', 'gfl', 'faster_rcnn', 'yolox',
              'rtmdet', 'ssdlite')
 PRUNE = sorted(p for d in DETECTORS

@@ -1,0 +1,16 @@
+# Test the pruned ResNet-50:
+#   python tools/test.py \
+#     configs/ifso/classification/resnet50/ifso_deploy_resnet50_8xb32_in1k.py \
+#     work_dirs/ifso_finetune_resnet50_8xb32_in1k/epoch_100.pth
+_base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py']
+custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+
+# Written by tools/export_pruned.py.
+structure = 'work_dirs/ifso_prune_resnet50_8xb32_in1k/export/structure.json'
+
+architecture = _base_.model
+model = dict(
+    _delete_=True,
+    type='mmifso.PrunedModel',
+    architecture=architecture,
+    structure=structure)

@@ -1,0 +1,29 @@
+# IFSO pruning of a trained YOLOX-tiny (mmdet 300e, COCO) to 50% of its FLOPs
+# while it keeps training (shortest diff from mmdet's config; lr and interval
+# as the RetinaNet config, after MMRazor's Group Fisher detection configs).
+# Keeps the upstream hooks (mode switch, norm sync, EMA) and adds pruning.
+# Note: the EMA model averages the weights of the masked model; export the
+# flops_XX.pth checkpoints, which hold the training weights and the masks.
+_base_ = [
+    'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py',
+    '../../_base_/pruning/ifso_det.py'
+]
+custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+
+pretrained_ckpt = 'https://download.openmmlab.com/mmdetection/v2.0/yolox/yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth'  # noqa: E501
+target_flops = 0.5  # fraction of the FLOPs that remains
+interval = 10  # training iterations between two pruning steps
+lr_ratio = 0.1  # pruning lr = training lr * lr_ratio
+input_shape = (1, 3, 416, 416)  # FLOPs are counted at this size
+
+architecture = _base_.model
+model = dict(_base_.ifso_model, _delete_=True, architecture=architecture)
+model['mutator']['demo_input']['input_shape'] = input_shape
+load_from = pretrained_ckpt
+
+optim_wrapper = dict(
+    optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr * lr_ratio))
+
+custom_hooks = _base_.custom_hooks + [
+    dict(_base_.ifso_hook, target_flops=target_flops, interval=interval)
+]
