@@ -17,42 +17,34 @@ Writes ``summary.json`` (baseline vs pruned accuracy, FLOPs, params) and
 ``channels.png`` (channels per layer before and after) into the work dir.
 """
 import argparse
-import json
 import logging
 import os
 import os.path as osp
 import time
 
-import torch
-from mmengine.config import Config
-from mmengine.logging import print_log
-from mmengine.runner import Runner
+import sys
 
-CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
-                      'configs', 'demo')
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+
+from mmifso.apis import (add_pruning_arguments,  # noqa: E402
+                         export_checkpoint, flops_checkpoint, run_config)
+from mmifso.utils import save_json  # noqa: E402
+
+CONFIG_DIR = osp.join(ROOT, 'configs', 'demo')
+#: The demo input FLOPs are counted on (one digits image).
+DEMO_SHAPE = (1, 3, 32, 32)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument(
-        '--criterion',
-        default='mmifso.IFSOImportance',
-        help='importance type for the pruning hook')
-    parser.add_argument(
-        '--target-flops', type=float, default=0.5, help='FLOPs ratio')
+    add_pruning_arguments(parser)  # --criterion, --target-flops (checked)
     return parser.parse_args()
-
-
-def run(cfg: Config, work_dir: str, train: bool = True) -> dict:
-    cfg = cfg.copy()
-    cfg.work_dir = work_dir
-    cfg.default_hooks.setdefault('logger', dict(type='LoggerHook'))
-    runner = Runner.from_cfg(cfg)
-    if train:
-        runner.train()
-    metrics = runner.test()
-    return dict(runner=runner, metrics=metrics)
 
 
 def layer_channels(model: torch.nn.Module) -> dict:
@@ -84,68 +76,93 @@ def plot_channels(before: dict, after: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def measure(model: torch.nn.Module) -> dict:
+    """mmifso's FLOPs (conv/linear MACs of one 32x32 image) and the
+    parameters of ``model``."""
+    from mmifso.models.task_modules import (count_params, count_resources,
+                                            record_layers)
+
+    def forward(m):
+        return m(torch.rand(DEMO_SHAPE), mode='tensor')
+
+    with torch.no_grad():
+        res = count_resources(record_layers(model, forward))
+    return dict(flops=res['flops'], params=count_params(model))
+
+
+def train_baseline(work_dir: str) -> tuple:
+    """Stage 1: train the baseline; its accuracy, FLOPs, params, checkpoint
+    and channels per layer."""
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, 'resnet20_1xb64-30e_digits.py'))
+    runner, metrics = run_config(cfg, osp.join(work_dir, 'baseline'))
+    ckpt = osp.join(work_dir, 'baseline',
+                    f'epoch_{cfg.train_cfg.max_epochs}.pth')
+    baseline = dict(accuracy=metrics['accuracy/top1'], **measure(runner.model))
+    return baseline, ckpt, layer_channels(runner.model)
+
+
+def prune(work_dir: str, base_ckpt: str, criterion: str,
+          target_flops: float) -> tuple:
+    """Stage 2: prune the baseline while training continues; the config,
+    the masked checkpoint and the accuracy right after pruning."""
+    cfg = Config.fromfile(
+        osp.join(CONFIG_DIR, 'ifso_resnet20_prune_digits.py'))
+    cfg.load_from = base_ckpt
+    cfg.custom_hooks[0].importance = dict(type=criterion)
+    cfg.custom_hooks[0].target_flops = target_flops
+    prune_dir = osp.join(work_dir, 'prune')
+    _, metrics = run_config(cfg, prune_dir)
+    return cfg, flops_checkpoint(prune_dir, target_flops), metrics[
+        'accuracy/top1']
+
+
+def finetune(work_dir: str, exported: dict) -> tuple:
+    """Stage 4: fine-tune the exported model; its accuracy, FLOPs, params
+    and channels per layer."""
+    cfg = Config.fromfile(
+        osp.join(CONFIG_DIR, 'ifso_resnet20_finetune_digits.py'))
+    cfg.model.structure = exported['structure']
+    cfg.load_from = exported['checkpoint']
+    runner, metrics = run_config(cfg, osp.join(work_dir, 'finetune'))
+    pruned = dict(accuracy=metrics['accuracy/top1'], **measure(runner.model))
+    return pruned, layer_channels(runner.model)
+
+
+def report(summary: dict, work_dir: str) -> None:
+    """Log the baseline/pruned table and where the files are."""
+    baseline, pruned = summary['baseline'], summary['pruned']
+    rows = [('', 'top-1 (%)', 'FLOPs (M)', 'params (K)'),
+            ('baseline', f'{baseline["accuracy"]:.2f}',
+             f'{baseline["flops"] / 1e6:.2f}',
+             f'{baseline["params"] / 1e3:.1f}'),
+            (f'{summary["criterion"]} pruned + fine-tuned',
+             f'{pruned["accuracy"]:.2f}', f'{pruned["flops"] / 1e6:.2f}',
+             f'{pruned["params"] / 1e3:.1f}')]
+    table = '\n'.join(f'{a:<34}{b:>10}{c:>12}{d:>12}' for a, b, c, d in rows)
+    print_log(
+        '\n' + table + f'\nFLOPs ratio {summary["flops_ratio"]:.3f}, params '
+        f'ratio {summary["params_ratio"]:.3f}; accuracy right after pruning '
+        f'(before fine-tuning) '
+        f'{summary["pruned_before_finetune_accuracy"]:.2f}; total '
+        f'{summary["seconds"]} s\nwrote {osp.join(work_dir, "summary.json")} '
+        f'and {osp.join(work_dir, "channels.png")}',
+        logger='current',
+        level=logging.INFO)
+
+
 def main():
     args = parse_args()
     start = time.time()
     work_dir = osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
-    import mmifso  # noqa: F401
-    from mmifso.apis.export import export_checkpoint
-    from mmifso.models.task_modules import (count_params, count_resources,
-                                            record_layers)
 
-    # 1. Baseline.
-    base_cfg = Config.fromfile(osp.join(CONFIG_DIR,
-                                        'resnet20_1xb64-30e_digits.py'))
-    base = run(base_cfg, osp.join(work_dir, 'baseline'))
-    base_model = base['runner'].model
-    base_ckpt = osp.join(work_dir, 'baseline',
-                         f'epoch_{base_cfg.train_cfg.max_epochs}.pth')
-    demo_shape = (1, 3, 32, 32)
-
-    def forward(m):
-        return m(torch.rand(demo_shape), mode='tensor')
-
-    with torch.no_grad():
-        base_res = count_resources(record_layers(base_model, forward))
-    baseline = dict(
-        accuracy=base['metrics']['accuracy/top1'],
-        flops=base_res['flops'],
-        params=count_params(base_model))
-    before_channels = layer_channels(base_model)
-
-    # 2. Prune while training.
-    prune_cfg = Config.fromfile(
-        osp.join(CONFIG_DIR, 'ifso_resnet20_prune_digits.py'))
-    prune_cfg.load_from = base_ckpt
-    prune_cfg.custom_hooks[0].importance = dict(type=args.criterion)
-    prune_cfg.custom_hooks[0].target_flops = args.target_flops
-    prune_dir = osp.join(work_dir, 'prune')
-    pruned_run = run(prune_cfg, prune_dir)
-    masked_acc = pruned_run['metrics']['accuracy/top1']
-    masked_ckpt = osp.join(prune_dir,
-                           f'flops_{int(round(args.target_flops * 100)):02d}.pth')
-    if not osp.isfile(masked_ckpt):
-        raise RuntimeError(f'the pruning run did not reach the target: '
-                           f'{masked_ckpt} is missing')
-
-    # 3. Export.
+    baseline, base_ckpt, before_channels = train_baseline(work_dir)
+    prune_cfg, masked_ckpt, masked_acc = prune(work_dir, base_ckpt,
+                                               args.criterion,
+                                               args.target_flops)
     exported = export_checkpoint(prune_cfg, masked_ckpt,
                                  osp.join(work_dir, 'export'))
-
-    # 4. Fine-tune the physically pruned model and evaluate it.
-    ft_cfg = Config.fromfile(
-        osp.join(CONFIG_DIR, 'ifso_resnet20_finetune_digits.py'))
-    ft_cfg.model.structure = exported['structure']
-    ft_cfg.load_from = exported['checkpoint']
-    ft = run(ft_cfg, osp.join(work_dir, 'finetune'))
-    ft_model = ft['runner'].model
-    with torch.no_grad():
-        ft_res = count_resources(record_layers(ft_model, forward))
-    pruned = dict(
-        accuracy=ft['metrics']['accuracy/top1'],
-        flops=ft_res['flops'],
-        params=count_params(ft_model))
+    pruned, after_channels = finetune(work_dir, exported)
     criterion = args.criterion.split('.')[-1]
     summary = dict(
         baseline=baseline,
@@ -156,29 +173,12 @@ def main():
         params_ratio=pruned['params'] / baseline['params'],
         masked_vs_exported_max_abs_diff=exported['max_abs_diff'],
         seconds=round(time.time() - start, 1))
-    with open(osp.join(work_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    save_json(summary, osp.join(work_dir, 'summary.json'))
     plot_channels(
-        before_channels, layer_channels(ft_model),
-        osp.join(work_dir, 'channels.png'),
+        before_channels, after_channels, osp.join(work_dir, 'channels.png'),
         f'{criterion}: {summary["flops_ratio"]:.0%} FLOPs, top-1 '
         f'{baseline["accuracy"]:.2f} -> {pruned["accuracy"]:.2f}')
-
-    rows = [('', 'top-1 (%)', 'FLOPs (M)', 'params (K)'),
-            ('baseline', f'{baseline["accuracy"]:.2f}',
-             f'{baseline["flops"] / 1e6:.2f}',
-             f'{baseline["params"] / 1e3:.1f}'),
-            (f'{criterion} pruned + fine-tuned', f'{pruned["accuracy"]:.2f}',
-             f'{pruned["flops"] / 1e6:.2f}', f'{pruned["params"] / 1e3:.1f}')]
-    table = '\n'.join(f'{a:<34}{b:>10}{c:>12}{d:>12}' for a, b, c, d in rows)
-    print_log(
-        '\n' + table + f'\nFLOPs ratio {summary["flops_ratio"]:.3f}, params '
-        f'ratio {summary["params_ratio"]:.3f}; accuracy right after pruning '
-        f'(before fine-tuning) {masked_acc:.2f}; total {summary["seconds"]} '
-        f's\nwrote {osp.join(work_dir, "summary.json")} and '
-        f'{osp.join(work_dir, "channels.png")}',
-        logger='current',
-        level=logging.INFO)
+    report(summary, work_dir)
 
 
 if __name__ == '__main__':

@@ -27,12 +27,13 @@ Writes ``summary.json`` (baseline vs pruned bbox mAP, FLOPs, params, and the
 control's mAP) into the work dir.
 """
 import argparse
-import json
+import contextlib
 import logging
 import os
 import os.path as osp
 import sys
 import time
+from typing import Dict, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -40,7 +41,10 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+
+from mmifso.apis import (add_pruning_arguments,  # noqa: E402
+                         export_checkpoint, flops_checkpoint, run_config)
+from mmifso.utils import save_json  # noqa: E402
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'demo_det')
 BASELINE = 'retinanet_r18-w32_fpn_1xb16-48e_shapes.py'
@@ -54,12 +58,9 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/demo_det')
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data',
                                                          'shapes_coco'))
-    parser.add_argument(
-        '--criterion',
-        default='mmifso.IFSOImportance',
-        help='importance type for the pruning hook')
-    parser.add_argument(
-        '--target-flops', type=float, default=0.5, help='FLOPs ratio')
+    # --criterion, --target-flops: checked before the minutes of baseline
+    # training, not after them.
+    add_pruning_arguments(parser)
     # Smaller runs (smoke tests); the defaults are the demo.
     parser.add_argument('--num-train', type=int, default=DATA['train'])
     parser.add_argument('--num-val', type=int, default=DATA['val'])
@@ -77,14 +78,6 @@ def parse_args(argv=None):
         help='a trained baseline checkpoint: evaluate it instead of '
         'training the baseline again')
     args = parser.parse_args(argv)
-    # Checked before the minutes of baseline training, not after them.
-    if not 0 < args.target_flops < 1:
-        parser.error(f'--target-flops must be in (0, 1), got '
-                     f'{args.target_flops}')
-    from mmifso.models.importance import registered_criteria
-    if args.criterion.split('.')[-1] not in registered_criteria():
-        parser.error(f'--criterion {args.criterion!r} is not a registered '
-                     f'criterion: {", ".join(registered_criteria())}')
     if args.baseline_checkpoint and not osp.isfile(args.baseline_checkpoint):
         parser.error(f'--baseline-checkpoint {args.baseline_checkpoint} does '
                      'not exist')
@@ -126,16 +119,6 @@ def with_data(cfg: Config, data_root: str) -> Config:
     return cfg
 
 
-def run(cfg: Config, work_dir: str, train: bool = True) -> dict:
-    cfg = cfg.copy()
-    cfg.work_dir = work_dir
-    runner = Runner.from_cfg(cfg)
-    if train:
-        runner.train()
-    metrics = runner.test()
-    return dict(runner=runner, metrics=metrics)
-
-
 def coco(metrics: dict, key: str) -> float:
     """A CocoMetric result; mmdet returns no keys when nothing was detected
     (which counts as 0)."""
@@ -159,137 +142,98 @@ def measure(model: torch.nn.Module, size: int) -> dict:
     return dict(flops=res['flops'], params=count_params(model))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    start = time.time()
-    seconds = {}
-    work_dir = osp.abspath(args.work_dir)
-    data_root = osp.abspath(args.data_root)
-    os.makedirs(work_dir, exist_ok=True)
-    import mmifso  # noqa: F401
-    from mmifso.apis.export import export_checkpoint
+def load(name: str, data_root: str, epochs: Optional[int] = None) -> Config:
+    """A demo config on ``data_root``, its schedule shortened to ``epochs``
+    when given."""
+    cfg = with_data(Config.fromfile(osp.join(CONFIG_DIR, name)), data_root)
+    return set_epochs(cfg, epochs) if epochs else cfg
 
-    # 0. Data.
-    t = time.time()
-    ensure_data(data_root, args.num_train, args.num_val)
-    seconds['data'] = round(time.time() - t, 1)
 
-    # 1. Baseline.
-    t = time.time()
-    base_cfg = with_data(Config.fromfile(osp.join(CONFIG_DIR, BASELINE)),
-                         data_root)
-    if args.baseline_epochs:
-        set_epochs(base_cfg, args.baseline_epochs)
-    size = base_cfg.image_size
+def baseline_stage(args, work_dir: str, data_root: str) -> tuple:
+    """Stage 1: train the baseline (or evaluate ``--baseline-checkpoint``);
+    returns its config, checkpoint and figures."""
+    cfg = load(BASELINE, data_root, args.baseline_epochs)
     if args.baseline_checkpoint:
-        base_ckpt = osp.abspath(args.baseline_checkpoint)
-        base_cfg.load_from = base_ckpt
-        base = run(base_cfg, osp.join(work_dir, 'baseline'), train=False)
+        ckpt = osp.abspath(args.baseline_checkpoint)
+        cfg.load_from = ckpt
+        runner, metrics = run_config(
+            cfg, osp.join(work_dir, 'baseline'), train=False)
     else:
-        base = run(base_cfg, osp.join(work_dir, 'baseline'))
-        base_ckpt = osp.join(work_dir, 'baseline',
-                             f'epoch_{base_cfg.train_cfg.max_epochs}.pth')
-    baseline = dict(
-        **bbox_maps(base['metrics']),
-        **measure(base['runner'].model, size))
-    seconds['baseline'] = round(time.time() - t, 1)
+        runner, metrics = run_config(cfg, osp.join(work_dir, 'baseline'))
+        ckpt = osp.join(work_dir, 'baseline',
+                        f'epoch_{cfg.train_cfg.max_epochs}.pth')
+    figures = dict(**bbox_maps(metrics), **measure(runner.model,
+                                                   cfg.image_size))
+    return cfg, ckpt, figures
 
-    # 2. Prune while training.
-    t = time.time()
-    prune_cfg = with_data(Config.fromfile(osp.join(CONFIG_DIR, PRUNE)),
-                          data_root)
-    prune_cfg.load_from = base_ckpt
-    prune_cfg.custom_hooks[0].importance.type = args.criterion
+
+def prune_stage(args, work_dir: str, data_root: str,
+                base_ckpt: str) -> tuple:
+    """Stage 2: prune the baseline while training continues; returns the
+    pruning config and the masked checkpoint at the target."""
+    cfg = load(PRUNE, data_root)
+    cfg.load_from = base_ckpt
+    cfg.custom_hooks[0].importance.type = args.criterion
     if args.criterion.split('.')[-1] != 'IFSOImportance':
-        prune_cfg.custom_hooks[0].importance.pop('lam', None)
-    prune_cfg.custom_hooks[0].target_flops = args.target_flops
+        cfg.custom_hooks[0].importance.pop('lam', None)
+    cfg.custom_hooks[0].target_flops = args.target_flops
     prune_dir = osp.join(work_dir, 'prune')
-    run(prune_cfg, prune_dir)
-    masked_ckpt = osp.join(
-        prune_dir, f'flops_{int(round(args.target_flops * 100)):02d}.pth')
-    if not osp.isfile(masked_ckpt):
-        raise RuntimeError(f'the pruning run did not reach the target: '
-                           f'{masked_ckpt} is missing')
-    seconds['prune'] = round(time.time() - t, 1)
+    run_config(cfg, prune_dir)
+    return cfg, flops_checkpoint(prune_dir, args.target_flops)
 
-    # 3. Export, and evaluate the masked and the exported model.
-    t = time.time()
+
+def export_stage(work_dir: str, data_root: str, prune_cfg: Config,
+                 masked_ckpt: str) -> tuple:
+    """Stage 3: export, then evaluate the masked checkpoint and the exported
+    model from disk with the test loop (as tools/test.py does; they give the
+    same COCO mAP). Returns the export and both mAPs."""
     exported = export_checkpoint(prune_cfg, masked_ckpt,
                                  osp.join(work_dir, 'export'))
-    # The masked checkpoint and the exported model, both evaluated from disk
-    # with the test loop (as tools/test.py does), give the same COCO mAP.
     masked_cfg = prune_cfg.copy()
     masked_cfg.load_from = masked_ckpt
-    masked_map = coco(
-        run(masked_cfg, osp.join(work_dir, 'eval_masked'),
-            train=False)['metrics'], 'bbox_mAP')
+    _, masked = run_config(
+        masked_cfg, osp.join(work_dir, 'eval_masked'), train=False)
     deploy_cfg = with_data(Config.fromfile(exported['config']), data_root)
     deploy_cfg.load_from = exported['checkpoint']
-    exported_map = coco(
-        run(deploy_cfg, osp.join(work_dir, 'eval_exported'),
-            train=False)['metrics'], 'bbox_mAP')
-    seconds['export'] = round(time.time() - t, 1)
+    _, deployed = run_config(
+        deploy_cfg, osp.join(work_dir, 'eval_exported'), train=False)
+    return exported, coco(masked, 'bbox_mAP'), coco(deployed, 'bbox_mAP')
 
-    # 4. Fine-tune the physically pruned model and evaluate it.
-    t = time.time()
-    ft_cfg = with_data(Config.fromfile(osp.join(CONFIG_DIR, FINETUNE)),
-                       data_root)
-    if args.finetune_epochs:
-        set_epochs(ft_cfg, args.finetune_epochs)
-    ft_cfg.model.structure = exported['structure']
-    ft_cfg.load_from = exported['checkpoint']
-    ft = run(ft_cfg, osp.join(work_dir, 'finetune'))
-    pruned = dict(
-        **bbox_maps(ft['metrics']),
-        **measure(ft['runner'].model, size))
-    seconds['finetune'] = round(time.time() - t, 1)
 
-    # 5. Control: the unpruned baseline with the same fine-tuning schedule,
-    # so that the extra training the pruned model got is not mistaken for a
-    # gain from pruning.
-    control = None
-    if not args.no_control:
-        t = time.time()
-        ctl_cfg = with_data(
-            Config.fromfile(osp.join(CONFIG_DIR, FINETUNE)), data_root)
-        if args.finetune_epochs:
-            set_epochs(ctl_cfg, args.finetune_epochs)
-        ctl_cfg.model = base_cfg.model
-        ctl_cfg.load_from = base_ckpt
-        ctl = run(ctl_cfg, osp.join(work_dir, 'control'))
-        control = bbox_maps(ctl['metrics'])
-        seconds['control'] = round(time.time() - t, 1)
+def finetune_stage(args, work_dir: str, data_root: str, exported: dict,
+                   size: int) -> dict:
+    """Stage 4: fine-tune the exported model; its figures."""
+    cfg = load(FINETUNE, data_root, args.finetune_epochs)
+    cfg.model.structure = exported['structure']
+    cfg.load_from = exported['checkpoint']
+    runner, metrics = run_config(cfg, osp.join(work_dir, 'finetune'))
+    return dict(**bbox_maps(metrics), **measure(runner.model, size))
 
-    criterion = args.criterion.split('.')[-1]
-    summary = dict(
-        baseline=baseline,
-        pruned=pruned,
-        criterion=criterion,
-        baseline_finetuned=control,
-        bbox_mAP_drop_vs_baseline_finetuned=(
-            control['bbox_mAP'] - pruned['bbox_mAP'] if control else None),
-        target_flops=args.target_flops,
-        pruned_before_finetune_bbox_mAP=masked_map,
-        exported_before_finetune_bbox_mAP=exported_map,
-        flops_ratio=pruned['flops'] / baseline['flops'],
-        params_ratio=pruned['params'] / baseline['params'],
-        bbox_mAP_drop=baseline['bbox_mAP'] - pruned['bbox_mAP'],
-        masked_vs_exported_max_abs_diff=exported['max_abs_diff'],
-        image_size=size,
-        data=dict(DATA, train=args.num_train, val=args.num_val),
-        stage_seconds=seconds,
-        seconds=round(time.time() - start, 1))
-    with open(osp.join(work_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
 
+def control_stage(args, work_dir: str, data_root: str, base_cfg: Config,
+                  base_ckpt: str) -> dict:
+    """Stage 5: the unpruned baseline with the same fine-tuning schedule, so
+    that the extra training the pruned model got is not mistaken for a gain
+    from pruning; its mAPs."""
+    cfg = load(FINETUNE, data_root, args.finetune_epochs)
+    cfg.model = base_cfg.model
+    cfg.load_from = base_ckpt
+    _, metrics = run_config(cfg, osp.join(work_dir, 'control'))
+    return bbox_maps(metrics)
+
+
+def report(summary: dict, work_dir: str) -> None:
+    """Log the baseline/control/pruned table and where the summary is."""
+    baseline, pruned = summary['baseline'], summary['pruned']
+    control = summary['baseline_finetuned']
     rows = [('', 'bbox mAP', 'mAP@50', 'FLOPs (M)', 'params (K)'),
             ('baseline', f'{baseline["bbox_mAP"]:.3f}',
              f'{baseline["bbox_mAP_50"]:.3f}',
              f'{baseline["flops"] / 1e6:.1f}',
              f'{baseline["params"] / 1e3:.1f}'),
-            (f'{criterion} pruned + fine-tuned', f'{pruned["bbox_mAP"]:.3f}',
-             f'{pruned["bbox_mAP_50"]:.3f}', f'{pruned["flops"] / 1e6:.1f}',
-             f'{pruned["params"] / 1e3:.1f}')]
+            (f'{summary["criterion"]} pruned + fine-tuned',
+             f'{pruned["bbox_mAP"]:.3f}', f'{pruned["bbox_mAP_50"]:.3f}',
+             f'{pruned["flops"] / 1e6:.1f}', f'{pruned["params"] / 1e3:.1f}')]
     if control:
         rows.insert(2, ('baseline + same fine-tuning',
                         f'{control["bbox_mAP"]:.3f}',
@@ -301,12 +245,75 @@ def main(argv=None):
     print_log(
         '\n' + table + f'\nFLOPs ratio {summary["flops_ratio"]:.3f}, params '
         f'ratio {summary["params_ratio"]:.3f}; bbox mAP right after pruning '
-        f'(before fine-tuning) {masked_map:.3f} masked, {exported_map:.3f} '
-        f'exported; total '
-        f'{summary["seconds"]} s ({seconds})\nwrote '
+        f'(before fine-tuning) '
+        f'{summary["pruned_before_finetune_bbox_mAP"]:.3f} masked, '
+        f'{summary["exported_before_finetune_bbox_mAP"]:.3f} exported; total '
+        f'{summary["seconds"]} s ({summary["stage_seconds"]})\nwrote '
         f'{osp.join(work_dir, "summary.json")}',
         logger='current',
         level=logging.INFO)
+
+
+class StageTimer:
+    """``with timer('name'):`` records the block's seconds (one decimal) in
+    :attr:`seconds`."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.time()
+        yield
+        self.seconds[name] = round(time.time() - start, 1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    work_dir = osp.abspath(args.work_dir)
+    data_root = osp.abspath(args.data_root)
+    os.makedirs(work_dir, exist_ok=True)
+    timer = StageTimer()
+    with timer('data'):
+        ensure_data(data_root, args.num_train, args.num_val)
+    with timer('baseline'):
+        base_cfg, base_ckpt, baseline = baseline_stage(args, work_dir,
+                                                       data_root)
+    with timer('prune'):
+        prune_cfg, masked_ckpt = prune_stage(args, work_dir, data_root,
+                                             base_ckpt)
+    with timer('export'):
+        exported, masked_map, exported_map = export_stage(
+            work_dir, data_root, prune_cfg, masked_ckpt)
+    with timer('finetune'):
+        pruned = finetune_stage(args, work_dir, data_root, exported,
+                                base_cfg.image_size)
+    control = None
+    if not args.no_control:
+        with timer('control'):
+            control = control_stage(args, work_dir, data_root, base_cfg,
+                                    base_ckpt)
+    summary = dict(
+        baseline=baseline,
+        pruned=pruned,
+        criterion=args.criterion.split('.')[-1],
+        baseline_finetuned=control,
+        bbox_mAP_drop_vs_baseline_finetuned=(
+            control['bbox_mAP'] - pruned['bbox_mAP'] if control else None),
+        target_flops=args.target_flops,
+        pruned_before_finetune_bbox_mAP=masked_map,
+        exported_before_finetune_bbox_mAP=exported_map,
+        flops_ratio=pruned['flops'] / baseline['flops'],
+        params_ratio=pruned['params'] / baseline['params'],
+        bbox_mAP_drop=baseline['bbox_mAP'] - pruned['bbox_mAP'],
+        masked_vs_exported_max_abs_diff=exported['max_abs_diff'],
+        image_size=base_cfg.image_size,
+        data=dict(DATA, train=args.num_train, val=args.num_val),
+        stage_seconds=timer.seconds,
+        seconds=round(time.time() - start, 1))
+    save_json(summary, osp.join(work_dir, 'summary.json'))
+    report(summary, work_dir)
     return summary
 
 

@@ -37,7 +37,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from mmifso.apis.export import export_checkpoint
+    from mmifso.apis import export_checkpoint
     from mmifso.structures import StructureMismatchError
     cfg = Config.fromfile(args.config)
     if args.cfg_options:

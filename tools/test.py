@@ -26,13 +26,16 @@ import json
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 # ``python tools/test.py`` from a checkout works without installing mmifso.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
-from mmifso.utils.io import TRUST_CHECKPOINT_HELP  # noqa: E402
+from mmifso.apis.runner import (add_runner_arguments,  # noqa: E402
+                                build_tool_runner, default_work_dir,
+                                set_local_rank)
 
 PICKLE_EXTS = ('.pkl', '.pickle')
 METRIC_EXTS = ('.json', '.yaml', '.yml')
@@ -55,33 +58,12 @@ def parse_args(argv=None):
         help='what --out holds; defaults to metrics for .json/.yaml files '
         'and predictions for .pkl files')
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
         '--amp',
         action='store_true',
         help='enable automatic-mixed-precision test')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
-        '--trust-checkpoint', action='store_true', help=TRUST_CHECKPOINT_HELP)
-    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
-    # will pass the `--local-rank` parameter to `tools/test.py` instead
-    # of `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    set_local_rank(args)
 
     if args.out is None and args.out_item is not None:
         parser.error('--out-item needs --out')
@@ -107,12 +89,8 @@ def merge_args(cfg, args):
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
 
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    # work_dir: command line > the config's own > ./work_dirs/<config name>
+    default_work_dir(cfg, args.work_dir, args.config)
 
     cfg.load_from = args.checkpoint
     cfg.resume = False
@@ -141,52 +119,27 @@ def jsonable(value):
 
 def main(argv=None):
     args = parse_args(argv)
-
-    if args.trust_checkpoint:
-        from mmifso.utils.io import TRUST_ENV
-        os.environ[TRUST_ENV] = '1'
-    import mmifso  # noqa: F401  (registers the mmifso modules)
-    from mmifso.utils.io import install_safe_checkpoint_loader
-
-    # The Runner's own loads (load_from, resume) go through the restricted
-    # unpickler too, not through mmengine's plain torch.load.
-    install_safe_checkpoint_loader()
-    from mmifso.apis.checks import (CheckpointConfigMismatch,
-                                    check_checkpoint_matches_config)
-
-    cfg = Config.fromfile(args.config)
-    cfg = merge_args(cfg, args)
-
-    try:
-        check_checkpoint_matches_config(cfg, args.checkpoint)
-    except (CheckpointConfigMismatch, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f'tools/test.py: {type(e).__name__}: {e}')
-
-    import mmengine
-    from mmengine.dist import is_main_process
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from mmifso.engine import setup_distributed
-    setup_distributed(cfg)  # torchrun on CPUs: gloo + CPU-capable DDP
-
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    cfg = merge_args(Config.fromfile(args.config), args)
+    # Safe checkpoint loading, checkpoint/config check, CPU distributed set-up.
+    runner = build_tool_runner(cfg, args, 'tools/test.py')
 
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(prediction_dumper(cfg, args.out))
-
     metrics = runner.test()
+    report_metrics(metrics, args.out if args.out_item == 'metrics' else None)
 
-    if is_main_process():
-        metrics = {k: jsonable(v) for k, v in (metrics or {}).items()}
-        if args.out and args.out_item == 'metrics':
-            out_dir = osp.dirname(osp.abspath(args.out))
-            os.makedirs(out_dir, exist_ok=True)
-            mmengine.dump(metrics, args.out)
-        print('metrics: ' + json.dumps(metrics, sort_keys=True))
+
+def report_metrics(metrics: Optional[dict], out: Optional[str]) -> None:
+    """Print the metrics (main process) and write them to ``out``."""
+    import mmengine
+    from mmengine.dist import is_main_process
+    if not is_main_process():
+        return
+    metrics = {k: jsonable(v) for k, v in (metrics or {}).items()}
+    if out:
+        os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+        mmengine.dump(metrics, out)
+    print('metrics: ' + json.dumps(metrics, sort_keys=True))
 
 
 if __name__ == '__main__':

@@ -17,16 +17,17 @@ unpickled with an allow-list of types, also by the Runner's own loads
 (``--trust-checkpoint`` unpickles completely, for trusted files only).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 # ``python tools/train.py`` from a checkout works without installing mmifso.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.config import Config, ConfigDict  # noqa: E402
 
-from mmifso.utils.io import TRUST_CHECKPOINT_HELP  # noqa: E402
+from mmifso.apis.runner import (add_runner_arguments,  # noqa: E402
+                                build_tool_runner, default_work_dir,
+                                set_local_rank)
 
 
 def parse_args(argv=None):
@@ -63,30 +64,9 @@ def parse_args(argv=None):
         action='store_true',
         help='whether to disable the persistent_workers option in dataloaders.'
     )
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
-        '--trust-checkpoint', action='store_true', help=TRUST_CHECKPOINT_HELP)
-    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
-    # will pass the `--local-rank` parameter to `tools/train.py` instead
-    # of `--local_rank`.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    set_local_rank(args)
     return args
 
 
@@ -121,29 +101,11 @@ def merge_args(cfg, args):
 
     cfg.launcher = args.launcher
 
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    # work_dir: command line > the config's own > ./work_dirs/<config name>
+    default_work_dir(cfg, args.work_dir, args.config)
 
-    # enable automatic-mixed-precision training
     if args.amp:
-        from mmengine.device import is_cuda_available, is_npu_available
-        if not (is_cuda_available() or is_npu_available()):
-            raise SystemExit(
-                '--amp needs a GPU (or NPU): mmengine\'s AmpOptimWrapper does '
-                'not run on CPU; drop --amp')
-        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if optim_wrapper == 'AmpOptimWrapper':
-            print('AMP training is already enabled in your config.')
-        else:
-            assert optim_wrapper == 'OptimWrapper', (
-                '`--amp` is only supported when the optimizer wrapper type is '
-                f'`OptimWrapper` but got {optim_wrapper}.')
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        enable_amp(cfg)
 
     # enable automatically scaling LR
     if args.auto_scale_lr:
@@ -160,81 +122,58 @@ def merge_args(cfg, args):
         cfg.merge_from_dict(args.cfg_options)
 
     # resume training (after --cfg-options, which may set work_dir/load_from)
-    if args.resume == 'auto':
-        from mmengine.runner import find_latest_checkpoint
-        latest = find_latest_checkpoint(cfg.work_dir) if osp.isdir(
-            cfg.work_dir) else None
-        if latest is not None:
-            cfg.resume = True
-            cfg.load_from = None  # the runner resumes the latest checkpoint
-        else:
-            # Nothing to resume yet: start as the config says (keeping its
-            # load_from, e.g. the pruned.pth of a deploy config) instead of
-            # silently training from scratch.
-            print(f'--resume: no checkpoint in {cfg.work_dir} yet; starting '
-                  'a new run' + (f' from load_from={cfg.load_from}'
-                                 if cfg.get('load_from', None) else ''))
-            cfg.resume = False
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+    if args.resume is not None:
+        set_resume(cfg, args.resume)
     return cfg
 
 
-def checkpoint_to_check(cfg):
-    """The checkpoint the runner will load, or None."""
-    if cfg.get('resume', False):
-        if cfg.get('load_from', None):
-            return cfg.load_from
-        from mmengine.runner import find_latest_checkpoint
-        return find_latest_checkpoint(cfg.work_dir) if osp.isdir(
-            cfg.work_dir) else None
-    return cfg.get('load_from', None)
+def enable_amp(cfg) -> None:
+    """Automatic mixed precision: mmengine's AmpOptimWrapper (GPU/NPU)."""
+    from mmengine.device import is_cuda_available, is_npu_available
+    if not (is_cuda_available() or is_npu_available()):
+        raise SystemExit(
+            '--amp needs a GPU (or NPU): mmengine\'s AmpOptimWrapper does '
+            'not run on CPU; drop --amp')
+    optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if optim_wrapper == 'AmpOptimWrapper':
+        print('AMP training is already enabled in your config.')
+    else:
+        assert optim_wrapper == 'OptimWrapper', (
+            '`--amp` is only supported when the optimizer wrapper type is '
+            f'`OptimWrapper` but got {optim_wrapper}.')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def set_resume(cfg, resume: str) -> None:
+    """``--resume``: ``'auto'`` resumes the latest checkpoint of the work
+    dir (or starts as the config says when there is none yet), a path
+    resumes that checkpoint."""
+    if resume != 'auto':
+        cfg.resume = True
+        cfg.load_from = resume
+        return
+    from mmengine.runner import find_latest_checkpoint
+    latest = find_latest_checkpoint(cfg.work_dir) if osp.isdir(
+        cfg.work_dir) else None
+    if latest is not None:
+        cfg.resume = True
+        cfg.load_from = None  # the runner resumes the latest checkpoint
+    else:
+        # Nothing to resume yet: start as the config says (keeping its
+        # load_from, e.g. the pruned.pth of a deploy config) instead of
+        # silently training from scratch.
+        print(f'--resume: no checkpoint in {cfg.work_dir} yet; starting '
+              'a new run' + (f' from load_from={cfg.load_from}'
+                             if cfg.get('load_from', None) else ''))
+        cfg.resume = False
 
 
 def main(argv=None):
     args = parse_args(argv)
-
-    if args.trust_checkpoint:
-        from mmifso.utils.io import TRUST_ENV
-        os.environ[TRUST_ENV] = '1'
-    import mmifso  # noqa: F401  (registers the mmifso modules)
-    from mmifso.utils.io import install_safe_checkpoint_loader
-
-    # The Runner's own loads (load_from, resume) go through the restricted
-    # unpickler too, not through mmengine's plain torch.load.
-    install_safe_checkpoint_loader()
-    from mmifso.apis.checks import (CheckpointConfigMismatch,
-                                    check_checkpoint_matches_config)
-
-    # load config
-    cfg = Config.fromfile(args.config)
-
-    # merge cli arguments to config
-    cfg = merge_args(cfg, args)
-
-    checkpoint = checkpoint_to_check(cfg)
-    if checkpoint:
-        try:
-            check_checkpoint_matches_config(cfg, checkpoint)
-        except (CheckpointConfigMismatch, FileNotFoundError,
-                RuntimeError) as e:
-            sys.exit(f'tools/train.py: {type(e).__name__}: {e}')
-
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from mmifso.engine import setup_distributed
-    setup_distributed(cfg)  # torchrun on CPUs: gloo + CPU-capable DDP
-
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-
-    # start training
-    runner.train()
+    cfg = merge_args(Config.fromfile(args.config), args)
+    # Safe checkpoint loading, checkpoint/config check, CPU distributed set-up.
+    build_tool_runner(cfg, args, 'tools/train.py').train()
 
 
 if __name__ == '__main__':

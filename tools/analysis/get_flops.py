@@ -165,7 +165,7 @@ def build_model(cfg):
 def load_weights(model, cfg, checkpoint: str, kind: str) -> str:
     from mmengine.runner.checkpoint import load_state_dict
 
-    from mmifso.apis.checks import check_checkpoint_matches_config
+    from mmifso.apis import check_checkpoint_matches_config
     from mmifso.utils import load_checkpoint_file
     ckpt_kind = check_checkpoint_matches_config(cfg, checkpoint)
     ckpt = load_checkpoint_file(checkpoint)
@@ -288,7 +288,7 @@ def format_table(result: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     import mmifso  # noqa: F401  (registers the mmifso modules)
-    from mmifso.apis.checks import model_kind
+    from mmifso.apis import model_kind
     from mmifso.utils import save_json
 
     cfg = Config.fromfile(args.config)

@@ -1,0 +1,455 @@
+"""Which models mmifso can prune: analyse, prune at random, export, compare.
+
+:func:`check_config` is what ``tools/analysis/coverage.py`` runs for each
+config: the model is built without weights (nothing is downloaded), its
+channel units are found with a demo input (``DetDemoInput`` for mmdet
+detectors, ``DemoInput`` otherwise), every prunable unit loses a random
+fraction of its channels (:func:`random_prune`, whole blocks where channels
+are tied), the masked model is exported to a physically smaller one and both
+run on the same demo input. A config passes (``export_ok``) when the exported
+model runs, its outputs have the masked model's shapes and differ by at most
+``atol`` (relative to the largest output when that exceeds 1), and the FLOPs
+counted on it equal the masked count.
+"""
+import contextlib
+import copy
+import os
+import os.path as osp
+import signal
+import time
+import traceback
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+
+from mmifso.models.algorithms import PruningAlgorithm
+from mmifso.models.algorithms.pruning_algorithm import build_architecture
+from mmifso.models.mutators import ChannelMutator, export_pruned_model
+from mmifso.models.task_modules import (DemoInput, DetDemoInput,
+                                        count_resources, record_layers)
+from .export import max_abs_diff, max_abs_value
+
+
+def load_config(path: str) -> Config:
+    """A config file, or ``pkg::rel/path.py`` of an installed OpenMMLab
+    package (its ``.mim/configs``).
+
+    Args:
+        path (str): A file, or ``mmdet::...`` / ``mmpretrain::...``.
+
+    Returns:
+        Config: The loaded config.
+
+    Raises:
+        FileNotFoundError: the package has no such config.
+    """
+    if '::' in path:
+        from mmengine.utils import get_installed_path
+        package, rel = path.split('::', 1)
+        full = osp.join(get_installed_path(package), '.mim', 'configs', rel)
+        if not osp.isfile(full):
+            raise FileNotFoundError(f'{path}: no such config ({full})')
+        return Config.fromfile(full)
+    return Config.fromfile(path)
+
+
+def is_detector_config(cfg: Config) -> bool:
+    """Whether ``cfg`` is an mmdet config (its default scope)."""
+    return cfg.get('default_scope') == 'mmdet'
+
+
+def build_model_without_weights(cfg: Config, unfreeze: bool) -> nn.Module:
+    """The config's model (the architecture of a prune config), without
+    weights (``init_weights`` is not run, nothing is downloaded).
+
+    Args:
+        cfg (Config): The config.
+        unfreeze (bool): Make every parameter trainable (and frozen backbone
+            stages unfrozen) first.
+
+    Returns:
+        nn.Module: The model.
+    """
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    model_cfg = copy.deepcopy(cfg.model)
+    if str(model_cfg.get('type', '')).endswith('PruningAlgorithm'):
+        model_cfg = model_cfg['architecture']
+    if unfreeze and 'frozen_stages' in model_cfg.get('backbone', {}):
+        model_cfg['backbone']['frozen_stages'] = -1
+    model = build_architecture(model_cfg, cfg.get('data_preprocessor'))
+    if unfreeze:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
+    """Random norm affine parameters, then BatchNorm statistics calibrated
+    on random images (two train-mode forwards of ``demo``).
+
+    With BN bias != 0 a removed channel's activation is not zero, so masking
+    must really remove it. Calibrating the statistics (train-mode forwards,
+    cumulative average) keeps activations near unit scale, so a float32
+    comparison of masked and exported outputs is meaningful (the models are
+    built without weights: with default statistics, activations of deep
+    multi-branch nets such as MobileOne reach 1e6 and round-off alone
+    exceeds any absolute tolerance).
+
+    Args:
+        model (nn.Module): Changed in place (train/eval modes restored).
+        demo (DemoInput): The demo input (a batch of at least two images is
+            used for calibration).
+        seed (int): Seed of the random values and images.
+    """
+    g = torch.Generator().manual_seed(seed)
+    norms = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # Layer scales (ConvNeXt's gamma starts at 1e-6, which would hide
+            # any error of the branch it scales).
+            if name.split('.')[-1] in ('gamma', 'layer_scale') and \
+                    p.dim() == 1:
+                p.uniform_(0.5, 1.5, generator=g)
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+                if getattr(m, 'weight', None) is not None:
+                    m.weight.uniform_(0.5, 1.5, generator=g)
+                    m.bias.uniform_(-0.3, 0.3, generator=g)
+                if getattr(m, 'running_mean', None) is not None:
+                    m.reset_running_stats()
+                    norms.append((m, m.momentum))
+                    m.momentum = None  # cumulative average
+    if not norms:
+        return
+    shape = (max(2, demo.input_shape[0]), ) + tuple(demo.input_shape[1:])
+    calib = copy.copy(demo)
+    calib.input_shape = shape
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for m in model.modules():  # not model.train(): norm_eval
+            m.training = True
+        with torch.no_grad():
+            for i in range(2):
+                torch.manual_seed(seed + 1 + i)
+                calib(model)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, momentum in norms:
+            m.momentum = momentum
+
+
+def random_prune(mutator: ChannelMutator, fraction: float, seed: int) -> None:
+    """Remove about ``fraction`` of every unit's channels at random.
+
+    Tied channels (``unit.blocks``, e.g. GroupNorm groups) go as whole
+    blocks; every unit keeps at least ``unit.min_channels`` (and one).
+
+    Args:
+        mutator (ChannelMutator): A prepared mutator; its units are pruned.
+        fraction (float): Share of each unit's channels to remove.
+        seed (int): Seed of the choice.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for unit in mutator.units:
+        blocks = unit.blocks or [[c] for c in range(unit.num_channels)]
+        want = int(round(unit.num_channels * fraction))
+        removed: List[int] = []
+        for k in torch.randperm(len(blocks), generator=g).tolist():
+            b = blocks[k]
+            if len(removed) >= want:
+                break
+            if unit.num_channels - len(removed) - len(b) < max(
+                    unit.min_channels, 1):
+                continue
+            removed.extend(b)
+        if removed:
+            unit.prune(removed)
+
+
+def output_shapes(x):
+    """The shapes of a (nested) model output, in the same nesting."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, (list, tuple)):
+        return [output_shapes(v) for v in x]
+    if isinstance(x, dict):
+        return {k: output_shapes(v) for k, v in x.items()}
+    return None
+
+
+class ModuleTracker:
+    """Knows which module was running when an exception was raised.
+
+    Args:
+        model (nn.Module): The model whose forward is tracked.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stack: List[str] = []
+        self.failed: Optional[str] = None
+
+    @contextlib.contextmanager
+    def track(self):
+        """Within it, a failing forward sets :attr:`failed` to
+        ``'name (Type)'`` of the innermost running module."""
+        names = {m: n for n, m in self.model.named_modules()}
+        handles = []
+
+        def pre(module, args):
+            self.stack.append(names.get(module, '?'))
+
+        def post(module, args, output):
+            if self.stack:
+                self.stack.pop()
+
+        for m in self.model.modules():
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+        self.stack, self.failed = [], None
+        try:
+            yield self
+        except Exception:
+            if self.stack:
+                name = self.stack[-1]
+                module = self.model.get_submodule(name) if name else \
+                    self.model
+                self.failed = f'{name or "<model>"} ({type(module).__name__})'
+            raise
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def describe(exc: BaseException, limit: int = 400) -> str:
+    """``'Type: message (caused by ...)'`` on one line, at most ``limit``
+    characters."""
+    msg = f'{type(exc).__name__}: {exc}'.strip()
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in msg:
+        msg += f' (caused by {type(cause).__name__}: {cause})'
+    msg = ' '.join(msg.split())
+    return msg if len(msg) <= limit else msg[:limit] + '...'
+
+
+class ConfigTimeout(Exception):
+    """:func:`time_limit` ran out."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise :class:`ConfigTimeout` in the block after ``seconds`` (0: no
+    limit; only where SIGALRM exists, i.e. not on Windows)."""
+    if not seconds or not hasattr(signal, 'SIGALRM'):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise ConfigTimeout(f'did not finish within {seconds} s')
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def new_record(config: str) -> Dict:
+    """An empty coverage record of ``config`` (the keys of
+    :func:`check_config`'s result)."""
+    return dict(
+        config=config,
+        units=0,
+        prunable_channels=0,
+        export_ok=False,
+        max_abs_diff=None,
+        error=None,
+        skipped=[],
+        flops_ratio=None,
+        input_shape=None,
+        seconds=None)
+
+
+def check_config(config: str,
+                 fraction: float = 0.3,
+                 seed: int = 0,
+                 cls_size: int = 64,
+                 det_size: int = 128,
+                 num_proposals: int = 32,
+                 atol: float = 1e-4,
+                 timeout: int = 300,
+                 frozen: str = 'unfreeze') -> Dict:
+    """Analyse, randomly prune, export and compare one config.
+
+    Args:
+        config (str): A config file or ``pkg::path`` (:func:`load_config`),
+            optionally with ``@SIZE``, its demo image size.
+        fraction (float): Share of every unit's channels removed.
+        seed (int): Seed of the weights, the pruning and the inputs.
+        cls_size (int): Demo image size of classifiers.
+        det_size (int): Demo image size of detectors.
+        num_proposals (int): RoIs per image of two-stage detectors.
+        atol (float): Largest masked/exported difference, relative to the
+            largest output when that exceeds 1.
+        timeout (int): Seconds for the whole check (0: none).
+        frozen (str): ``'unfreeze'``: every parameter trainable first;
+            ``'skip'``: keep the config's frozen layers, leave their units
+            out.
+
+    Returns:
+        dict: ``config``, ``units``, ``prunable_channels``, ``export_ok``,
+        ``max_abs_diff``, ``error`` (the stage, module and op that blocked
+        it; every failure is recorded, none raised), ``skipped`` (groups
+        left out, with reasons), ``opaque_modules``, ``prunable_share``
+        (share of all conv/linear output channels in a prunable unit),
+        ``blocked_units``, ``flops_ratio`` (after the random pruning),
+        ``output_scale``, ``input_shape`` and ``seconds``.
+    """
+    start = time.time()
+    record = new_record(config)
+    try:
+        with time_limit(timeout):
+            _run_check(record, config, fraction, seed, cls_size, det_size,
+                       num_proposals, atol, frozen)
+    except Exception as e:  # every failure becomes part of the record
+        record['error'] = record['error'] or describe(e)
+        if os.environ.get('MMIFSO_COVERAGE_DEBUG'):
+            traceback.print_exc()
+    record['seconds'] = round(time.time() - start, 1)
+    return record
+
+
+@contextlib.contextmanager
+def _stage(record: Dict,
+           name: str,
+           tracker: Optional[ModuleTracker] = None):
+    """Record a failure of the block as ``'<stage> in <module>: <error>'``
+    and re-raise it."""
+    try:
+        if tracker is None:
+            yield
+        else:
+            with tracker.track():
+                yield
+    except Exception as e:
+        where = f' in {tracker.failed}' if tracker and tracker.failed else ''
+        record['error'] = f'{name}{where}: {describe(e)}'
+        raise
+
+
+def _run_check(record: Dict, config: str, fraction: float, seed: int,
+               cls_size: int, det_size: int, num_proposals: int, atol: float,
+               frozen: str) -> None:
+    """The steps of :func:`check_config`; fills ``record``."""
+    size = None
+    if '@' in config:
+        config, size = config.rsplit('@', 1)
+        size = int(size)
+    with _stage(record, 'build'):
+        cfg = load_config(config)
+        det = is_detector_config(cfg)
+        torch.manual_seed(seed)
+        model = build_model_without_weights(cfg, unfreeze=frozen == 'unfreeze')
+    size = size or (det_size if det else cls_size)
+    shape = (1, 3, size, size)
+    record['input_shape'] = list(shape)
+    demo = DetDemoInput(shape, num_proposals) if det else DemoInput(shape)
+    with _stage(record, 'analysis', ModuleTracker(model)):
+        mutator = ChannelMutator(demo_input=demo, frozen='skip')
+        algo = PruningAlgorithm(architecture=model, mutator=mutator)
+    arch = algo.architecture
+    record.update(analysis_summary(mutator))
+    randomise_norms(arch, demo, seed)
+    random_prune(mutator, fraction, seed)
+    arch.eval()
+    res = mutator.resources()
+    record['flops_ratio'] = round(res['flops_ratio'], 4)
+    expected, actual, pruned = _masked_and_exported_outputs(
+        record, arch, mutator, demo, seed)
+    record['error'] = _export_error(record, expected, actual, pruned, demo,
+                                    res['flops'], atol)
+    record['export_ok'] = record['error'] is None
+
+
+def analysis_summary(mutator: ChannelMutator) -> Dict:
+    """What the analysis found, as coverage record fields.
+
+    Args:
+        mutator (ChannelMutator): A prepared mutator.
+
+    Returns:
+        dict: ``skipped``, ``opaque_modules``, ``units``,
+        ``prunable_channels``, ``prunable_share`` (share of the output
+        channels of all conv/linear layers that are in a prunable unit;
+        depthwise convs count with their input) and ``blocked_units`` (units
+        with tied channel blocks).
+    """
+    analysis = mutator.analysis
+    layers = {n: r for n, r in mutator.layer_records.items() if r.spatial}
+    covered = {
+        s.module
+        for u in mutator.units for s in u.sites
+        if s.module in layers and (s.role == 'out' or layers[s.module]
+                                   .depthwise)
+    }
+    total = sum(r.out_channels for r in layers.values())
+    return dict(
+        skipped=[
+            dict(name=s.name, channels=s.num_channels, reason=s.reason)
+            for s in analysis.skipped
+        ],
+        opaque_modules=list(analysis.opaque_modules),
+        units=len(mutator.units),
+        prunable_channels=sum(u.num_channels for u in mutator.units),
+        prunable_share=round(
+            sum(layers[n].out_channels for n in covered) / max(total, 1), 3),
+        blocked_units=sum(u.blocks is not None for u in mutator.units))
+
+
+def _masked_and_exported_outputs(
+        record: Dict, arch: nn.Module, mutator: ChannelMutator,
+        demo: DemoInput, seed: int) -> Tuple[object, object, nn.Module]:
+    """Run the masked model, export it, run the exported one (same input);
+    a failing stage is recorded with the module that raised."""
+    tracker = ModuleTracker(arch)
+    with torch.no_grad(), _stage(record, 'masked forward', tracker):
+        torch.manual_seed(seed)
+        expected = demo(arch)
+    with _stage(record, 'export', tracker):
+        pruned, _ = export_pruned_model(arch, mutator)
+    pruned.eval()
+    with torch.no_grad(), _stage(record, 'exported forward',
+                                 ModuleTracker(pruned)):
+        torch.manual_seed(seed)
+        actual = demo(pruned)
+    return expected, actual, pruned
+
+
+def _export_error(record: Dict, expected, actual, pruned: nn.Module,
+                  demo: DemoInput, masked_flops: int,
+                  atol: float) -> Optional[str]:
+    """Why the exported model is not the masked one (None if it is);
+    records ``max_abs_diff`` and ``output_scale``."""
+    if output_shapes(expected) != output_shapes(actual):
+        return ('output shapes differ: masked '
+                f'{output_shapes(expected)} vs exported '
+                f'{output_shapes(actual)}')
+    diff = max_abs_diff(expected, actual)
+    scale = max_abs_value(expected)
+    record['max_abs_diff'] = float(f'{diff:.3g}')
+    record['output_scale'] = float(f'{scale:.3g}')
+    with torch.no_grad():
+        counted = count_resources(record_layers(pruned, demo))['flops']
+    if counted != masked_flops:
+        return (f'FLOPs counted on the exported model ({counted}) differ '
+                f'from the masked count ({masked_flops})')
+    if not diff <= atol * max(1.0, scale):
+        return (f'masked and exported outputs differ by {diff:.3g} > {atol} '
+                f'(x the largest output {scale:.3g} when above 1)')
+    return None

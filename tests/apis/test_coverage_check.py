@@ -1,0 +1,69 @@
+"""mmifso.apis.coverage: the pieces of tools/analysis/coverage.py's check
+(the whole check on real models is tested with the tool)."""
+import torch
+
+from helpers import build_algorithm
+from mmifso.apis.coverage import (ModuleTracker, analysis_summary,
+                                  check_config, random_prune)
+
+
+def test_random_prune_is_seeded_and_keeps_channels():
+    masks = []
+    for _ in range(2):
+        algo = build_algorithm(min_channels=2)
+        random_prune(algo.mutator, 0.5, seed=3)
+        masks.append([u.mask.clone() for u in algo.mutator.units])
+        for unit in algo.mutator.units:
+            alive = int(unit.mask.sum())
+            assert alive >= 2
+            assert alive <= unit.num_channels - round(unit.num_channels *
+                                                      0.5) + 1
+    assert all(torch.equal(a, b) for a, b in zip(*masks))
+    other = build_algorithm(min_channels=2)
+    random_prune(other.mutator, 0.5, seed=4)
+    assert not all(
+        torch.equal(a, u.mask) for a, u in zip(masks[0], other.mutator.units))
+
+
+def test_random_prune_removes_whole_blocks():
+    algo = build_algorithm()
+    unit = algo.mutator.units[0]
+    # Tied pairs, as a GroupNorm of num_channels / 2 groups gives.
+    unit.blocks = [[c, c + 1] for c in range(0, unit.num_channels, 2)]
+    unit.block_ids = torch.arange(unit.num_channels) // 2
+    random_prune(algo.mutator, 0.5, seed=0)
+    mask = unit.mask.tolist()
+    assert not all(mask)
+    assert all(mask[b[0]] == mask[b[1]] for b in unit.blocks)
+
+
+def test_analysis_summary_of_a_resnet():
+    algo = build_algorithm()
+    summary = analysis_summary(algo.mutator)
+    assert summary['units'] == len(algo.mutator.units) > 0
+    assert summary['prunable_channels'] == sum(
+        u.num_channels for u in algo.mutator.units)
+    assert 0 < summary['prunable_share'] <= 1
+    assert summary['blocked_units'] == 0
+    # The classifier's output is left out, with its reason.
+    assert any('outputs of the model' in s['reason']
+               for s in summary['skipped'])
+
+
+def test_module_tracker_names_the_failing_module():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
+                                torch.nn.Linear(5, 2))
+    tracker = ModuleTracker(model)
+    try:
+        with tracker.track():
+            model(torch.rand(1, 3, 4, 4))
+    except RuntimeError:
+        pass
+    assert tracker.failed == '1 (Linear)'
+
+
+def test_check_config_records_the_failing_stage(tmp_path):
+    record = check_config('mmpretrain::no/such_config.py', timeout=60)
+    assert record['export_ok'] is False
+    assert record['error'].startswith('build: FileNotFoundError')
+    assert record['seconds'] is not None

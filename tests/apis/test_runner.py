@@ -1,0 +1,91 @@
+"""mmifso.apis.runner: the Runner set-up shared by tools/train.py and
+tools/test.py (checkpoint check first, then the Runner), and the stage
+helpers of the demos."""
+import argparse
+import os
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+from helpers import build_algorithm, random_prune, runner_cfg
+from mmifso.apis import (RunnerSetupError, add_runner_arguments,
+                         build_runner, checkpoint_to_load, default_work_dir,
+                         flops_checkpoint)
+
+
+def test_checkpoint_to_load(tmp_path):
+    cfg = runner_cfg(tmp_path / 'work')
+    assert checkpoint_to_load(cfg) is None
+    cfg.load_from = 'a.pth'
+    assert checkpoint_to_load(cfg) == 'a.pth'
+    # Resuming without load_from: the latest checkpoint of the work dir.
+    cfg.load_from, cfg.resume = None, True
+    assert checkpoint_to_load(cfg) is None  # no work dir yet
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'iter_4.pth').write_bytes(b'')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_4.pth'))
+    assert checkpoint_to_load(cfg) == str(work / 'iter_4.pth')
+
+
+def test_build_runner_checks_the_checkpoint_first(tmp_path):
+    cfg = runner_cfg(tmp_path / 'missing')
+    cfg.load_from = str(tmp_path / 'nope.pth')
+    with pytest.raises(RunnerSetupError, match='FileNotFoundError: .*nope'):
+        build_runner(cfg)
+    assert not (tmp_path / 'missing').exists()  # nothing was built
+
+    # A masked checkpoint into a config of the plain classifier.
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    random_prune(algo.mutator, 0.3)
+    masked = tmp_path / 'flops_70.pth'
+    torch.save(dict(state_dict=algo.state_dict(), meta={}), masked)
+    plain = runner_cfg(tmp_path / 'plain')
+    plain.model = plain.model['architecture']
+    plain.custom_hooks = []
+    plain.load_from = str(masked)
+    with pytest.raises(RunnerSetupError,
+                       match='^CheckpointConfigMismatch: .*masked'):
+        build_runner(plain)
+
+    # The masked checkpoint with its pruning config: a Runner.
+    cfg = runner_cfg(tmp_path / 'ok')
+    cfg.load_from = str(masked)
+    assert isinstance(build_runner(cfg), Runner)
+
+
+def test_trust_checkpoint_sets_the_environment(tmp_path, monkeypatch):
+    from mmifso.utils.io import TRUST_ENV
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    build_runner(runner_cfg(tmp_path / 'a'))
+    assert TRUST_ENV not in os.environ
+    build_runner(runner_cfg(tmp_path / 'b'), trust_checkpoint=True)
+    assert os.environ[TRUST_ENV] == '1'
+
+
+def test_runner_arguments_and_work_dir():
+    parser = argparse.ArgumentParser()
+    add_runner_arguments(parser)
+    args = parser.parse_args(
+        ['--cfg-options', 'a.b=1', '--launcher', 'pytorch', '--local-rank',
+         '2', '--trust-checkpoint'])
+    assert args.cfg_options == {'a.b': 1}
+    assert (args.launcher, args.local_rank, args.trust_checkpoint) == (
+        'pytorch', 2, True)
+    cfg = runner_cfg('unused')
+    default_work_dir(cfg, 'cli', 'configs/x/my_config.py')
+    assert cfg.work_dir == 'cli'
+    default_work_dir(cfg, None, 'configs/x/my_config.py')
+    assert cfg.work_dir == 'cli'  # the config's own
+    cfg.work_dir = None
+    default_work_dir(cfg, None, 'configs/x/my_config.py')
+    assert cfg.work_dir == os.path.join('./work_dirs', 'my_config')
+
+
+def test_flops_checkpoint(tmp_path):
+    (tmp_path / 'flops_50.pth').write_bytes(b'')
+    assert flops_checkpoint(str(tmp_path), 0.5) == str(
+        tmp_path / 'flops_50.pth')
+    with pytest.raises(FileNotFoundError, match='did not reach .*0.3'):
+        flops_checkpoint(str(tmp_path), 0.3)
