@@ -263,28 +263,15 @@ def time_limit(seconds: int):
 def new_record(config: str) -> Dict:
     """An empty coverage record of ``config`` (the keys of
     :func:`check_config`'s result)."""
-    return dict(
-        config=config,
-        units=0,
-        prunable_channels=0,
-        export_ok=False,
-        max_abs_diff=None,
-        error=None,
-        skipped=[],
-        flops_ratio=None,
-        input_shape=None,
-        seconds=None)
+    return dict(config=config, units=0, prunable_channels=0, export_ok=False,
+                max_abs_diff=None, error=None, skipped=[], flops_ratio=None,
+                input_shape=None, seconds=None)
 
 
-def check_config(config: str,
-                 fraction: float = 0.3,
-                 seed: int = 0,
-                 cls_size: int = 64,
-                 det_size: int = 128,
-                 num_proposals: int = 32,
-                 atol: float = 1e-4,
-                 timeout: int = 300,
-                 frozen: str = 'unfreeze') -> Dict:
+def check_config(config: str, fraction: float = 0.3, seed: int = 0,
+                 cls_size: int = 64, det_size: int = 128,
+                 num_proposals: int = 32, atol: float = 1e-4,
+                 timeout: int = 300, frozen: str = 'unfreeze') -> Dict:
     """Analyse, randomly prune, export and compare one config.
 
     Args:
