@@ -1,11 +1,13 @@
 """Turn a masked pruning checkpoint into a physically smaller model."""
 import copy
+import logging
 import os
 import os.path as osp
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
 from mmifso.models.task_modules import (count_params, count_resources,
@@ -16,7 +18,7 @@ from mmifso.utils import (load_checkpoint_file, remove_stale_temp_files,
                           save_text, save_torch)
 from mmifso.utils.checkpoint_checks import (ArchitectureMismatch,
                                             check_checkpoint_fits_model,
-                                            file_sha256)
+                                            file_sha256, model_kind)
 
 
 class ExportError(RuntimeError):
@@ -61,14 +63,99 @@ def load_masked_weights(model, checkpoint: str,
     return ckpt
 
 
-def pruning_deploy_config(cfg: Config, structure_path: str,
-                          checkpoint_path: str) -> Config:
-    """The pruning config with the model replaced by its pruned form."""
-    deploy = copy.deepcopy(cfg)
-    deploy.model = dict(
+# Top-level fields that mmengine's Runner and the upstream tools read; the
+# deploy config keeps only these (the values of a config's own variables are
+# already substituted where they are used).
+DEPLOY_KEYS = ('default_scope', 'custom_imports', 'model', 'data_preprocessor',
+               'train_dataloader', 'val_dataloader', 'test_dataloader',
+               'train_cfg', 'val_cfg', 'test_cfg', 'optim_wrapper',
+               'param_scheduler', 'val_evaluator', 'test_evaluator',
+               'default_hooks', 'custom_hooks', 'env_cfg', 'log_processor',
+               'log_level', 'visualizer', 'randomness', 'auto_scale_lr',
+               'launcher', 'tta_model', 'tta_pipeline', 'load_from', 'resume')
+
+
+def pruned_model_cfg(architecture: Dict, structure_path: str) -> Dict:
+    """The ``PrunedModel`` config of an export, in the flat form (the
+    upstream fields at the top level, see :func:`mmifso.models.PrunedModel`)
+    unless the architecture is itself a pruned model (pruned further), which
+    stays nested."""
+    arch = copy.deepcopy(dict(architecture))
+    if model_kind(arch) != 'plain':
+        return dict(
+            type='mmifso.PrunedModel',
+            architecture=arch,
+            structure=structure_path)
+    arch_type = arch.pop('type')
+    return dict(
         type='mmifso.PrunedModel',
-        architecture=cfg.model['architecture'],
-        structure=structure_path)
+        architecture_type=arch_type,
+        structure=structure_path,
+        **arch)
+
+
+def finetune_schedule(cfg: Config) -> Tuple[Optional[list], str]:
+    """The lr schedule a deploy config fine-tunes with.
+
+    The pruning config's own ``param_scheduler`` when it has one; when it
+    has none (pruning at a constant lr), a cosine decay from the pruning lr
+    to 1% of it over the pruning config's ``train_cfg`` length.
+
+    Returns:
+        tuple[list | None, str]: The schedule (None: keep the config's) and
+        a sentence for the config's header.
+    """
+    if cfg.get('param_scheduler'):
+        return None, ('the lr schedule, optimizer and length of the pruning '
+                      'config')
+    train_cfg = cfg.get('train_cfg') or {}
+    if train_cfg.get('max_epochs'):
+        by_epoch, length = True, int(train_cfg['max_epochs'])
+    elif train_cfg.get('max_iters'):
+        by_epoch, length = False, int(train_cfg['max_iters'])
+    else:
+        return None, ('the pruning config has no lr schedule and no '
+                      'train_cfg length: set param_scheduler before '
+                      'fine-tuning')
+    lr = cfg.get('optim_wrapper', {}).get('optimizer', {}).get('lr')
+    scheduler = dict(
+        type='CosineAnnealingLR',
+        by_epoch=by_epoch,
+        begin=0,
+        end=length,
+        T_max=length)
+    if lr is not None:
+        scheduler['eta_min'] = lr * 0.01
+    unit = 'epochs' if by_epoch else 'iterations'
+    return [scheduler], (
+        f'the pruning optimizer (lr {lr}) with a cosine decay to 1% of it '
+        f'over {length} {unit} (the pruning config kept its lr constant)')
+
+
+def pruning_deploy_config(cfg: Config, structure_path: str,
+                          checkpoint_path: str) -> Tuple[Config, str]:
+    """The deploy config of an export and its header comment.
+
+    The pruning config with its model replaced by the pruned one (flat
+    ``PrunedModel`` form, so ``cfg.model.backbone`` exists for
+    ``mmdet.apis.init_detector``), its ``PruningHook`` removed, a fine-tuning
+    schedule (:func:`finetune_schedule`) and only the fields the Runner and
+    the upstream tools read (:data:`DEPLOY_KEYS`; variables such as
+    ``architecture`` or ``target_flops`` are left out).
+
+    Args:
+        cfg (Config): The pruning config.
+        structure_path (str): The exported structure file.
+        checkpoint_path (str): The exported checkpoint (``load_from``).
+
+    Returns:
+        tuple[Config, str]: The deploy config and its header (comment
+        lines naming what was left out and the schedule).
+    """
+    deploy = Config({k: copy.deepcopy(cfg[k]) for k in DEPLOY_KEYS
+                     if k in cfg})
+    left_out = sorted(k for k in cfg.keys() if k not in DEPLOY_KEYS)
+    deploy.model = pruned_model_cfg(cfg.model['architecture'], structure_path)
     hooks = deploy.get('custom_hooks', None) or []
     deploy.custom_hooks = [
         h for h in hooks if not str(h.get('type', '')).endswith('PruningHook')
@@ -79,7 +166,24 @@ def pruning_deploy_config(cfg: Config, structure_path: str,
     if 'mmifso' not in imports:
         deploy.custom_imports = dict(
             imports=imports + ['mmifso'], allow_failed_imports=False)
-    return deploy
+    schedule, schedule_note = finetune_schedule(cfg)
+    if schedule is not None:
+        deploy.param_scheduler = schedule
+    source = getattr(cfg, 'filename', None) or 'the pruning config'
+    header = [
+        '# Deploy config of a physically pruned model, written by '
+        'tools/export_pruned.py',
+        f'# from {source}.',
+        '# Test: python tools/test.py THIS_FILE pruned.pth (or mmdet/'
+        'mmpretrain tools and APIs,',
+        '# e.g. mmdet.apis.init_detector(THIS_FILE, pruned.pth)); fine-tune: '
+        'python tools/train.py THIS_FILE.',
+        f'# Fine-tuning schedule: {schedule_note}.',
+    ]
+    if left_out:
+        header.append('# Pruning-time variables left out: ' +
+                      ', '.join(left_out) + '.')
+    return deploy, '\n'.join(header) + '\n'
 
 
 def export_checkpoint(config: Union[str, Config],
@@ -117,7 +221,15 @@ def export_checkpoint(config: Union[str, Config],
             'export needs the pruning config (model.type='
             '"mmifso.PruningAlgorithm") that produced the checkpoint')
     algo = build_from_config(cfg)
-    load_masked_weights(algo, checkpoint, cfg.model)
+    ckpt = load_masked_weights(algo, checkpoint, cfg.model)
+    dataset_meta = (ckpt.get('meta') or {}).get('dataset_meta')
+    if dataset_meta is None:
+        print_log(
+            f'{checkpoint} has no meta["dataset_meta"] (class names); the '
+            'exported pruned.pth has none either, and mmdet/mmpretrain '
+            'inference APIs will fall back to their default class names. '
+            'Checkpoints saved by an mmengine Runner have it.',
+            logger='current', level=logging.WARNING)
     algo.eval()
     pruned, structure = algo.export()
     pruned.eval()
@@ -129,7 +241,8 @@ def export_checkpoint(config: Union[str, Config],
         params_unpruned=count_params(algo.architecture),
         max_abs_diff=diff)
     structure['resources'] = summary
-    paths = write_export(out_dir, cfg, pruned, structure, checkpoint, summary)
+    paths = write_export(out_dir, cfg, pruned, structure, checkpoint, summary,
+                         dataset_meta)
     return dict(**paths, **summary)
 
 
@@ -179,8 +292,8 @@ def verify_export(algo, pruned: torch.nn.Module,
 
 
 def write_export(out_dir: str, cfg: Config, pruned: torch.nn.Module,
-                 structure: Dict, checkpoint: str,
-                 summary: Dict) -> Dict[str, str]:
+                 structure: Dict, checkpoint: str, summary: Dict,
+                 dataset_meta: Optional[Dict] = None) -> Dict[str, str]:
     """Write ``structure.json``, ``pruned.pth`` and ``deploy_config.py``.
 
     Each file is replaced atomically (temporary files of an export killed
@@ -196,6 +309,9 @@ def write_export(out_dir: str, cfg: Config, pruned: torch.nn.Module,
         structure (dict): Its structure (:func:`save_structure` format).
         checkpoint (str): The masked checkpoint it was exported from.
         summary (dict): FLOPs/params figures stored in the checkpoint's meta.
+        dataset_meta (dict, optional): Class names, palette, ... of the
+            masked checkpoint (``meta['dataset_meta']``), kept in
+            ``pruned.pth`` where the upstream APIs read them.
 
     Returns:
         dict: ``checkpoint``, ``structure`` and ``config``: the paths.
@@ -215,11 +331,13 @@ def write_export(out_dir: str, cfg: Config, pruned: torch.nn.Module,
         deploy_config=config_path,
         source_checkpoint=osp.abspath(checkpoint),
         **summary)
-    save_torch(
-        dict(state_dict=pruned.state_dict(), meta=dict(mmifso=meta)),
-        ckpt_path)
-    deploy = pruning_deploy_config(cfg, structure_path, ckpt_path)
-    save_text(deploy.pretty_text, config_path)
+    ckpt_meta = dict(mmifso=meta)
+    if dataset_meta is not None:
+        ckpt_meta['dataset_meta'] = copy.deepcopy(dataset_meta)
+    save_torch(dict(state_dict=pruned.state_dict(), meta=ckpt_meta),
+               ckpt_path)
+    deploy, header = pruning_deploy_config(cfg, structure_path, ckpt_path)
+    save_text(header + deploy.pretty_text, config_path)
     return dict(
         checkpoint=ckpt_path, structure=structure_path, config=config_path)
 

@@ -1,7 +1,8 @@
 from .checkpoint_checks import (ArchitectureMismatch, CheckpointConfigMismatch,
                                 check_checkpoint_fits_model,
                                 check_checkpoint_matches_config,
-                                checkpoint_kind, model_kind)
+                                checkpoint_kind, model_kind,
+                                pruned_architecture_cfg)
 from .io import (ATOMIC_BACKEND, ATOMIC_BACKEND_ARGS, AtomicLocalBackend,
                  atomic_write, load_checkpoint_file, remove_stale_temp_files,
                  save_json, save_text, save_torch)
@@ -13,5 +14,5 @@ __all__ = [
     'remove_stale_temp_files', 'save_json', 'save_text', 'save_torch',
     'ArchitectureMismatch', 'CheckpointConfigMismatch',
     'check_checkpoint_fits_model', 'check_checkpoint_matches_config',
-    'checkpoint_kind', 'model_kind'
+    'checkpoint_kind', 'model_kind', 'pruned_architecture_cfg'
 ]

@@ -21,6 +21,7 @@ The checks only read checkpoints and configs, so they live in ``utils`` (the
 lowest layer) and ``mmifso.apis`` re-exports them.
 """
 import ast
+import copy
 import glob
 import hashlib
 import os.path as osp
@@ -113,6 +114,42 @@ def model_kind(model_cfg: Any) -> str:
     if isinstance(inner, Mapping):
         return model_kind(inner)
     return PLAIN
+
+
+def pruned_architecture_cfg(model_cfg: Mapping) -> Dict:
+    """The upstream model config of a ``PrunedModel`` config.
+
+    Two forms are accepted: the nested one, ``dict(type='mmifso.PrunedModel',
+    architecture=dict(type='RetinaNet', ...), structure=...)``, and the flat
+    one that export writes, in which the upstream fields sit at the top
+    level next to ``architecture_type`` (so ``cfg.model.backbone`` exists, as
+    mmdet's and mmpretrain's tools expect): ``dict(type='mmifso.PrunedModel',
+    architecture_type='RetinaNet', structure=..., backbone=..., ...)``.
+
+    Args:
+        model_cfg (dict): The ``PrunedModel`` config.
+
+    Returns:
+        dict: A copy of the upstream model config (``type`` = the upstream
+        type).
+
+    Raises:
+        ValueError: if both or neither of ``architecture`` and
+            ``architecture_type`` are given.
+    """
+    nested = model_cfg.get('architecture')
+    flat_type = model_cfg.get('architecture_type')
+    if (nested is None) == (flat_type is None):
+        raise ValueError(
+            'a PrunedModel config needs either architecture=dict(type=..., '
+            '...) or architecture_type=... with the fields of that model at '
+            f'the top level; got keys {sorted(model_cfg)}')
+    if nested is not None:
+        return copy.deepcopy(dict(nested))
+    skip = ('type', 'architecture_type', 'structure')
+    arch = {k: copy.deepcopy(v) for k, v in model_cfg.items() if k not in skip}
+    arch['type'] = flat_type
+    return arch
 
 
 def _unwrap(model_cfg: Mapping) -> Mapping:
@@ -235,9 +272,13 @@ def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
     # part is the pruned model.
     arch_kind = _kind_of_type(arch.get('type')) if cfg_kind == MASKED else None
     upstream = model_cfg  # the upstream model inside the mmifso wrappers
-    while _kind_of_type(upstream.get('type')) is not None and isinstance(
-            upstream.get('architecture'), Mapping):
-        upstream = upstream['architecture']
+    while _kind_of_type(upstream.get('type')) is not None:
+        if isinstance(upstream.get('architecture'), Mapping):
+            upstream = upstream['architecture']
+        elif upstream.get('architecture_type') is not None:
+            upstream = pruned_architecture_cfg(upstream)
+        else:
+            break
     upstream_type = _shown_type(upstream)
     meta = _mmifso_meta(ckpt)
 

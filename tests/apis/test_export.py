@@ -3,6 +3,7 @@ import copy
 import hashlib
 import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -136,3 +137,62 @@ def test_export_needs_a_masked_checkpoint_and_a_pruning_config(
                        r'\(model.type="mmifso.PruningAlgorithm"\)'):
         export_checkpoint(plain_cfg, ckpts['masked'], str(tmp_path / 'out'))
     assert checkpoint_kind(ckpts['masked']) == 'masked'
+
+
+def test_exported_classifier_through_mmpretrain_apis(pruned_run, tmp_path):
+    """mmpretrain's own get_model / ImageClassificationInferencer use the
+    deploy config
+    and pruned.pth as any upstream model: the pruned weights, the class
+    names of the checkpoint; a checkpoint of other shapes fails loudly."""
+    from mmengine.runner import load_checkpoint
+    from mmpretrain.apis import ImageClassificationInferencer, get_model
+    cfg, ckpt, _ = pruned_run
+    out = export_checkpoint(cfg, ckpt, str(tmp_path / 'export'))
+    saved = torch.load(out['checkpoint'], map_location='cpu')
+    assert saved['meta']['dataset_meta']['classes'] == tuple(
+        str(i) for i in range(10))
+    model = get_model(out['config'], pretrained=out['checkpoint'])
+    assert sum(p.numel() for p in model.parameters()) == out['params']
+    for k, v in saved['state_dict'].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    image = np.random.RandomState(0).randint(0, 255, (16, 16, 3), np.uint8)
+    # (inference_model needs a model of mmpretrain's model zoo.)
+    [result] = ImageClassificationInferencer(model)(image)
+    assert result['pred_class'] == str(result['pred_label'])
+
+    # The masked checkpoint's unpruned weights: refused by mmpretrain's
+    # loader and by mmengine's non-strict load_checkpoint (which would skip
+    # every mismatched tensor with a warning).
+    state = torch.load(ckpt, map_location='cpu')['state_dict']
+    plain = tmp_path / 'plain.pth'
+    torch.save({'state_dict': {
+        k[len('architecture.'):]: v
+        for k, v in state.items() if k.startswith('architecture.')
+    }}, str(plain))
+    with pytest.raises(RuntimeError, match='does not fit this pruned model'):
+        get_model(out['config'], pretrained=str(plain))
+    with pytest.raises(RuntimeError, match='does not fit this pruned model'):
+        load_checkpoint(model, str(plain), strict=False)
+    # Nothing was loaded: the pruned weights are intact.
+    for k, v in saved['state_dict'].items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_deploy_config_is_minimal(pruned_run, tmp_path):
+    cfg, ckpt, _ = pruned_run
+    cfg = copy.deepcopy(cfg)
+    cfg.target_flops = 0.6  # a pruning-time variable
+    cfg.param_scheduler = []  # pruning at a constant lr
+    out = export_checkpoint(cfg, ckpt, str(tmp_path / 'export'))
+    deploy = Config.fromfile(out['config'])
+    assert 'target_flops' not in deploy and 'architecture' not in deploy
+    # The flat form: the upstream fields where the upstream tools read them.
+    assert deploy.model.architecture_type == cfg.model.architecture.type
+    assert deploy.model.backbone == cfg.model.architecture.backbone
+    # Fine-tuning decays the lr the pruning run kept constant.
+    [sched] = deploy.param_scheduler
+    assert sched.type == 'CosineAnnealingLR'
+    assert sched.end == cfg.train_cfg.max_iters and not sched.by_epoch
+    text = open(out['config']).read()
+    [left_out] = [line for line in text.splitlines() if 'left out:' in line]
+    assert 'target_flops' in left_out

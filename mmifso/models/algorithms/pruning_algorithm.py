@@ -1,5 +1,6 @@
 """Model wrappers used in configs: the masked model and the pruned one."""
 import copy
+import functools
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -9,6 +10,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 
 from mmifso.registry import MODELS
 from mmifso.structures import load_structure
+from mmifso.utils import pruned_architecture_cfg
 from ..mutators import ChannelMutator, export_pruned_model
 from ..task_modules import apply_structure
 
@@ -97,32 +99,98 @@ class PruningAlgorithm(BaseModel):
                                    self.mutator.resources())
 
 
-def PrunedModel(architecture: dict,
-                structure: Union[str, dict],
-                data_preprocessor: Optional[dict] = None) -> nn.Module:
+def PrunedModel(architecture: Optional[dict] = None,
+                structure: Optional[Union[str, dict]] = None,
+                data_preprocessor: Optional[dict] = None,
+                architecture_type: Optional[Union[str, type]] = None,
+                **architecture_fields) -> nn.Module:
     """Build the physically pruned model described by a structure file.
 
-    Used as ``model = dict(type='mmifso.PrunedModel', architecture=...,
-    structure='path/to/structure.json')`` in deploy and fine-tune configs. It
-    returns the architecture itself (an mmpretrain classifier, mmdet
+    Used in deploy and fine-tune configs, in one of two forms:
+
+    * flat (written by ``tools/export_pruned.py``): the upstream model's
+      fields at the top level, so ``cfg.model.backbone`` exists for the
+      upstream tools (``mmdet.apis.init_detector`` reads it)::
+
+        model = dict(type='mmifso.PrunedModel', architecture_type='RetinaNet',
+                     structure='structure.json', backbone=..., neck=..., ...)
+
+    * nested: ``dict(type='mmifso.PrunedModel', architecture=dict(
+      type='RetinaNet', ...), structure='structure.json')``.
+
+    It returns the architecture itself (an mmpretrain classifier, mmdet
     detector, ...), so every tool, hook and metric of the upstream toolbox
-    works unchanged, and its checkpoints have the upstream key names.
+    works unchanged, and its checkpoints have the upstream key names. Loading
+    a state dict whose tensors have other shapes than the pruned layers (an
+    unpruned checkpoint, or one of another structure) raises, also through
+    non-strict loaders such as mmengine's ``load_checkpoint``, which would
+    otherwise skip those tensors with a warning and leave random weights.
 
     Args:
-        architecture (dict): Config of the original, unpruned model.
+        architecture (dict, optional): Config of the original, unpruned
+            model (nested form).
         structure (str | dict): Path of the structure JSON, or its content.
         data_preprocessor (dict, optional): See :class:`PruningAlgorithm`.
+        architecture_type (str | type, optional): Type of the original model
+            (flat form; its other fields are ``architecture_fields``).
+        **architecture_fields: The original model's fields (flat form).
 
     Returns:
         nn.Module: The pruned model, with the weights of a fresh build (load
         the exported checkpoint on top, e.g. with ``load_from``).
     """
+    if structure is None:
+        raise ValueError('PrunedModel needs structure= (the structure.json '
+                         'written by tools/export_pruned.py)')
+    model_cfg = dict(architecture_fields, structure=structure)
+    if architecture is not None:
+        model_cfg['architecture'] = architecture
+    if architecture_type is not None:
+        model_cfg['architecture_type'] = architecture_type
+    architecture = pruned_architecture_cfg(model_cfg)
     if isinstance(structure, str):
+        structure_path = structure
         structure = load_structure(structure)
+    else:
+        structure_path = None
     model = build_architecture(architecture, data_preprocessor)
     apply_structure(model, structure)
     model._mmifso_structure = structure
+    model._register_load_state_dict_pre_hook(
+        functools.partial(check_pruned_shapes, source=structure_path),
+        with_module=True)
     return model
+
+
+def check_pruned_shapes(module: nn.Module, state_dict: Dict, prefix: str,
+                        local_metadata: Dict, strict: bool,
+                        missing_keys: List[str], unexpected_keys: List[str],
+                        error_msgs: List[str],
+                        source: Optional[str] = None) -> None:
+    """``load_state_dict`` pre-hook of a pruned model: refuse tensors whose
+    shapes differ from the pruned layers.
+
+    Raises:
+        RuntimeError: at least one tensor of ``state_dict`` under ``prefix``
+            has another shape than the model's tensor of that name.
+    """
+    own = dict(module.state_dict(keep_vars=True))
+    wrong = []
+    for name, tensor in own.items():
+        value = state_dict.get(prefix + name)
+        if isinstance(value, torch.Tensor) and value.shape != tensor.shape:
+            wrong.append((name, tuple(value.shape), tuple(tensor.shape)))
+    if not wrong:
+        return
+    name, saved, pruned = wrong[0]
+    where = f' (structure {source})' if source else ''
+    raise RuntimeError(
+        f'the checkpoint does not fit this pruned model{where}: {len(wrong)} '
+        f'of its tensors have other shapes, e.g. {name}: {saved} in the '
+        f'checkpoint, {pruned} in the pruned model. An unpruned checkpoint '
+        'needs the unpruned config; an exported pruned.pth needs the '
+        'deploy_config.py written next to it (or the structure.json it was '
+        'exported with). Nothing was loaded.')
 
 
 MODELS.register_module(name='PrunedModel', module=PrunedModel)
