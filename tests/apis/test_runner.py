@@ -89,3 +89,21 @@ def test_flops_checkpoint(tmp_path):
         tmp_path / 'flops_50.pth')
     with pytest.raises(FileNotFoundError, match='did not reach .*0.3'):
         flops_checkpoint(str(tmp_path), 0.3)
+
+
+def test_pruning_arguments_are_checked_when_parsed(capsys):
+    from mmifso.apis import add_pruning_arguments
+    parser = argparse.ArgumentParser()
+    add_pruning_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.criterion, args.target_flops) == ('mmifso.IFSOImportance',
+                                                   0.5)
+    args = parser.parse_args(
+        ['--criterion', 'TaylorImportance', '--target-flops', '0.3'])
+    assert (args.criterion, args.target_flops) == ('TaylorImportance', 0.3)
+    for bad, message in ((['--criterion', 'mmifso.Nope'],
+                          "'mmifso.Nope' is not a registered criterion: "),
+                         (['--target-flops', '1.5'], 'must be in (0, 1)')):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+        assert message in capsys.readouterr().err
