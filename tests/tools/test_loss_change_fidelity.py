@@ -223,3 +223,69 @@ def test_json_and_plots(tool, tmp_path):
     pred = [s['predictions']['TaylorImportance'] for s in data['samples']]
     assert data['criteria']['TaylorImportance']['spearman'] == \
         pytest.approx(tool.rank_metrics(true, pred, 3)['spearman'])
+
+
+def _tiny_config(tmp_path, weight_decay=5e-4):
+    """TINY_CLASSIFIER with SiLU (a twice-differentiable loss) on 8x8
+    digits: a converged retrain in about a second."""
+    from mmengine.registry import init_default_scope
+
+    from mmifso.registry import MODELS
+    init_default_scope('mmpretrain')
+    arch = copy.deepcopy(TINY_CLASSIFIER)
+    arch['backbone']['act_cfg'] = dict(type='SiLU')
+    model = MODELS.build(copy.deepcopy(arch))
+    ckpt = str(tmp_path / 'tiny.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
+    cfg = tmp_path / 'tiny_cfg.py'
+    cfg.write_text(CONFIG.replace(
+        "split='train',", "split='train', image_size=8,").replace(
+            'weight_decay=5e-4', f'weight_decay={weight_decay}').format(
+                model=arch))
+    return str(cfg), ckpt
+
+
+def test_converged_mode(tool, tmp_path):
+    """The machinery of --retrain converged: refusals (nothing written),
+    the evidence of every retrain, the control, the JSON layout.
+
+    From a random initialisation only a strongly regularised objective
+    converges within a test's budget (it shrinks the tiny net towards zero,
+    so the truths are tiny); the retraining maths itself is checked against
+    closed forms in tests/apis/test_fidelity.py."""
+    from mmifso.apis.fidelity import NotConvergedError
+    cfg, ckpt = _tiny_config(tmp_path)
+    out = tmp_path / 'conv' / 'fid.json'
+    exact = ('IFSOImportance:inverse=cg,cg_iters=50,first_order=True,'
+             'second_order_mm=True,abs_per_batch=False')
+    common = [cfg, ckpt, '--retrain', 'converged', '--fit-samples', '16',
+              '--num-samples', '4', '--topk', '2', '--grad-tol', '1e-5',
+              '--out', str(out), '--criteria', 'MagnitudeImportance', exact,
+              'IFSOImportance:neumann_order=3']
+    # A random-init checkpoint is no stationary point of J: refused, with
+    # the gradient norm and the fix.
+    with pytest.raises(NotConvergedError, match='--converge-start'):
+        tool.main(common)
+    assert not out.exists()
+    # A tolerance that cannot be reached in the budget: refused.
+    with pytest.raises(NotConvergedError, match='--max-iter'):
+        tool.main(common + ['--converge-start', '--grad-tol', '1e-13',
+                            '--max-iter', '2'])
+    assert not out.exists()
+    data = tool.main(common + ['--converge-start', '--lam', '2e-2'])
+    assert json.loads(out.read_text())['retrain'] == 'converged'
+    assert data['objective']['lam'] == 2e-2
+    assert data['objective']['converge_start']['converged']
+    control = data['control']['retrain'][0]
+    assert control['converged'] and control['distance'] < 1e-3
+    for s in data['samples']:
+        assert s['grad_norm'] <= 1e-5
+        assert s['true_delta'] == pytest.approx(
+            s['loss'] - data['control']['objective'], abs=1e-12)
+    ifso = data['criteria'][exact]
+    assert ifso['last_residual'] < 1e-3 and ifso['lam'] == 2e-2
+    for key in ('spearman', 'spearman_data', 'spearman_r0', 'kendall',
+                'topk_overlap', 'spearman_ci95', 'score_seconds'):
+        assert key in ifso
+    neumann = data['criteria']['IFSOImportance:neumann_order=3']
+    assert neumann.get('diverged') or neumann['last_residual'] < 1

@@ -6,6 +6,9 @@ Usage::
         [--criteria NAME[:key=value,...] ...] [--out FILE.json] \
         [--num-samples 100] [--retrain-steps 10] [--lr LR] \
         [--eval-batches 4] [--score-batches 4] [--topk K] [--seed 0]
+    python tools/analysis/loss_change_fidelity.py CONFIG CHECKPOINT \
+        --retrain converged [--converge-start] [--fit-samples 512] \
+        [--grad-tol 1e-6] [--max-iter 3000] [--mask-steps 1] [--lam LAM] ...
 
 For a random sample of channels of a trained model (``--num-samples``,
 uniform over the alive channels of all prunable units; whole blocks where a
@@ -42,6 +45,30 @@ would prune first with the ``k`` of least true loss change (random choice
 overlaps ``k / n`` on average). A scatter plot per criterion is written next
 to the JSON.
 
+**Converged mode** (``--retrain converged``), the regime of IFSO's theory:
+the truth is the change of the *regularised* objective ``J(w, m) = L(w, m)
++ lam/2 ||w||^2`` at its retrained optimum, ``J(w*(m'), m') - J(w*(1),
+1)`` (``spearman``), and of its data-loss part (``spearman_data``). ``L`` is
+the mean loss over one fixed batch of ``--fit-samples`` training samples,
+``w`` the conv/linear weights the criteria score (the ``w`` of IFSO's
+``H_ww``; BatchNorm affine parameters and biases stay fixed), ``lam``
+IFSO's (the weight decay of those weights in the config's optimizer, or
+``--lam``). BatchNorm runs in **eval mode** (running statistics): in train
+mode it makes the preceding conv weights scale-invariant, so ``lam/2
+||w||^2`` has no minimiser. Everything is float64; each retrain is
+full-batch L-BFGS with a strong-Wolfe line search from ``w0`` until
+``||grad_w J||_2 <= --grad-tol``, and every retrain's final gradient norm is
+in the JSON. A run where any retrain missed the tolerance is refused
+(nothing written). ``w0`` must be a converged point of ``J``: pass
+``--converge-start`` to converge the unmasked model first (criteria are
+then scored there, on the same batch, in eval mode); without it a checkpoint
+whose ``||grad J||`` exceeds the tolerance is refused, saying by how much.
+``--mask-steps S`` lowers the removed channels' mask ``1 -> 0`` in ``S``
+steps, re-converging after each (following the locally continued optimum
+rather than jumping). IFSO variants whose Neumann series diverges are
+reported as ``diverged`` with the error; CG variants report
+``last_residual``.
+
 ``CONFIG`` is either a plain model config (e.g. an mmpretrain classifier;
 it is wrapped in ``mmifso.PruningAlgorithm`` with a demo input of the
 training batches' shape) or a pruning config (``mmifso.PruningAlgorithm``);
@@ -51,7 +78,6 @@ not sampled).
 import argparse
 import ast
 import copy
-import json
 import math
 import os
 import os.path as osp
@@ -134,32 +160,39 @@ def parse_criteria(specs: Optional[Sequence[str]]) -> List[Tuple[str, dict]]:
     return out
 
 
-def build_importance(cfg: dict, weight_decay: float):
-    """Build a criterion; IFSO's ``lam=None`` takes the weight decay, as
+def build_importance(cfg: dict, algo, optim_wrapper_cfg: dict):
+    """Build a criterion bound to the config's optimizer (IFSO's
+    ``lam=None`` takes the weight decay of the scored weights), as
     :class:`mmifso.PruningHook` does."""
+    from mmengine.optim import build_optim_wrapper
+
     from mmifso.apis.pruning import build_criterion
-    from mmifso.models.importance import lam_from_weight_decay
+    from mmifso.models.importance import ScoringContext
     imp = build_criterion(cfg)
-    lam_from_weight_decay(imp, weight_decay, 'give lam=... in --criteria')
+    imp.bind_optimizer(
+        build_optim_wrapper(algo, copy.deepcopy(optim_wrapper_cfg)),
+        ScoringContext(algo.architecture, algo.mutator))
     return imp
 
 
-def score_criterion(algo, imp, batches: Sequence[dict],
-                    seed: int) -> Tuple[List[torch.Tensor], float]:
-    """Scores of ``imp`` on ``batches`` (train mode, as in the hooks).
+def score_criterion(algo, imp, batches: Sequence[dict], seed: int,
+                    mode: str = 'train') -> Tuple[List[torch.Tensor], float]:
+    """Scores of ``imp`` on ``batches``.
 
     Args:
         algo (PruningAlgorithm): The gated model.
         imp (BaseImportance): A fresh criterion.
         batches (Sequence[dict]): Raw scoring batches.
         seed (int): Batch ``b`` is scored with seed ``seed + b``.
+        mode (str): ``'train'`` (as in the hooks) or ``'eval'`` (BatchNorm
+            running statistics: the converged objective's mode).
 
     Returns:
         tuple: Per-unit scores (float64, ``(num_channels, )``) and the
         scoring time in seconds.
     """
     from mmifso.models.importance import ScoringContext
-    algo.train()
+    algo.train(mode == 'train')
     ctx = ScoringContext(algo.architecture, algo.mutator)
     start = time.perf_counter()
     scores = imp.score(ctx, batches, seed)
@@ -290,52 +323,13 @@ class LossChangeMeter:
 
 
 # ---------------------------------------------------------------------- #
-# Metrics
+# Metrics (the maths lives in mmifso.apis.fidelity)
 # ---------------------------------------------------------------------- #
-def _finite(x: float) -> Optional[float]:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def topk_overlap(true: Sequence[float], pred: Sequence[float],
-                 k: int) -> float:
-    """``|lowest k of pred & lowest k of true| / k`` (stable order: ties
-    keep the sample order)."""
-    lo_true = set(np.argsort(np.asarray(true), kind='stable')[:k].tolist())
-    lo_pred = set(np.argsort(np.asarray(pred), kind='stable')[:k].tolist())
-    return len(lo_true & lo_pred) / k
-
-
-def rank_metrics(true: Sequence[float], pred: Sequence[float],
-                 k: int) -> Dict:
-    """Spearman, Kendall (tau-b) and top-k overlap of ``pred`` vs ``true``.
-
-    The 95 % interval of Spearman's rho uses Fisher's z with the standard
-    error ``1.06 / sqrt(n - 3)`` (Fieller, Hartley & Pearson, 1957). NaN
-    predictions (a failing criterion) give None throughout.
-    """
-    from scipy import stats
-    true = np.asarray(true, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    n = len(true)
-    out = dict(num_samples=n, k=k, spearman=None, spearman_p=None,
-               spearman_ci95=None, kendall=None, kendall_p=None,
-               topk_overlap=None, topk_overlap_random=k / n if n else None)
-    if n < 2 or not np.isfinite(pred).all() or np.ptp(pred) == 0:
-        return out
-    rho, p_rho = stats.spearmanr(pred, true)
-    tau, p_tau = stats.kendalltau(pred, true)
-    out.update(spearman=_finite(rho), spearman_p=_finite(p_rho),
-               kendall=_finite(tau), kendall_p=_finite(p_tau),
-               topk_overlap=topk_overlap(true, pred, k))
-    if n > 3 and out['spearman'] is not None and abs(rho) < 1:
-        z, se = math.atanh(rho), 1.06 / math.sqrt(n - 3)
-        out['spearman_ci95'] = [math.tanh(z - 1.96 * se),
-                                math.tanh(z + 1.96 * se)]
-    return out
+from mmifso.apis.fidelity import rank_metrics, topk_overlap  # noqa: E402,F401
 
 
 def plot_scatter(true: Sequence[float], pred: Sequence[float], label: str,
-                 metrics: Dict, steps: int, path: str) -> None:
+                 metrics: Dict, xlabel: str, path: str) -> None:
     """True loss change (x) against the prediction (y), one point a sample."""
     import matplotlib
     matplotlib.use('Agg')
@@ -350,7 +344,7 @@ def plot_scatter(true: Sequence[float], pred: Sequence[float], label: str,
         mags = mags[np.isfinite(mags) & (mags > 0)]
         if len(mags) and mags.max() > 100 * np.percentile(mags, 10):
             set_scale('symlog', linthresh=float(np.percentile(mags, 10)))
-    ax.set_xlabel(f'true loss change after {steps} retraining steps')
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel('prediction (lower = pruned first)')
     fmt = (lambda v: 'n/a' if v is None else f'{v:.2f}')
     ax.set_title(f'{label}\nSpearman {fmt(metrics["spearman"])}, Kendall '
@@ -439,6 +433,196 @@ def build_algorithm(cfg: Config, checkpoint: str, batch: dict):
 
 
 # ---------------------------------------------------------------------- #
+# Converged retraining (the regime of IFSO's theory)
+# ---------------------------------------------------------------------- #
+class ConvergedMeter:
+    """Retrains the surviving conv/linear weights to convergence.
+
+    The objective is :class:`mmifso.apis.fidelity.RegularisedObjective`:
+    the data loss over one fixed batch (eval mode: BatchNorm running
+    statistics fixed) plus ``lam/2 ||w||^2`` over the criteria's ``w`` (the
+    conv/linear weights of :class:`ScoringContext`), in float64; L-BFGS with
+    a strong-Wolfe line search until ``||grad J|| <= tol``.
+
+    Args:
+        algo (PruningAlgorithm): The gated model (float64) at ``w0``.
+        fit_data (dict): The pre-processed batch of the objective.
+        lam (float): Weight decay of the objective.
+        tol (float): Gradient-norm tolerance.
+        max_iter (int): L-BFGS iterations per retrain.
+        mask_steps (int): Continuation steps from mask 1 to 0.
+    """
+
+    def __init__(self, algo, fit_data: dict, lam: float, tol: float,
+                 max_iter: int, mask_steps: int = 1) -> None:
+        from mmifso.apis.fidelity import RegularisedObjective
+        from mmifso.models.importance import ScoringContext
+        self.algo = algo
+        weights = ScoringContext(algo.architecture, algo.mutator).weights
+        self.objective = RegularisedObjective(algo, [fit_data], weights, lam)
+        self.tol, self.max_iter, self.mask_steps = tol, max_iter, mask_steps
+        self.state = copy.deepcopy(algo.state_dict())
+
+    def reset(self) -> None:
+        """Back to ``w0`` (weights, BN statistics, masks)."""
+        self.algo.load_state_dict(self.state)
+
+    def converge_start(self) -> Dict:
+        """Converge the unmasked model; ``w0`` becomes the minimiser."""
+        from mmifso.apis.fidelity import converge
+        self.reset()
+
+        def log(it: int, norm: float, value: float) -> None:
+            print_log(f'[fidelity] converging w0: iteration {it}, J '
+                      f'{value:.8g}, ||grad J|| {norm:.3g}', logger='current')
+
+        res = converge(self.objective, self.tol, self.max_iter,
+                       callback=log)
+        self.state = copy.deepcopy(self.algo.state_dict())
+        return res.to_dict()
+
+    def measure(self, block: Optional[Block]) -> Dict:
+        """Retrain with ``block`` removed (``None``: the control).
+
+        Returns:
+            dict: ``objective``/``data_loss`` at ``w0`` masked (``*_r0``)
+            and after retraining, and the evidence of every step.
+        """
+        from mmifso.apis.fidelity import converge, retrain_masked
+        self.reset()
+        if block is not None:
+            self.algo.mutator.units[block[0]].prune(block[1])
+        r0 = self.objective.value()
+        if block is None:
+            steps = [converge(self.objective, self.tol, self.max_iter)]
+        else:
+            unit, channels = self.algo.mutator.units[block[0]], block[1]
+
+            def set_mask(value: float) -> None:
+                with torch.no_grad():
+                    unit.mask[channels] = value
+
+            steps = retrain_masked(self.objective, set_mask, self.mask_steps,
+                                   tol=self.tol, max_iter=self.max_iter)
+        last = steps[-1]
+        return dict(objective_r0=r0['objective'], data_loss_r0=r0['data_loss'],
+                    objective=last.objective, data_loss=last.data_loss,
+                    retrain=[s.to_dict() for s in steps])
+
+
+def as_float64(algo) -> None:
+    """Cast the model to float64 and its inputs with it (a forward pre-hook
+    on the architecture), so L-BFGS can reach tight tolerances."""
+    algo.double()
+
+    def cast(module, args, kwargs):
+        x = kwargs.get('inputs', args[0] if args else None)
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.double()
+            if 'inputs' in kwargs:
+                kwargs['inputs'] = x
+            else:
+                args = (x, ) + tuple(args[1:])
+        return args, kwargs
+
+    algo.architecture.register_forward_pre_hook(cast, with_kwargs=True)
+
+
+def objective_lam(args, algo, optim_wrapper_cfg: dict) -> float:
+    """``--lam``, or IFSO's ``lam``: the weight decay of the scored weights
+    (:meth:`IFSOImportance.bind_optimizer`)."""
+    if args.lam is not None:
+        return args.lam
+    imp = build_importance(dict(type='mmifso.IFSOImportance'), algo,
+                           optim_wrapper_cfg)
+    return float(imp.lam)
+
+
+def check_converged(results: Sequence[Tuple[str, Dict]], tol: float) -> None:
+    """Raise :class:`NotConvergedError` naming every retrain above ``tol``."""
+    from mmifso.apis.fidelity import NotConvergedError
+    bad = [(name, step['grad_norm']) for name, r in results
+           for step in r['retrain'] if not step['converged']]
+    if bad:
+        worst = max(g for _, g in bad)
+        raise NotConvergedError(
+            f'{len(bad)} retraining run(s) did not reach ||grad J|| <= '
+            f'{tol:g} (worst {worst:.3g}; first: {bad[0][0]}); nothing was '
+            'written. Raise --max-iter, loosen --grad-tol, or lower the mask '
+            'in steps (--mask-steps)')
+
+
+def measure_converged(args, algo, meter: ConvergedMeter,
+                      blocks: Sequence[Block]) -> Tuple[List[Dict], Dict]:
+    """The control and every block retrained to convergence.
+
+    Returns:
+        tuple: Per block ``dict(true_delta, true_delta_data, delta_r0,
+        ...)`` and the control's record.
+    """
+    from mmengine.utils import ProgressBar
+    control = meter.measure(None)
+    records, bar = [], ProgressBar(len(blocks))
+    for u, channels in blocks:
+        records.append(meter.measure((u, channels)))
+        bar.update()
+    sys.stdout.write('\n')
+    check_converged([('control', control)] + [
+        (f'{algo.mutator.units[u].name}{channels}', r)
+        for (u, channels), r in zip(blocks, records)
+    ], args.grad_tol)
+    meter.reset()
+    samples = []
+    for (u, channels), r in zip(blocks, records):
+        samples.append(dict(
+            unit=algo.mutator.units[u].name, unit_index=u, channels=channels,
+            true_delta=r['objective'] - control['objective'],
+            true_delta_data=r['data_loss'] - control['data_loss'],
+            delta_r0=r['objective_r0'] - control['objective_r0'],
+            loss=r['objective'], loss_r0=r['objective_r0'],
+            grad_norm=r['retrain'][-1]['grad_norm'],
+            iterations=sum(s['iterations'] for s in r['retrain']),
+            distance=r['retrain'][-1]['distance'],
+            retrain_seconds=sum(s['seconds'] for s in r['retrain'])))
+    return samples, control
+
+
+def prepare_converged(args, cfg, algo,
+                      fit_batch: dict) -> Tuple[Dict, ConvergedMeter]:
+    """float64, the objective, and a converged ``w0``.
+
+    Without ``--converge-start`` a checkpoint that is not a stationary point
+    of the objective is refused (the control would move too).
+    """
+    from mmifso.apis.fidelity import NotConvergedError
+    as_float64(algo)
+    lam = objective_lam(args, algo, cfg.optim_wrapper)
+    with torch.no_grad():
+        fit_data = algo.data_preprocessor(copy.deepcopy(fit_batch), False)
+    meter = ConvergedMeter(algo, fit_data, lam, args.grad_tol,
+                           args.max_iter, args.mask_steps)
+    start = dict(lam=lam, grad_norm_checkpoint=meter.objective.grad_norm())
+    if args.converge_start:
+        res = meter.converge_start()
+        if not res['converged']:
+            raise NotConvergedError(
+                f'--converge-start: the unmasked model reached ||grad J|| = '
+                f"{res['grad_norm']:.3g} > --grad-tol {args.grad_tol:g} in "
+                f'{args.max_iter} iterations; nothing was written. Raise '
+                '--max-iter or loosen --grad-tol')
+        start['converge_start'] = res
+    elif start['grad_norm_checkpoint'] > args.grad_tol:
+        raise NotConvergedError(
+            f'the checkpoint is not a converged point of the regularised '
+            f"objective: ||grad J|| = {start['grad_norm_checkpoint']:.3g} > "
+            f'--grad-tol {args.grad_tol:g} ('
+            f"{start['grad_norm_checkpoint'] / args.grad_tol:.3g}x); pass "
+            '--converge-start to converge it first (criteria are then scored '
+            'there), or loosen --grad-tol')
+    return start, meter
+
+
+# ---------------------------------------------------------------------- #
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Rank correlation of pruning criteria with the true '
@@ -455,6 +639,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='JSON file; the scatter plots go next to it')
     parser.add_argument('--num-samples', type=int, default=100,
                         help='channels (blocks) sampled')
+    parser.add_argument(
+        '--retrain', choices=['steps', 'converged'], default='steps',
+        help='steps: R SGD steps (--retrain-steps), data loss; converged: '
+        'L-BFGS to ||grad J|| <= --grad-tol on J = data loss + lam/2 ||w||^2 '
+        '(one fixed batch, BN in eval mode, float64)')
     parser.add_argument('--retrain-steps', type=int, default=10,
                         help='R: training steps after masking (0: none)')
     parser.add_argument(
@@ -464,7 +653,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--eval-batches', type=int, default=4,
                         help='training batches the loss is measured on')
     parser.add_argument('--score-batches', type=int, default=4,
-                        help='training batches every criterion scores')
+                        help='training batches every criterion scores '
+                        '(converged mode: the fit batch)')
+    parser.add_argument('--fit-samples', type=int, default=512,
+                        help='converged: samples of the objective\'s fixed '
+                        'batch (the criteria score this batch)')
+    parser.add_argument('--grad-tol', type=float, default=1e-6,
+                        help='converged: tolerance on ||grad J||_2')
+    parser.add_argument('--max-iter', type=int, default=3000,
+                        help='converged: L-BFGS iterations per retrain')
+    parser.add_argument('--mask-steps', type=int, default=1,
+                        help='converged: lower the mask to 0 in this many '
+                        'steps, re-converging after each (continuation)')
+    parser.add_argument('--converge-start', action='store_true',
+                        help='converged: first converge the unmasked model '
+                        'and score every criterion there')
+    parser.add_argument('--lam', type=float, default=None,
+                        help="converged: lam of the objective, also given "
+                        "to IFSO criteria without their own (default: "
+                        "IFSO's, the weight decay of the scored weights)")
     parser.add_argument(
         '--topk', type=int, default=None,
         help='k of the top-k overlap (default: 10%% of the samples)')
@@ -476,15 +683,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the sample, the data and retraining')
     args = parser.parse_args(argv)
-    for name in ('num_samples', 'eval_batches', 'score_batches'):
+    for name in ('num_samples', 'eval_batches', 'score_batches',
+                 'fit_samples', 'max_iter', 'mask_steps'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.retrain_steps < 0:
         parser.error('--retrain-steps must be >= 0')
-    if args.lr is not None and args.lr <= 0:
-        parser.error('--lr must be > 0')
+    for name in ('lr', 'lam'):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f'--{name} must be > 0')
+    if args.grad_tol <= 0:
+        parser.error('--grad-tol must be > 0')
     if args.topk is not None and args.topk < 1:
         parser.error('--topk must be >= 1')
+    if args.retrain != 'converged' and (args.converge_start or
+                                        args.lam is not None):
+        parser.error('--converge-start and --lam need --retrain converged')
     return args
 
 
@@ -492,124 +706,191 @@ def _file_label(label: str) -> str:
     return re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')
 
 
-def run(args: argparse.Namespace) -> Dict:
-    """Measure and write the JSON and the plots; returns the JSON dict."""
-    from mmengine.utils import ProgressBar
-    start = time.time()
-    load_start = os.getloadavg()
-    criteria = parse_criteria(args.criteria)  # fail before any work
-    cfg = Config.fromfile(args.config)
-    import mmifso  # noqa: F401
-
-    # One seeded stream of training batches: scoring, then evaluation, then
-    # the R retraining steps (disjoint unless the data set is tiny).
-    n_train = max(args.retrain_steps, 1)
-    batches = draw_batches(
-        cfg, args.score_batches + args.eval_batches + n_train, args.seed)
-    score_b = batches[:args.score_batches]
-    eval_b = batches[args.score_batches:args.score_batches +
-                     args.eval_batches]
-    train_b = batches[args.score_batches + args.eval_batches:]
-
-    algo = build_algorithm(cfg, args.checkpoint, batches[0])
-    mutator = algo.mutator
-    optimizer = cfg.optim_wrapper.get('optimizer', {})
-    lr = args.lr if args.lr is not None else 0.1 * float(optimizer['lr'])
-    weight_decay = float(optimizer.get('weight_decay', 0) or 0)
-    blocks = sample_blocks(mutator, args.num_samples, args.seed)
-    n = len(blocks)
-    k = args.topk or max(1, round(0.1 * n))
-    if k > n:
-        raise ValueError(f'--topk {k} exceeds the {n} samples')
-
-    # Criteria first: scoring restores BN buffers and masks itself.
-    scores, seconds = {}, {}
+def score_all(args, criteria, algo, batches: Sequence[dict],
+              mode: str) -> Tuple[Dict, Dict, Dict]:
+    """Every criterion's scores, seconds and notes (IFSO's residual, a
+    diverging Neumann series)."""
+    from mmifso.models.importance.ifso import NeumannDivergenceError
+    scores, seconds, notes = {}, {}, {}
     for label, ccfg in criteria:
-        imp = build_importance(ccfg, weight_decay)
-        scores[label], seconds[label] = score_criterion(
-            algo, imp, score_b, args.seed)
-        print_log(f'[fidelity] {label}: scored in {seconds[label]:.1f} s',
+        imp = build_importance(ccfg, algo, args.optim_wrapper)
+        try:
+            scores[label], seconds[label] = score_criterion(
+                algo, imp, batches, args.seed, mode)
+            notes[label] = {}
+        except NeumannDivergenceError as e:
+            scores[label], seconds[label] = None, 0.0
+            notes[label] = dict(diverged=True, error=str(e))
+        if getattr(imp, 'last_residual', None) is not None:
+            notes[label]['last_residual'] = imp.last_residual
+        if getattr(imp, 'lam', None) is not None:
+            notes[label]['lam'] = imp.lam
+        print_log(f'[fidelity] {label}: scored in {seconds[label]:.1f} s'
+                  + (' (diverged)' if scores[label] is None else ''),
                   logger='current')
+    return scores, seconds, notes
 
-    meter = LossChangeMeter(algo, cfg.optim_wrapper, train_b, eval_b, lr,
-                            args.seed)
+
+def measure_steps(args, algo, train_b, eval_b,
+                  blocks: Sequence[Block]) -> Tuple[List[Dict], Dict]:
+    """The R-step data-loss change of every block (``--retrain steps``)."""
+    from mmengine.utils import ProgressBar
+    meter = LossChangeMeter(algo, args.optim_wrapper, train_b, eval_b,
+                            args.lr_used, args.seed)
     print_log(
-        f'[fidelity] {n} samples x ({args.retrain_steps} steps + '
-        f'{args.eval_batches} eval batches), lr {lr:g}', logger='current')
+        f'[fidelity] {len(blocks)} samples x ({args.retrain_steps} steps + '
+        f'{args.eval_batches} eval batches), lr {args.lr_used:g}',
+        logger='current')
     base_before, base_after = meter.losses(None, args.retrain_steps)
-    samples = []
-    bar = ProgressBar(n)
+    samples, bar = [], ProgressBar(len(blocks))
     for u, channels in blocks:
         before, after = meter.losses((u, channels), args.retrain_steps)
         samples.append(
-            dict(unit=mutator.units[u].name, unit_index=u, channels=channels,
-                 true_delta=after - base_after,
+            dict(unit=algo.mutator.units[u].name, unit_index=u,
+                 channels=channels, true_delta=after - base_after,
                  delta_r0=before - base_before, loss=after, loss_r0=before))
         bar.update()
     sys.stdout.write('\n')
     meter.reset()  # leave the model at w0
+    return samples, dict(before_retrain=base_before, after_retrain=base_after)
 
-    true = [s['true_delta'] for s in samples]
-    true_r0 = [s['delta_r0'] for s in samples]
+
+def summarise(args, criteria, algo, blocks, samples, scores, seconds,
+              notes, k: int, out_dir: str, stem: str, seeds: Dict) -> Dict:
+    """Per criterion: rank metrics against every truth, and a plot."""
+    truths = dict(spearman='true_delta', spearman_r0='delta_r0')
+    if args.retrain == 'converged':
+        truths['spearman_data'] = 'true_delta_data'
+        xlabel = 'retrained change of J = L + lam/2 ||w||^2 (converged)'
+    else:
+        xlabel = f'true loss change after {args.retrain_steps} steps'
+    results = {}
+    for label, ccfg in criteria:
+        entry = dict(config=ccfg, retrain=args.retrain,
+                     retrain_steps=args.retrain_steps, seeds=seeds,
+                     score_seconds=round(seconds[label], 3), **notes[label])
+        if scores[label] is None:
+            entry.update(rank_metrics([0.0] * len(blocks),
+                                      [float('nan')] * len(blocks), k))
+            results[label] = entry
+            continue
+        pred = predictions(algo.mutator, scores[label], blocks, args.cost,
+                           args.cost_power)
+        for s, p in zip(samples, pred):
+            s.setdefault('predictions', {})[label] = p
+        for key, field in truths.items():
+            m = rank_metrics([s[field] for s in samples], pred, k,
+                             seed=args.seed)
+            if key == 'spearman':
+                entry.update(m)
+            else:
+                suffix = key[len('spearman'):]
+                entry.update({key: m['spearman'],
+                              f'kendall{suffix}': m['kendall'],
+                              f'topk_overlap{suffix}': m['topk_overlap']})
+        entry['plot'] = f'{stem}_{_file_label(label)}.png'
+        plot_scatter([s['true_delta'] for s in samples], pred, label, entry,
+                     xlabel, osp.join(out_dir, entry['plot']))
+        results[label] = entry
+    return results
+
+
+def _print_table(results: Dict, k: int, n: int, tail: str) -> None:
+    fmt = (lambda v: '  n/a' if v is None else f'{v:5.2f}')
+    rows = [f'{"criterion":<48} spearman kendall top-{k}  data    R=0 '
+            'score s']
+    for label, r in results.items():
+        rows.append(f'{label:<48} {fmt(r["spearman"]):>8} '
+                    f'{fmt(r["kendall"]):>7} {fmt(r["topk_overlap"]):>6} '
+                    f'{fmt(r.get("spearman_data")):>5} '
+                    f'{fmt(r.get("spearman_r0")):>6} '
+                    f'{r["score_seconds"]:7.1f}')
+    print_log('\n' + '\n'.join(rows) + f'\n{n} samples, top-k random '
+              f'overlap {k / n:.2f}; {tail}', logger='current')
+
+
+def run(args: argparse.Namespace) -> Dict:
+    """Measure and write the JSON and the plots; returns the JSON dict."""
+    from mmifso.utils import save_json
+    start, load_start = time.time(), os.getloadavg()
+    criteria = parse_criteria(args.criteria)  # fail before any work
+    if args.lam is not None:  # the objective's lam is IFSO's lam
+        for _, ccfg in criteria:
+            if ccfg['type'] == 'mmifso.IFSOImportance':
+                ccfg.setdefault('lam', args.lam)
+    cfg = Config.fromfile(args.config)
+    import mmifso  # noqa: F401
+    args.optim_wrapper = cfg.optim_wrapper
+    converged = args.retrain == 'converged'
+    if converged:
+        fit_cfg = copy.deepcopy(cfg)
+        fit_cfg.train_dataloader['batch_size'] = args.fit_samples
+        batches = draw_batches(fit_cfg, 1, args.seed)
+        score_b = batches
+    else:
+        # One seeded stream of training batches: scoring, then evaluation,
+        # then the R retraining steps (disjoint unless the data set is tiny).
+        batches = draw_batches(
+            cfg, args.score_batches + args.eval_batches +
+            max(args.retrain_steps, 1), args.seed)
+        score_b = batches[:args.score_batches]
+        eval_b = batches[args.score_batches:args.score_batches +
+                         args.eval_batches]
+        train_b = batches[args.score_batches + args.eval_batches:]
+    algo = build_algorithm(cfg, args.checkpoint, batches[0])
+    blocks = sample_blocks(algo.mutator, args.num_samples, args.seed)
+    n = len(blocks)
+    k = args.topk or max(1, round(0.1 * n))
+    if k > n:
+        raise ValueError(f'--topk {k} exceeds the {n} samples')
+    extra = {}
+    if converged:
+        extra['objective'], meter = prepare_converged(args, cfg, algo,
+                                                      batches[0])
+    else:
+        lr = cfg.optim_wrapper.get('optimizer', {})['lr']
+        args.lr_used = args.lr if args.lr is not None else 0.1 * float(lr)
+    # Criteria first (at the converged w0 in converged mode): scoring
+    # restores BN buffers and masks itself.
+    scores, seconds, notes = score_all(args, criteria, algo, score_b,
+                                       'eval' if converged else 'train')
+    if converged:
+        samples, control = measure_converged(args, algo, meter, blocks)
+        extra['control'] = control
+        deltas = [s['true_delta'] for s in samples]
+        extra['num_negative_delta'] = sum(d < 0 for d in deltas)
+    else:
+        samples, extra['baseline_loss'] = measure_steps(
+            args, algo, train_b, eval_b, blocks)
     out_dir = osp.dirname(osp.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     stem = osp.splitext(osp.basename(args.out))[0]
     seeds = dict(sample=args.seed, data=args.seed, retrain=args.seed,
-                 scoring=list(range(args.seed,
-                                    args.seed + args.score_batches)))
-    results = {}
-    for label, ccfg in criteria:
-        pred = predictions(mutator, scores[label], blocks, args.cost,
-                           args.cost_power)
-        for s, p in zip(samples, pred):
-            s.setdefault('predictions', {})[label] = p
-        metrics = rank_metrics(true, pred, k)
-        r0 = rank_metrics(true_r0, pred, k)
-        plot = f'{stem}_{_file_label(label)}.png'
-        plot_scatter(true, pred, label, metrics, args.retrain_steps,
-                     osp.join(out_dir, plot))
-        results[label] = dict(
-            config=ccfg, **metrics, retrain_steps=args.retrain_steps,
-            seeds=seeds, score_seconds=round(seconds[label], 3),
-            spearman_r0=r0['spearman'], kendall_r0=r0['kendall'],
-            topk_overlap_r0=r0['topk_overlap'], plot=plot)
+                 scoring=list(range(args.seed, args.seed + len(score_b))))
+    results = summarise(args, criteria, algo, blocks, samples, scores,
+                        seconds, notes, k, out_dir, stem, seeds)
     result = dict(
-        config=args.config,
-        checkpoint=args.checkpoint,
+        config=args.config, checkpoint=args.checkpoint,
         command='python tools/analysis/loss_change_fidelity.py ' +
         ' '.join(sys.argv[1:]) if sys.argv[0].endswith(
             'loss_change_fidelity.py') else None,
-        num_samples=n,
-        num_removable=len(removable_blocks(mutator)),
-        retrain_steps=args.retrain_steps,
-        k=k,
-        lr=lr,
-        eval_batches=args.eval_batches,
-        eval_samples=sum(len(b['inputs']) for b in eval_b),
-        score_batches=args.score_batches,
-        cost=args.cost,
-        cost_power=args.cost_power,
-        seeds=seeds,
-        baseline_loss=dict(before_retrain=base_before,
-                           after_retrain=base_after),
-        criteria=results,
-        samples=samples,
+        num_samples=n, num_removable=len(removable_blocks(algo.mutator)),
+        retrain=args.retrain, retrain_steps=args.retrain_steps, k=k,
+        lr=getattr(args, 'lr_used', None),
+        eval_batches=None if converged else args.eval_batches,
+        eval_samples=sum(len(b['inputs']) for b in (
+            batches if converged else eval_b)),
+        score_batches=len(score_b), score_mode='eval' if converged else
+        'train', grad_tol=args.grad_tol if converged else None,
+        mask_steps=args.mask_steps if converged else None,
+        cost=args.cost, cost_power=args.cost_power, seeds=seeds, **extra,
+        criteria=results, samples=samples,
         seconds=round(time.time() - start, 1),
         loadavg=dict(start=list(load_start), end=list(os.getloadavg())),
         torch_threads=torch.get_num_threads())
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=1)
-    fmt = (lambda v: '  n/a' if v is None else f'{v:5.2f}')
-    rows = [f'{"criterion":<40} spearman kendall top-{k}  (R=0: spearman) '
-            'score s']
-    for label, r in results.items():
-        rows.append(f'{label:<40} {fmt(r["spearman"]):>8} '
-                    f'{fmt(r["kendall"]):>7} {fmt(r["topk_overlap"]):>6}  '
-                    f'{fmt(r["spearman_r0"]):>16} {r["score_seconds"]:7.1f}')
-    print_log(
-        '\n' + '\n'.join(rows) + f'\n{n} samples, R={args.retrain_steps}, '
-        f'top-k random overlap {k / n:.2f}; {result["seconds"]} s; wrote '
-        f'{args.out}', logger='current')
+    save_json(result, args.out)
+    _print_table(results, k, n, f'{args.retrain}; {result["seconds"]} s; '
+                 f'wrote {args.out}')
     return result
 
 

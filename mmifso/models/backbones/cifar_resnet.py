@@ -3,7 +3,8 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmcv.cnn import (build_activation_layer, build_conv_layer,
+                      build_norm_layer)
 from mmengine.model import BaseModule
 
 from mmifso.registry import MODELS
@@ -13,7 +14,7 @@ class CifarBasicBlock(BaseModule):
     """Two 3x3 convs with a 1x1-conv projection when the shape changes."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int,
-                 norm_cfg: dict) -> None:
+                 norm_cfg: dict, act_cfg: dict = dict(type='ReLU')) -> None:
         super().__init__()
         self.conv1 = build_conv_layer(
             None, in_channels, out_channels, 3, stride, 1, bias=False)
@@ -21,7 +22,7 @@ class CifarBasicBlock(BaseModule):
         self.conv2 = build_conv_layer(
             None, out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = build_norm_layer(norm_cfg, out_channels)[1]
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = build_activation_layer(act_cfg)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
@@ -47,6 +48,9 @@ class CifarResNet(BaseModule):
         in_channels (int): Image channels.
         out_indices (Sequence[int]): Stages whose outputs are returned.
         norm_cfg (dict): Normalisation layer config.
+        act_cfg (dict): Activation config (default ReLU; a smooth one such
+            as ``dict(type='SiLU')`` makes the loss twice differentiable,
+            which converged-retraining benchmarks need).
         init_cfg (dict | list, optional): Initialisation config.
     """
 
@@ -56,6 +60,7 @@ class CifarResNet(BaseModule):
                  in_channels: int = 3,
                  out_indices: Sequence[int] = (2, ),
                  norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
                  init_cfg=[
                      dict(type='Kaiming', layer=['Conv2d']),
                      dict(type='Constant', val=1, layer=['_BatchNorm'])
@@ -69,7 +74,7 @@ class CifarResNet(BaseModule):
         self.conv1 = build_conv_layer(
             None, in_channels, base_channels, 3, 1, 1, bias=False)
         self.bn1 = build_norm_layer(norm_cfg, base_channels)[1]
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = build_activation_layer(act_cfg)
         self.stages = nn.ModuleList()
         channels = base_channels
         for i in range(3):
@@ -78,7 +83,8 @@ class CifarResNet(BaseModule):
             for j in range(blocks):
                 stride = 2 if i > 0 and j == 0 else 1
                 layers.append(
-                    CifarBasicBlock(channels, out_channels, stride, norm_cfg))
+                    CifarBasicBlock(channels, out_channels, stride, norm_cfg,
+                                    act_cfg))
                 channels = out_channels
             self.stages.append(nn.Sequential(*layers))
 

@@ -1,0 +1,374 @@
+"""Loss-change fidelity: converged retraining and rank statistics.
+
+The reusable maths of ``tools/analysis/loss_change_fidelity.py``:
+
+* :class:`RegularisedObjective` -- ``J(w) = L(w, m) + lam/2 ||w||^2``, the
+  mean data loss over fixed pre-processed batches plus weight decay over the
+  retrained weights, with the model in a fixed (eval) mode, so ``J`` is a
+  deterministic function of the weights.
+* :func:`converge` -- L-BFGS with a strong-Wolfe line search on ``J`` until
+  ``||grad J||_2 <= tol``; returns the evidence (gradient norm, iterations).
+* :func:`rank_metrics` -- Spearman (with a bootstrap interval), Kendall and
+  top-k overlap of a prediction against a measured change.
+"""
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+Vec = List[torch.Tensor]
+
+
+class NotConvergedError(RuntimeError):
+    """Retraining did not reach the gradient-norm tolerance."""
+
+
+class RegularisedObjective:
+    """``J(w) = mean data loss + lam/2 ||w||^2`` of a model on fixed data.
+
+    The model is evaluated in **eval mode**: BatchNorm uses its running
+    statistics, so it is a fixed affine map. (In train mode BN makes the
+    preceding conv's weights scale-invariant, and ``lam/2 ||w||^2`` then has
+    no minimiser: shrinking those weights lowers ``J`` for ever.)
+
+    Args:
+        model (nn.Module): An mmengine model with a ``mode='loss'`` forward
+            and ``parse_losses`` (channel masks are read at call time).
+        data (Sequence[dict]): Pre-processed batches (``inputs``,
+            ``data_samples``); the loss is their sample-weighted mean.
+        params (Sequence[Tensor]): The retrained weights ``w``.
+        lam (float): Weight decay ``lam`` (``>= 0``) on ``params``.
+    """
+
+    def __init__(self, model: nn.Module, data: Sequence[dict],
+                 params: Sequence[torch.Tensor], lam: float) -> None:
+        if lam < 0:
+            raise ValueError(f'lam must be >= 0, got {lam}')
+        if not params:
+            raise ValueError('nothing to retrain: no trainable conv/linear '
+                             'weight (the objective has no variables)')
+        self.model = model
+        self.data = list(data)
+        self.params = list(params)
+        self.lam = float(lam)
+        self._sizes = [_num_samples(d) for d in self.data]
+
+    def data_loss(self, create_graph: bool = False) -> torch.Tensor:
+        """Sample-weighted mean loss over the batches (eval mode)."""
+        self.model.eval()
+        total = sum(self._sizes)
+        out = 0
+        with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
+            for data, n in zip(self.data, self._sizes):
+                loss, _ = self.model.parse_losses(
+                    self.model(**data, mode='loss'))
+                out = out + loss * (n / total)
+        return out
+
+    def penalty(self) -> torch.Tensor:
+        """``lam/2 ||w||^2``."""
+        return 0.5 * self.lam * sum(p.pow(2).sum() for p in self.params)
+
+    def value(self) -> Dict[str, float]:
+        """``{'objective': J, 'data_loss': L}`` at the current weights."""
+        with torch.no_grad():
+            loss = float(self.data_loss())
+            return dict(objective=loss + float(self.penalty()),
+                        data_loss=loss)
+
+    def gradient(self) -> Vec:
+        """``grad_w J`` (detached)."""
+        j = self.data_loss(create_graph=False) + self.penalty()
+        return [g.detach() for g in torch.autograd.grad(j, self.params)]
+
+    def grad_norm(self) -> float:
+        """``||grad_w J||_2``."""
+        with torch.enable_grad():
+            return float(
+                torch.sqrt(sum(g.pow(2).sum() for g in self.gradient())))
+
+
+@dataclass
+class ConvergeResult:
+    """Evidence of one retraining to convergence.
+
+    Attributes:
+        objective (float): ``J`` at the end.
+        data_loss (float): ``L`` at the end.
+        grad_norm (float): ``||grad J||_2`` at the end.
+        tol (float): The tolerance asked for.
+        converged (bool): ``grad_norm <= tol``.
+        iterations (int): L-BFGS iterations.
+        evaluations (int): Objective and gradient evaluations.
+        distance (float): ``||w_end - w_start||_2``.
+        seconds (float): Wall time.
+    """
+    objective: float
+    data_loss: float
+    grad_norm: float
+    tol: float
+    converged: bool
+    iterations: int
+    evaluations: int
+    distance: float
+    seconds: float
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+
+def converge(objective: RegularisedObjective,
+             tol: float = 1e-6,
+             max_iter: int = 2000,
+             history_size: int = 50,
+             chunk: int = 50,
+             callback: Optional[Callable[[int, float, float], None]] = None
+             ) -> ConvergeResult:
+    """Minimise ``objective`` over its params with L-BFGS (strong Wolfe).
+
+    Deterministic: full-batch objective, fixed model mode, no randomness.
+    Runs L-BFGS in chunks of ``chunk`` iterations (the history is kept) and
+    stops when ``||grad J||_2 <= tol``, after ``max_iter`` iterations, or
+    when a chunk makes no progress (line search stalled); the result then
+    has ``converged=False``.
+
+    Args:
+        objective (RegularisedObjective): ``J`` and its variables.
+        tol (float): Gradient-norm tolerance (2-norm over all params).
+        max_iter (int): Iteration budget.
+        history_size (int): L-BFGS memory.
+        chunk (int): Iterations between gradient-norm checks.
+        callback (Callable, optional): Called after every chunk with
+            ``(iterations, grad_norm, objective)`` (progress logging).
+
+    Returns:
+        ConvergeResult: The evidence; the params hold the minimiser.
+    """
+    start = time.perf_counter()
+    params = objective.params
+    w0 = [p.detach().clone() for p in params]
+    opt = torch.optim.LBFGS(
+        params, lr=1, max_iter=chunk, max_eval=int(chunk * 1.5) + 5,
+        tolerance_grad=0.0, tolerance_change=0.0, history_size=history_size,
+        line_search_fn='strong_wolfe')
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=False)
+        j = objective.data_loss() + objective.penalty()
+        j.backward()
+        return j
+
+    iterations, evaluations = 0, 0
+    norm = objective.grad_norm()
+    last = float('inf')
+    while norm > tol and iterations < max_iter:
+        with torch.enable_grad():
+            opt.step(closure)
+        state = opt.state[opt._params[0]]
+        iterations = state.get('n_iter', iterations)
+        evaluations = state.get('func_evals', evaluations)
+        value = objective.value()['objective']
+        norm = objective.grad_norm()
+        if callback is not None:
+            callback(int(iterations), norm, value)
+        if not value < last and norm > tol:
+            break  # no progress in a whole chunk
+        last = value
+    for p in params:
+        p.grad = None
+    values = objective.value()
+    distance = math.sqrt(sum(float((p.detach() - a).pow(2).sum())
+                             for p, a in zip(params, w0)))
+    return ConvergeResult(
+        objective=values['objective'], data_loss=values['data_loss'],
+        grad_norm=norm, tol=tol, converged=norm <= tol,
+        iterations=int(iterations), evaluations=int(evaluations),
+        distance=distance, seconds=time.perf_counter() - start)
+
+
+def _num_samples(data: dict) -> int:
+    inputs = data['inputs']
+    return inputs.shape[0] if isinstance(inputs, torch.Tensor) \
+        else len(inputs)
+
+
+# ---------------------------------------------------------------------- #
+# Rank statistics
+# ---------------------------------------------------------------------- #
+def topk_overlap(true: Sequence[float], pred: Sequence[float],
+                 k: int) -> float:
+    """``|lowest k of pred & lowest k of true| / k`` (ties keep the sample
+    order)."""
+    lo_true = set(np.argsort(np.asarray(true), kind='stable')[:k].tolist())
+    lo_pred = set(np.argsort(np.asarray(pred), kind='stable')[:k].tolist())
+    return len(lo_true & lo_pred) / k
+
+
+def _finite(x) -> Optional[float]:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def bootstrap_spearman_ci(true: Sequence[float], pred: Sequence[float],
+                          num: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> Optional[List[float]]:
+    """Percentile bootstrap interval of Spearman's rho (pairs resampled).
+
+    Args:
+        true, pred (Sequence[float]): Paired values.
+        num (int): Bootstrap resamples.
+        seed (int): Seed of the resampling.
+        level (float): Coverage.
+
+    Returns:
+        list[float] | None: ``[low, high]``; None for fewer than 4 pairs.
+    """
+    from scipy import stats
+    true = np.asarray(true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    n = len(true)
+    if n < 4:
+        return None
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(num):
+        idx = rng.integers(0, n, n)
+        if np.ptp(pred[idx]) == 0 or np.ptp(true[idx]) == 0:
+            continue
+        rhos.append(stats.spearmanr(pred[idx], true[idx])[0])
+    if not rhos:
+        return None
+    a = (1 - level) / 2
+    return [float(np.quantile(rhos, a)), float(np.quantile(rhos, 1 - a))]
+
+
+def rank_metrics(true: Sequence[float], pred: Sequence[float], k: int,
+                 bootstrap: int = 1000, seed: int = 0) -> Dict:
+    """Spearman, Kendall (tau-b) and top-k overlap of ``pred`` vs ``true``.
+
+    Args:
+        true (Sequence[float]): Measured changes.
+        pred (Sequence[float]): Predictions (lower = smaller change).
+        k (int): Size of the top-k sets.
+        bootstrap (int): Resamples of the Spearman interval (0: none).
+        seed (int): Seed of the bootstrap.
+
+    Returns:
+        dict: ``spearman``, ``spearman_p``, ``spearman_ci95`` (percentile
+        bootstrap), ``kendall``, ``kendall_p``, ``topk_overlap``,
+        ``topk_overlap_random`` (``k / n``), ``num_samples``, ``k``. NaN or
+        constant predictions give None throughout.
+    """
+    from scipy import stats
+    true = np.asarray(true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    n = len(true)
+    out = dict(num_samples=n, k=k, spearman=None, spearman_p=None,
+               spearman_ci95=None, kendall=None, kendall_p=None,
+               topk_overlap=None, topk_overlap_random=k / n if n else None)
+    if n < 2 or not np.isfinite(pred).all() or np.ptp(pred) == 0:
+        return out
+    rho, p_rho = stats.spearmanr(pred, true)
+    tau, p_tau = stats.kendalltau(pred, true)
+    out.update(spearman=_finite(rho), spearman_p=_finite(p_rho),
+               kendall=_finite(tau), kendall_p=_finite(p_tau),
+               topk_overlap=topk_overlap(true, pred, k))
+    if bootstrap and out['spearman'] is not None:
+        out['spearman_ci95'] = bootstrap_spearman_ci(true, pred, bootstrap,
+                                                     seed)
+    return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float],
+                      level: float = 0.95) -> Dict:
+    """Mean of ``a - b`` over paired runs with a t interval.
+
+    Args:
+        a, b (Sequence[float]): Paired values (e.g. per seed).
+        level (float): Coverage of the interval.
+
+    Returns:
+        dict: ``mean``, ``ci`` (``[low, high]``, None for one pair), ``n``.
+    """
+    from scipy import stats
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        raise ValueError('no paired values')
+    mean = float(d.mean())
+    if n < 2:
+        return dict(mean=mean, ci=None, n=n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) /
+                 math.sqrt(n))
+    return dict(mean=mean, ci=[mean - half, mean + half], n=n)
+
+
+def mask_path(steps: int) -> List[float]:
+    """Mask values ``1 - k/steps`` for ``k = 1..steps`` (continuation)."""
+    if steps < 1:
+        raise ValueError(f'mask steps must be >= 1, got {steps}')
+    return [1.0 - k / steps for k in range(1, steps + 1)]
+
+
+def retrain_masked(objective: RegularisedObjective,
+                   set_mask: Callable[[float], None],
+                   steps: int = 1,
+                   **converge_kwargs) -> List[ConvergeResult]:
+    """Lower a mask to 0 in ``steps`` equal steps, converging after each.
+
+    ``steps > 1`` follows the locally continued optimum ``w*(m)`` (the
+    branch the implicit-function theorem describes) instead of letting one
+    jump from ``w0`` escape to another basin.
+
+    Args:
+        objective (RegularisedObjective): ``J`` and its variables.
+        set_mask (Callable[[float], None]): Sets the removed channels' mask
+            value.
+        steps (int): Continuation steps.
+        **converge_kwargs: Passed to :func:`converge`.
+
+    Returns:
+        list[ConvergeResult]: One per step; the last is at mask 0.
+    """
+    out = []
+    for value in mask_path(steps):
+        set_mask(value)
+        out.append(converge(objective, **converge_kwargs))
+    return out
+
+
+def recalibrate_bn(model: nn.Module, batches: Sequence[dict]) -> int:
+    """Re-estimate BatchNorm running statistics after pruning.
+
+    Resets every BatchNorm layer's running mean and variance and averages
+    them (cumulative moving average, ``momentum=None``) over ``batches`` in
+    train mode, without gradients; weights are unchanged. The momenta are
+    restored and the model is left in eval mode.
+
+    Args:
+        model (nn.Module): An mmengine model with a ``data_preprocessor``.
+        batches (Sequence[dict]): Raw training batches.
+
+    Returns:
+        int: Number of BatchNorm layers recalibrated.
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        with torch.no_grad():
+            for batch in batches:
+                data = model.data_preprocessor(batch, True)
+                model(**data, mode='tensor')
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        model.eval()
+    return len(norms)
