@@ -141,6 +141,77 @@ def relative_errors(expected: Sequence[torch.Tensor],
     return errs
 
 
+def export_module_onnx(model: nn.Module,
+                       path: str,
+                       shape: Sequence[int],
+                       dynamic_batch: bool = False,
+                       opset: int = DEFAULT_OPSET,
+                       rtol: float = 1e-4,
+                       seed: int = 0) -> Dict:
+    """Export ``model``'s tensor-mode forward to ``path`` and check it with
+    ONNX Runtime (the core of :func:`export_onnx`, which writes atomically).
+
+    Args:
+        model (nn.Module): A ``BaseModel`` (or plain module) in eval mode.
+        path (str): The file written (left in place even if the check
+            fails; :func:`export_onnx` removes it).
+        Others: see :func:`export_onnx`.
+
+    Returns:
+        dict: ``outputs`` (name and shape of each) and ``max_rel_err``.
+
+    Raises:
+        OnnxExportError: an output beyond ``rtol``, or a non-tensor output.
+    """
+    onnx, _ = _onnx_modules()
+    shape = tuple(int(s) for s in shape)
+    wrapper = TensorModeWrapper(model).eval()
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(shape, generator=g)]
+    if dynamic_batch:
+        inputs.append(torch.randn((shape[0] + 1, ) + shape[1:], generator=g))
+    try:
+        with torch.no_grad():
+            expected = [wrapper(x) for x in inputs]
+    except TypeError as e:
+        raise OnnxExportError(str(e)) from e
+    names = [f'output{i}' for i in range(len(expected[0]))]
+    axes = None
+    if dynamic_batch:
+        axes = {n: {0: 'batch'} for n in ['input'] + names}
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (inputs[0], ),
+            path,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True)
+    onnx.checker.check_model(path)
+    sess = ort_session(path)
+    errs = [0.0] * len(names)
+    for x, exp in zip(inputs, expected):
+        got = sess.run(None, {'input': x.numpy()})
+        if len(got) != len(exp):
+            raise OnnxExportError(
+                f'ONNX Runtime gave {len(got)} outputs, PyTorch {len(exp)}')
+        errs = [max(a, b) for a, b in zip(errs, relative_errors(exp, got))]
+    bad = [(n, tuple(t.shape), e)
+           for n, t, e in zip(names, expected[0], errs) if not e <= rtol]
+    if bad:
+        shown = ', '.join(f'{n} {s}: {e:.3g}' for n, s, e in bad[:5])
+        raise OnnxExportError(
+            f'ONNX Runtime differs from PyTorch by more than rtol={rtol} '
+            f'(max |ORT - torch| / max |torch|) on {len(bad)} of '
+            f'{len(names)} outputs ({shown}); no file written. Try another '
+            '--opset or report the model')
+    return dict(
+        outputs=[dict(name=n, shape=list(t.shape))
+                 for n, t in zip(names, expected[0])],
+        max_rel_err=errs)
+
+
 def export_onnx(config: Union[str, Config],
                 checkpoint: str,
                 out: str,
@@ -180,59 +251,12 @@ def export_onnx(config: Union[str, Config],
             f'shape must be N C H W with positive sizes, got {shape}')
     if not rtol > 0:
         raise OnnxExportError(f'rtol must be > 0, got {rtol}')
-    onnx, _ = _onnx_modules()
     model = load_deploy_model(config, checkpoint)
-    wrapper = TensorModeWrapper(model).eval()
-    g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(shape, generator=g)]
-    if dynamic_batch:
-        inputs.append(torch.randn((shape[0] + 1, ) + shape[1:], generator=g))
-    try:
-        with torch.no_grad():
-            expected = [wrapper(x) for x in inputs]
-    except TypeError as e:
-        raise OnnxExportError(str(e)) from e
-    names = [f'output{i}' for i in range(len(expected[0]))]
-    axes = None
-    if dynamic_batch:
-        axes = {n: {0: 'batch'} for n in ['input'] + names}
     result: Dict = {}
 
     def write(tmp: str) -> None:
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper,
-                (inputs[0], ),
-                tmp,
-                input_names=['input'],
-                output_names=names,
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True)
-        onnx.checker.check_model(tmp)
-        sess = ort_session(tmp)
-        errs = [0.0] * len(names)
-        for x, exp in zip(inputs, expected):
-            got = sess.run(None, {'input': x.numpy()})
-            if len(got) != len(exp):
-                raise OnnxExportError(
-                    f'ONNX Runtime gave {len(got)} outputs, PyTorch '
-                    f'{len(exp)}')
-            errs = [max(a, b) for a, b in zip(errs, relative_errors(exp,
-                                                                    got))]
-        bad = [(n, tuple(t.shape), e)
-               for n, t, e in zip(names, expected[0], errs) if not e <= rtol]
-        if bad:
-            shown = ', '.join(f'{n} {s}: {e:.3g}' for n, s, e in bad[:5])
-            raise OnnxExportError(
-                f'ONNX Runtime differs from PyTorch by more than rtol={rtol} '
-                f'(max |ORT - torch| / max |torch|) on {len(bad)} of '
-                f'{len(names)} outputs ({shown}); no file written. Try '
-                'another --opset or report the model')
-        result.update(
-            outputs=[dict(name=n, shape=list(t.shape))
-                     for n, t in zip(names, expected[0])],
-            max_rel_err=errs)
+        result.update(export_module_onnx(model, tmp, shape, dynamic_batch,
+                                         opset, rtol, seed))
 
     remove_stale_temp_files(out)  # of an export killed before
     atomic_write(out, write)
@@ -241,7 +265,8 @@ def export_onnx(config: Union[str, Config],
         input_shape=list(shape),
         opset=opset,
         dynamic_batch=dynamic_batch,
-        **result)
+        outputs=result['outputs'],
+        max_rel_err=result['max_rel_err'])
 
 
 def time_onnx(config: Union[str, Config],

@@ -1,0 +1,184 @@
+"""ONNX Runtime parity and speed-up of the exported models of coverage.
+
+Usage:
+    python tools/analysis/onnx_coverage.py [CONFIG ...] [--targets]
+        --out FILE.json [--fraction 0.3] [--cls-size 224] [--det-size 320]
+        [--time-rounds 10] [--markdown FILE.md]
+
+For each config (``--targets``: the models of docs/coverage.md, the list of
+``tools/analysis/coverage.py``) the model is built without weights, norms
+randomised as in the coverage check, every unit loses a random
+``--fraction`` of its channels, and the physically pruned model and the
+unpruned one are exported to ONNX (raw ``mode='tensor'`` outputs) with
+:func:`mmifso.apis.onnx.export_module_onnx`, which checks every output
+against PyTorch with ONNX Runtime (<= ``--rtol`` relative). With
+``--time-rounds`` both ONNX models are then timed in ONNX Runtime
+interleaved (medians) and the speed-up is reported next to the FLOPs
+speed-up. Two-stage detectors need data samples for their RoI stage and
+are recorded as not exportable in tensor mode.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def coverage_targets():
+    """The TARGETS list of tools/analysis/coverage.py."""
+    spec = importlib.util.spec_from_file_location(
+        'mmifso_coverage_tool', osp.join(ROOT, 'tools', 'analysis',
+                                         'coverage.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TARGETS
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('configs', nargs='*')
+    parser.add_argument('--targets', action='store_true')
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--markdown')
+    parser.add_argument('--fraction', type=float, default=0.3)
+    parser.add_argument('--cls-size', type=int, default=224)
+    parser.add_argument('--det-size', type=int, default=320)
+    parser.add_argument('--rtol', type=float, default=1e-4)
+    parser.add_argument('--time-rounds', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.targets:
+        args.configs += coverage_targets()
+    if not args.configs:
+        parser.error('give CONFIGs or --targets')
+    return args
+
+
+def check(config, args, work):
+    from mmifso.apis.coverage import (build_model_without_weights,
+                                      is_detector_config, load_config,
+                                      randomise_norms, random_prune)
+    from mmifso.apis.onnx import OnnxExportError, export_module_onnx
+    from mmifso.models.algorithms import PruningAlgorithm
+    from mmifso.models.mutators import (ChannelMutator, export_pruned_model,
+                                        strip_gates)
+    from mmifso.models.task_modules import DemoInput
+    from mmifso.models.task_modules.latency import time_interleaved
+    rec = dict(config=config, ok=False, error=None)
+    size = None
+    name = config
+    if '@' in config:
+        name, size = config.rsplit('@', 1)
+        size = int(size)
+    cfg = load_config(name)
+    det = is_detector_config(cfg)
+    if det and cfg.model.get('roi_head') is not None:
+        rec['error'] = ('two-stage detector: its mode="tensor" forward needs '
+                        'data samples (image shapes) for the RoI stage, so '
+                        'it has no raw tensor-only graph to export')
+        return rec
+    size = size or (args.det_size if det else args.cls_size)
+    shape = (1, 3, size, size)
+    rec['input_shape'] = list(shape)
+    torch.manual_seed(args.seed)
+    model = build_model_without_weights(cfg, unfreeze=True)
+    demo = DemoInput(shape)
+    algo = PruningAlgorithm(
+        architecture=model,
+        mutator=ChannelMutator(demo_input=demo, frozen='skip'))
+    arch = algo.architecture.eval()
+    randomise_norms(arch, demo, args.seed)
+    random_prune(algo.mutator, args.fraction, args.seed)
+    rec['flops_ratio'] = algo.mutator.resources()['flops_ratio']
+    pruned, _ = export_pruned_model(arch, algo.mutator)
+    unpruned = arch
+    for u in algo.mutator.units:
+        u.mask.fill_(1)
+    strip_gates(unpruned)
+    paths = {}
+    for label, m in (('pruned', pruned.eval()), ('unpruned', unpruned)):
+        paths[label] = osp.join(work, f'{label}.onnx')
+        try:
+            res = export_module_onnx(m, paths[label], shape, rtol=args.rtol,
+                                     seed=args.seed)
+        except (OnnxExportError, RuntimeError, TypeError, ValueError) as e:
+            rec['error'] = f'{label}: {type(e).__name__}: {str(e)[:300]}'
+            return rec
+        rec[f'{label}_max_rel_err'] = max(res['max_rel_err'])
+        rec[f'{label}_outputs'] = len(res['outputs'])
+    rec['ok'] = True
+    if args.time_rounds:
+        threads = args.threads or torch.get_num_threads()
+        x = torch.randn(shape)
+        fns = {k: runner_for_path(p, x, threads) for k, p in paths.items()}
+        med = time_interleaved(fns, args.time_rounds, 3, 5e-3, args.seed)
+        rec['ort_unpruned_ms'] = med['unpruned'] * 1e3
+        rec['ort_pruned_ms'] = med['pruned'] * 1e3
+        rec['ort_speedup'] = med['unpruned'] / med['pruned']
+        rec['flops_speedup'] = 1 / rec['flops_ratio']
+        rec['threads'] = threads
+    return rec
+
+
+def runner_for_path(path, x, threads):
+    from mmifso.apis.onnx import ort_session
+    sess = ort_session(path, threads)
+    feed = {'input': x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def markdown(records):
+    rows = ['| config | input | ONNX ok | max rel. error (pruned) | FLOPs '
+            'ratio | ORT speed-up | error |', '|---|---|---|---|---|---|---|']
+    for r in records:
+        sp = f'{r["ort_speedup"]:.2f}x' if 'ort_speedup' in r else ''
+        err = r.get('pruned_max_rel_err')
+        rows.append(
+            f'| {r["config"].split("/")[-1]} | {r.get("input_shape", [0])[-1]}'
+            f' | {"yes" if r["ok"] else "no"} | '
+            f'{"" if err is None else f"{err:.1e}"} | '
+            f'{r.get("flops_ratio", float("nan")):.2f} | {sp} | '
+            f'{(r["error"] or "")[:120]} |')
+    return '\n'.join(rows) + '\n'
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from mmengine.logging import MMLogger
+    from mmifso.utils import save_json, save_text
+    MMLogger.get_current_instance().setLevel('ERROR')
+    records = []
+    load = os.getloadavg()
+    for config in args.configs:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as work:
+            try:
+                rec = check(config, args, work)
+            except Exception as e:  # noqa: BLE001 (recorded, next config)
+                rec = dict(config=config, ok=False,
+                           error=f'{type(e).__name__}: {str(e)[:300]}')
+        rec['seconds'] = round(time.perf_counter() - t0, 1)
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    out = dict(loadavg_start=list(load), loadavg_end=list(os.getloadavg()),
+               rtol=args.rtol, fraction=args.fraction, records=records)
+    save_json(out, args.out)
+    if args.markdown:
+        save_text(markdown(records), args.markdown)
+    print(f'{sum(r["ok"] for r in records)}/{len(records)} exported with '
+          f'ONNX Runtime parity <= {args.rtol}')
+    return out
+
+
+if __name__ == '__main__':
+    main()
