@@ -29,10 +29,10 @@ model = dict(
     test_cfg=dict(nms_pre=300, max_per_img=50))
 
 data_root = 'data/shapes_coco/'
-metainfo = dict(
-    classes=classes,
-    palette=[(220, 20, 60), (0, 128, 255), (0, 200, 0), (255, 160, 0),
-             (160, 32, 240)])
+# No palette here: a config that builds on this one with its own classes
+# would inherit five colours for them (mmdet's visualizer asserts on fewer
+# colours than classes); mmdet's CocoDataset palette is used instead.
+metainfo = dict(classes=classes)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),

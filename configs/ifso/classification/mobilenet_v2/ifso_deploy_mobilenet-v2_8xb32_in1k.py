@@ -8,9 +8,10 @@ custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 # Written by tools/export_pruned.py.
 structure = 'work_dirs/ifso_prune_mobilenet-v2_8xb32_in1k/export/structure.json'  # noqa: E501
 
-architecture = _base_.model
+# The upstream model with its channels cut as the structure says. Its fields
+# stay where the upstream tools read them (cfg.model.backbone, ...), so
+# mmpretrain's get_model / mmdet's init_detector take this config as is.
 model = dict(
-    _delete_=True,
     type='mmifso.PrunedModel',
-    architecture=architecture,
+    architecture_type=_base_.model.type,
     structure=structure)

@@ -8,10 +8,12 @@ custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 # Written by tools/export_pruned.py.
 structure = 'work_dirs/ifso_prune_retinanet_r50_fpn_1x_coco/export/structure.json'  # noqa: E501
 
-architecture = _base_.model
-architecture.backbone.frozen_stages = -1
+# The upstream model with its channels cut as the structure says. Its fields
+# stay where the upstream tools read them (cfg.model.backbone, ...), so
+# mmpretrain's get_model / mmdet's init_detector take this config as is.
 model = dict(
-    _delete_=True,
     type='mmifso.PrunedModel',
-    architecture=architecture,
-    structure=structure)
+    architecture_type=_base_.model.type,
+    structure=structure,
+    # Pruning unfroze every stage (a frozen one has no gradients to score).
+    backbone=dict(frozen_stages=-1))
