@@ -153,8 +153,8 @@ def criterion_examples() -> List[Tuple[str, dict]]:
 
 
 @contextlib.contextmanager
-def warnings_logged():
-    """Collect the messages logged at WARNING or above through mmengine's
+def messages_logged(level: int = logging.WARNING):
+    """Collect the messages logged at ``level`` or above through mmengine's
     current logger (``print_log(..., logger='current')``) in the block."""
     from mmengine.logging import MMLogger
     messages: List[str] = []
@@ -165,9 +165,14 @@ def warnings_logged():
             messages.append(record.getMessage())
 
     logger = MMLogger.get_current_instance()
-    handler = _Handler(logging.WARNING)
+    handler = _Handler(level)
     logger.addHandler(handler)
     try:
         yield messages
     finally:
         logger.removeHandler(handler)
+
+
+def warnings_logged():
+    """:func:`messages_logged` at WARNING or above."""
+    return messages_logged(logging.WARNING)

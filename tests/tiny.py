@@ -44,7 +44,7 @@ def tiny_batch(n: int = 8, seed: int = 0, dtype=torch.float64) -> dict:
         data_samples=torch.randint(0, 3, (n, ), generator=g))
 
 
-def tiny_mutator(model: nn.Module, min_channels: int = 1):
+def tiny_mutator(model: nn.Module, min_channels: int = 1, **kwargs):
     from mmifso.models import ChannelMutator
 
     class _Demo:
@@ -55,6 +55,7 @@ def tiny_mutator(model: nn.Module, min_channels: int = 1):
         def to_dict(self):
             return {}
 
-    mutator = ChannelMutator(demo_input=_Demo(), min_channels=min_channels)
+    mutator = ChannelMutator(
+        demo_input=_Demo(), min_channels=min_channels, **kwargs)
     mutator.prepare_from_supernet(model)
     return mutator

@@ -1,10 +1,12 @@
-from .channel_mutator import (ChannelMutator, InputGate, NoPrunableUnitsError,
+from .channel_mutator import (WEIGHT_GATE_TYPES, ChannelMutator, InputGate,
+                              NoPrunableUnitsError, WeightGate, WeightRestore,
                               compose_gate, strip_gates)
 from .export import export_pruned_model
 from .selection import ChannelSelector, normalised_scores, select_channels
 
 __all__ = [
-    'ChannelMutator', 'InputGate', 'NoPrunableUnitsError', 'compose_gate',
+    'ChannelMutator', 'InputGate', 'WeightGate', 'WeightRestore',
+    'WEIGHT_GATE_TYPES', 'NoPrunableUnitsError', 'compose_gate',
     'strip_gates', 'export_pruned_model', 'ChannelSelector',
     'normalised_scores', 'select_channels'
 ]

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmcv.cnn.bricks import wrappers as mmcv_wrappers
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
@@ -89,12 +90,108 @@ class InputGate:
         return (x * gate.view(shape), ) + tuple(args[1:])
 
 
+#: Layer types whose forward uses ``self.weight`` linearly in every input
+#: channel and nothing else of it, so gating input channel ``c`` equals
+#: scaling the weight entries that read ``c``: the exact types only (a
+#: subclass may transform its weight, e.g. weight standardisation).
+WEIGHT_GATE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                     nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+                     mmcv_wrappers.Conv2d, mmcv_wrappers.Conv3d,
+                     mmcv_wrappers.ConvTranspose2d,
+                     mmcv_wrappers.ConvTranspose3d, mmcv_wrappers.Linear)
+
+
+class WeightGate(InputGate):
+    """Gates a conv/linear layer's input channels through its weight.
+
+    ``conv(x * g, W) = conv(x, W * g)`` with ``g`` broadcast over the weight
+    entries that read each input channel (``W[:, c]``; for a grouped or
+    depthwise convolution the entries of channel ``c``'s group, for a
+    transposed convolution ``W[c]``). The product costs O(weights) instead of
+    O(activations) and is exact, also for ``d loss / d mask`` and every
+    higher derivative: the masks enter the graph through the same
+    multilinear product. Before each forward the hook puts ``W * g`` in the
+    module's parameter slot; :class:`WeightRestore` (a forward hook that
+    always runs, also when the forward raises) puts the parameter back, so
+    state-dict keys, module types and checkpoints do not change. While a
+    unit has per-sample gates (``(N, C)``, per-sample mask gradients) a
+    weight cannot carry them and the call gates the input instead.
+
+    Args:
+        module (nn.Module): The gated layer, one of :data:`WEIGHT_GATE_TYPES`.
+        num_channels (int): Its input channels.
+        channel_dim (int): The channel dimension of its input.
+        parts (list[tuple]): See :class:`InputGate`.
+    """
+
+    def __init__(self, module: nn.Module, num_channels: int,
+                 channel_dim: int, parts: List[tuple]) -> None:
+        super().__init__(num_channels, channel_dim, parts)
+        weight = module.weight
+        self._saved: List[Optional[torch.Tensor]] = []
+        transposed = getattr(module, 'transposed', False)
+        groups = getattr(module, 'groups', 1)
+        if isinstance(module, nn.Linear):
+            self._view = (1, num_channels)
+            self._groups = None
+        elif transposed:  # weight (in, out / groups, *k)
+            self._view = (num_channels, ) + (1, ) * (weight.dim() - 1)
+            self._groups = None
+        elif groups == 1:  # weight (out, in, *k)
+            self._view = (1, num_channels) + (1, ) * (weight.dim() - 2)
+            self._groups = None
+        else:  # weight (out, in / groups, *k): channel g * ipg + j at [o, j]
+            self._view = None
+            self._groups = (groups, weight.shape[0] // groups,
+                            num_channels // groups, weight.dim() - 2)
+
+    def weight_gate(self, gate: torch.Tensor) -> torch.Tensor:
+        """The ``(C, )`` input-channel gate shaped to multiply the weight."""
+        if self._groups is None:
+            return gate.view(self._view)
+        groups, opg, ipg, k = self._groups
+        full = gate.view(groups, 1, ipg).expand(groups, opg, ipg)
+        return full.reshape((groups * opg, ipg) + (1, ) * k)
+
+    def __call__(self, module: nn.Module, args: tuple):
+        weight = module._parameters['weight']
+        gate = self.gate(weight)
+        if gate.dim() == 2:  # per-sample gates: only the input can carry them
+            self._saved.append(None)
+            return super().__call__(module, args)
+        self._saved.append(weight)
+        module._parameters['weight'] = weight * self.weight_gate(gate)
+        return None
+
+    def restore(self, module: nn.Module) -> None:
+        """Put the layer's own weight back (after its forward)."""
+        if self._saved:
+            weight = self._saved.pop()
+            if weight is not None:
+                module._parameters['weight'] = weight
+
+
+class WeightRestore:
+    """Forward hook of a :class:`WeightGate`: restores the layer's weight."""
+
+    def __init__(self, gate: WeightGate) -> None:
+        self.gate = gate
+
+    def __call__(self, module: nn.Module, args: tuple, output) -> None:
+        self.gate.restore(module)
+
+
 def strip_gates(model: nn.Module) -> None:
-    """Remove every :class:`InputGate` hook from ``model`` (e.g. a copy)."""
+    """Remove every gate hook (:class:`InputGate`, :class:`WeightGate` and
+    its :class:`WeightRestore`) from ``model`` (e.g. a copy)."""
     for m in model.modules():
         for key in [k for k, h in m._forward_pre_hooks.items()
                     if isinstance(h, InputGate)]:
             del m._forward_pre_hooks[key]
+        for key in [k for k, h in m._forward_hooks.items()
+                    if isinstance(h, WeightRestore)]:
+            del m._forward_hooks[key]
+            m._forward_hooks_always_called.pop(key, None)
 
 
 @MODELS.register_module()
@@ -108,6 +205,14 @@ class ChannelMutator(BaseModule):
         min_channels (int): Channels every unit keeps at least.
         frozen (str): ``'error'`` or ``'skip'`` for units with frozen
             parameters; see :class:`ChannelAnalyzer`.
+        gate (str): How masks reach their consumers. ``'weight'`` (default):
+            a consumer of :data:`WEIGHT_GATE_TYPES` multiplies the weight
+            entries reading each channel (:class:`WeightGate`, O(weights));
+            any other consumer multiplies its input (:class:`InputGate`,
+            O(activations)) and is named in one INFO line. ``'input'``:
+            every consumer gates its input. Both give the same losses,
+            gradients and Hessian-vector products (up to float rounding);
+            checkpoints do not depend on it.
         init_cfg (dict, optional): Unused; for the BaseModule interface.
     """
 
@@ -116,8 +221,12 @@ class ChannelMutator(BaseModule):
                      type='mmifso.DemoInput', input_shape=(1, 3, 224, 224)),
                  min_channels: int = 1,
                  frozen: str = 'error',
+                 gate: str = 'weight',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
+        if gate not in ('weight', 'input'):
+            raise ValueError(f"gate must be 'weight' or 'input', got {gate!r}")
+        self.gate = gate
         if isinstance(demo_input, dict):
             demo_input = TASK_UTILS.build(demo_input)
         self.demo_input = demo_input
@@ -187,13 +296,30 @@ class ChannelMutator(BaseModule):
                     (unit, torch.tensor(site.idxs, dtype=torch.long),
                      torch.tensor(site.root_idxs, dtype=torch.long)))
         self._sites = sites
+        input_gated = []
         for name, parts in sites['in'].items():
             module = model.get_submodule(name)
             if isinstance(module, nn.Linear):
-                gate = InputGate(module.in_features, -1, parts)
+                num, dim = module.in_features, -1
             else:
-                gate = InputGate(module.in_channels, 1, parts)
-            module.register_forward_pre_hook(gate)
+                num, dim = module.in_channels, 1
+            if self.gate == 'weight' and type(module) in WEIGHT_GATE_TYPES \
+                    and isinstance(module.weight, nn.Parameter):
+                gate = WeightGate(module, num, dim, parts)
+                module.register_forward_pre_hook(gate)
+                module.register_forward_hook(
+                    WeightRestore(gate), prepend=True, always_call=True)
+                continue
+            if self.gate == 'weight':
+                input_gated.append(f'{name} ({type(module).__name__})')
+            module.register_forward_pre_hook(InputGate(num, dim, parts))
+        if input_gated:
+            print_log(
+                '[mmifso] input-side channel gates (weight-side gating is '
+                'exact only for plain conv/linear layers) on: ' +
+                ', '.join(input_gated),
+                logger='current',
+                level=logging.INFO)
 
     @staticmethod
     def _params_per_channel(module: nn.Module) -> int:
