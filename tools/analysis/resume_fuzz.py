@@ -47,6 +47,7 @@ import json
 import os
 import os.path as osp
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -432,24 +433,43 @@ def kill_and_resume(cfg_path: str,
     return fired, proc.stdout
 
 
+def pruning_iterations(log: str) -> List[int]:
+    """The iterations with a pruning step, from a run's log
+    (``[mmifso] step iter N:`` lines of the PruningHook).
+
+    Args:
+        log (str): The run's output.
+
+    Returns:
+        list[int]: 1-based iterations, ascending.
+    """
+    return sorted({
+        int(m.group(1))
+        for m in re.finditer(r'\[mmifso\] step iter (\d+):', log)
+    })
+
+
 def random_kill_point(rng: random.Random, max_iters: int,
-                      ckpt_interval: int, prune_interval: int) -> str:
-    """A kill point whose phase can fire at its iteration.
+                      ckpt_interval: int, prune_iters: Sequence[int]) -> str:
+    """A kill point whose phase fires at its iteration.
 
     Args:
         rng (random.Random): Seeded generator.
         max_iters (int): Iterations of the run.
         ckpt_interval (int): Iterations between checkpoints.
-        prune_interval (int): Iterations between pruning steps.
+        prune_iters (Sequence[int]): Iterations with a pruning step (of the
+            uninterrupted run; :func:`pruning_iterations`).
 
     Returns:
         str: ``PHASE@ITER``.
     """
-    phase = rng.choice(PHASES)
+    prune_iters = [i for i in prune_iters if i < max_iters]
+    phase = rng.choice(PHASES if prune_iters else
+                       tuple(p for p in PHASES if p != 'prune'))
     if phase in ('after_ckpt', 'ckpt_write'):
         it = ckpt_interval * rng.randint(1, (max_iters - 1) // ckpt_interval)
     elif phase == 'prune':
-        it = prune_interval * rng.randint(1, (max_iters - 1) // prune_interval)
+        it = rng.choice(prune_iters)
     else:
         it = rng.randint(2, max_iters)
     return f'{phase}@{it}'
@@ -493,21 +513,8 @@ def main(argv=None) -> int:
         args.cfg_options,
         val_interval=args.val_interval,
         bisect=args.bisect)
-    prune_interval = min([
-        h.get('interval', 10)
-        for h in Config.fromfile(cfg_path).custom_hooks
-        if 'PruningHook' in str(h.get('type'))
-    ] or [1])
-    if args.points:
-        points = list(args.points)
-        for p in points:
-            parse_kill_point(p)
-    else:
-        rng = random.Random(args.seed)
-        points = [
-            random_kill_point(rng, args.max_iters, args.ckpt_interval,
-                              prune_interval) for _ in range(args.kills)
-        ]
+    for p in args.points or []:
+        parse_kill_point(p)
     variants: List[Optional[str]] = list(
         BISECT_VARIANTS) if args.bisect else [None]
     start = time.time()
@@ -516,7 +523,17 @@ def main(argv=None) -> int:
     if proc.returncode != 0:
         raise SystemExit(f'uninterrupted run failed:\n{proc.stdout[-4000:]}')
     expected = final_state(full_dir, args.max_iters)
-    print(f'uninterrupted run: {time.time() - start:.0f} s', flush=True)
+    prune_iters = pruning_iterations(proc.stdout)
+    print(f'uninterrupted run: {time.time() - start:.0f} s, pruning steps at '
+          f'iterations {prune_iters}', flush=True)
+    if args.points:
+        points = list(args.points)
+    else:
+        rng = random.Random(args.seed)
+        points = [
+            random_kill_point(rng, args.max_iters, args.ckpt_interval,
+                              prune_iters) for _ in range(args.kills)
+        ]
     results = []
     runs = [(v, p) for p in points for v in variants]
     for k, (variant, point) in enumerate(runs):
