@@ -177,3 +177,34 @@ def test_schedule_scaling():
     assert scaled[0]['end'] == 50
     assert scaled[1]['milestones'] == [10, 15]
     assert scaled[2]['T_max'] == 3
+
+
+def test_seeds_summary_and_bn_recalibration(setup):
+    """--seeds: one run per seed (own scoring batches), mean +- std and the
+    reference's paired differences computed from the per-seed rows;
+    --bn-recalibrate: a second one-shot evaluation with re-estimated BN."""
+    import numpy as np
+    tmp, cfg, ckpt = setup
+    out = load_script().main([
+        cfg, ckpt, '--targets', '0.6', '--criteria', 'tp_magnitude',
+        'random', '--finetune-epochs', '0', '--score-batches', '1',
+        '--seeds', '0', '1', '--reference', 'random', '--bn-recalibrate', '1',
+        '--work-dir', str(tmp / 'seeds'), '--out-prefix', 'seeds'
+    ])
+    assert out['seeds'] == [0, 1] and len(out['rows']) == 4
+    rows = {(r['criterion'], r['seed']): r for r in out['rows']}
+    for r in out['rows']:
+        assert r['metric_before_finetune_bn_recalibrated'] is not None
+    key = 'metric_before_finetune_bn_recalibrated'
+    table = {r['criterion']: r for r in out['summary']['table']}
+    vals = [rows[('tp_magnitude', s)][key] for s in (0, 1)]
+    assert table['tp_magnitude'][key]['mean'] == pytest.approx(
+        np.mean(vals))
+    assert table['tp_magnitude'][key]['std'] == pytest.approx(
+        np.std(vals, ddof=1))
+    diff = out['summary']['paired']['0.60']['tp_magnitude'][key]
+    assert diff['mean'] == pytest.approx(np.mean(
+        [rows[('random', s)][key] - rows[('tp_magnitude', s)][key]
+         for s in (0, 1)]))
+    assert diff['n'] == 2 and len(diff['ci']) == 2
+    assert (tmp / 'seeds' / 'seeds.md').read_text().count('±') >= 2

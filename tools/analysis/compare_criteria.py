@@ -59,6 +59,8 @@ from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, set_random_seed
 
+from mmifso.apis.fidelity import paired_difference, recalibrate_bn
+
 #: Short names for ``--criteria``; any registered criterion type name or
 #: ``LABEL=JSON`` (a config dict) works too.
 CRITERIA: Dict[str, dict] = dict(
@@ -115,6 +117,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         choices=['acts', 'flops', 'none'])
     parser.add_argument('--cost-power', type=float, default=0.5)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--seeds', type=int, nargs='+', default=None,
+        help='several seeds (overrides --seed): each seed draws its own '
+        'scoring batches and its own fine-tuning order from the same '
+        'baseline; the summary gives mean +- std and the reference '
+        "criterion's paired difference to every other one")
+    parser.add_argument('--reference', default='ifso',
+                        help='criterion label the paired differences are '
+                        'taken against (with --seeds)')
+    parser.add_argument(
+        '--bn-recalibrate', type=int, default=0, metavar='N',
+        help='also evaluate right after one-shot pruning with BatchNorm '
+        'statistics re-estimated on N training batches (fine-tuning then '
+        'starts from the recalibrated model); 0: off')
     parser.add_argument('--work-dir', default='work_dirs/compare')
     parser.add_argument('--out-prefix', default='compare',
                         help='file name stem of the JSON/markdown/plot')
@@ -371,7 +387,8 @@ def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
     bytes."""
     if cost_power is None:
         cost_power = args.cost_power
-    from mmifso.models.mutators import select_channels
+    from mmifso.models.algorithms import prune_step
+    from mmifso.models.mutators import ChannelSelector
     seconds, peak = 0.0, None
     if scores is None:
         with memory:
@@ -381,12 +398,12 @@ def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
             imp.reset()  # frees the accumulated statistics
             seconds = time.perf_counter() - start
         peak = memory.peak
-    alive = sum(u.num_alive for u in ctx.mutator.units)
-    removed = select_channels(ctx.mutator, scores, alive, cost=args.cost,
-                              cost_power=cost_power, target_flops=ratio)
-    after_prune = getattr(imp, 'after_prune', None)
-    if removed and callable(after_prune):
-        after_prune(ctx, removed)
+    step = prune_step(ctx, imp, ChannelSelector(args.cost, cost_power),
+                      scores, target_flops=ratio)
+    if step.skipped:
+        raise FloatingPointError(
+            f'{type(imp).__name__}: NaN/Inf scores in units '
+            f'{step.nonfinite_units}')
     return scores, seconds, peak
 
 
@@ -406,8 +423,9 @@ def run_comparison(args: argparse.Namespace) -> dict:
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     from mmifso.apis.pruning import (analyse_model, build_criterion,
                                      export_model)
-    from mmifso.models.importance import (ScoringContext,
-                                          lam_from_weight_decay)
+    from mmengine.optim import build_optim_wrapper
+
+    from mmifso.models.importance import ScoringContext
     work_dir = osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
     stamp = time.strftime('%Y%m%d_%H%M%S')
@@ -423,6 +441,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
     mutator = analyse_model(model, input_shape=shape)
     base_res = mutator.resources()
     base_state = copy.deepcopy(model.state_dict())
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     device = next(model.parameters()).device
     memory = PeakMemory(device)
     print_log(
@@ -447,10 +466,9 @@ def run_comparison(args: argparse.Namespace) -> dict:
             crit_kwargs = dict(crit_cfg)
             cost_power = crit_kwargs.pop('cost_power', args.cost_power)
             imp = build_criterion(crit_kwargs)
-            lam_from_weight_decay(  # IFSO: lambda = weight decay
-                imp, cfg.optim_wrapper.optimizer.get('weight_decay', 0),
-                'give "lam" in the criterion JSON')
             ctx = ScoringContext(model, mutator)
+            # IFSO's lam=None: the weight decay of the scored weights.
+            imp.bind_optimizer(optim_wrapper, ctx)
             seconds, peaks = 0.0, []
             for k in range(1, args.rounds + 1):
                 ratio = target**(k / args.rounds)
@@ -480,7 +498,12 @@ def run_comparison(args: argparse.Namespace) -> dict:
                                  args.seed, args.finetune_epochs,
                                  args.lr_scale)
             _, before = evaluate(runner, metric)
-            after = before
+            before_bn = None
+            if args.bn_recalibrate > 0:
+                recalibrate_bn(runner.model, scoring_batches(
+                    cfg, args.bn_recalibrate, args.seed + 1000))
+                _, before_bn = evaluate(runner, metric)
+            after = before if before_bn is None else before_bn
             if args.finetune_epochs > 0:
                 runner.train()
                 _, after = evaluate(runner, metric)
@@ -495,7 +518,9 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 reached=res['flops_ratio'] <= target,
                 flops=res['flops'],
                 params=res['params'],
+                seed=args.seed,
                 metric_before_finetune=before,
+                metric_before_finetune_bn_recalibrated=before_bn,
                 metric_after_finetune=after,
                 scoring_seconds=seconds,
                 scoring_peak_extra_bytes=max(known) if known else None)
@@ -522,6 +547,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
         cost=args.cost,
         cost_power=args.cost_power,
         seed=args.seed,
+        bn_recalibrate=args.bn_recalibrate,
         memory_method=memory.method,
         rows=rows)
 
@@ -544,8 +570,10 @@ def markdown_table(result: dict) -> str:
     ]
     for r in result['rows']:
         flag = '' if r['reached'] else ' (not reached)'
+        seed = '' if r.get('seed') is None or result.get('seeds') is None \
+            else f' (seed {r["seed"]})'
         lines.append(
-            f'| {r["criterion"]} | {r["target"]:.2f} | '
+            f'| {r["criterion"]}{seed} | {r["target"]:.2f} | '
             f'{r["flops_ratio"]:.3f}{flag} | {r["params_ratio"]:.3f} | '
             f'{r["metric_before_finetune"]:.2f} | '
             f'{r["metric_after_finetune"]:.2f} | '
@@ -589,24 +617,109 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def seed_summary(runs: Sequence[dict], reference: str) -> dict:
+    """Mean +- std over seeds per (criterion, target), and the reference
+    criterion's mean paired difference (95 % t interval) to every other.
+
+    Args:
+        runs (Sequence[dict]): One :func:`run_comparison` result per seed.
+        reference (str): Label of the reference criterion.
+
+    Returns:
+        dict: ``table`` (rows with ``mean``/``std`` of every metric) and
+        ``paired`` (``{target: {criterion: paired_difference}}`` of the
+        metric after fine-tuning, and before it).
+    """
+    import numpy as np
+    keys = ('metric_before_finetune', 'metric_before_finetune_bn_recalibrated',
+            'metric_after_finetune')
+    groups: Dict[Tuple[str, float], List[dict]] = {}
+    for run in runs:
+        for r in run['rows']:
+            groups.setdefault((r['criterion'], r['target']), []).append(r)
+    table = []
+    for (label, target), rows in groups.items():
+        row = dict(criterion=label, target=target, seeds=[r['seed'] for r in
+                                                          rows],
+                   flops_ratio=float(np.mean([r['flops_ratio']
+                                              for r in rows])))
+        for key in keys:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if vals:
+                row[key] = dict(mean=float(np.mean(vals)),
+                                std=float(np.std(vals, ddof=1))
+                                if len(vals) > 1 else 0.0)
+        table.append(row)
+    paired: Dict[str, Dict] = {}
+    labels = sorted({label for label, _ in groups})
+    if reference in labels:
+        for (label, target), rows in groups.items():
+            ref = groups.get((reference, target))
+            if label == reference or ref is None:
+                continue
+            by_seed = {r['seed']: r for r in rows}
+            pairs = [(x, by_seed[x['seed']]) for x in ref
+                     if x['seed'] in by_seed]
+            entry = {}
+            for key in keys:
+                if all(a.get(key) is not None for a, _ in pairs) and pairs:
+                    entry[key] = paired_difference(
+                        [a[key] for a, _ in pairs], [b[key] for _, b in pairs])
+            paired.setdefault(f'{target:.2f}', {})[label] = entry
+    return dict(reference=reference, table=table, paired=paired)
+
+
+def seed_markdown(summary: dict, metric: str) -> str:
+    """The multi-seed summary as markdown."""
+    fmt = (lambda d: '' if d is None else f'{d["mean"]:.2f} ± {d["std"]:.2f}')
+    lines = [f'| criterion | target | FLOPs ratio | {metric} one-shot | '
+             f'one-shot + BN recal. | after fine-tuning | {summary["reference"]} '
+             '− criterion after FT (95 % CI) |', '|---|---|---|---|---|---|---|']
+    for r in sorted(summary['table'], key=lambda r: (-r['target'],
+                                                     r['criterion'])):
+        d = summary['paired'].get(f'{r["target"]:.2f}', {}).get(
+            r['criterion'], {}).get('metric_after_finetune')
+        diff = '' if d is None else (
+            f'{d["mean"]:+.2f}' + ('' if d['ci'] is None else
+                                   f' [{d["ci"][0]:+.2f}, {d["ci"][1]:+.2f}]'))
+        lines.append(
+            f'| {r["criterion"]} | {r["target"]:.2f} | {r["flops_ratio"]:.3f} '
+            f'| {fmt(r.get("metric_before_finetune"))} | '
+            f'{fmt(r.get("metric_before_finetune_bn_recalibrated"))} | '
+            f'{fmt(r.get("metric_after_finetune"))} | {diff} |')
+    return '\n'.join(lines) + '\n'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     start = time.time()
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-    result = run_comparison(args)
+    seeds = args.seeds or [args.seed]
+    runs = []
+    for seed in seeds:
+        args.seed = seed
+        runs.append(run_comparison(args))
+    result = runs[0] if len(runs) == 1 else dict(
+        runs[0], rows=[r for run in runs for r in run['rows']], seed=None,
+        seeds=seeds, seed_protocol='same baseline; each seed draws its own '
+        'scoring batches (train dataloader seeded with the seed) and its own '
+        'fine-tuning order (Runner seed)',
+        summary=seed_summary(runs, args.reference))
     result['wall_seconds'] = round(time.time() - start, 1)
     result['load_average_1min_start'] = load
     result['load_average_1min_end'] = os.getloadavg()[0] if load is not None \
         else None
     result['torch_threads'] = torch.get_num_threads()
     stem = osp.join(osp.abspath(args.work_dir), args.out_prefix)
-    with open(stem + '.json', 'w') as f:
-        json.dump(result, f, indent=2)
-    with open(stem + '.md', 'w') as f:
-        f.write(markdown_table(result))
+    from mmifso.utils import save_json, save_text
+    text = markdown_table(result)
+    if 'summary' in result:
+        text += '\n' + seed_markdown(result['summary'], result['metric'])
+    save_json(result, stem + '.json')
+    save_text(text, stem + '.md')
     plot(result, stem + '.png')
     print_log(
-        '\n' + markdown_table(result) + f'wall time {result["wall_seconds"]}'
+        '\n' + text + f'wall time {result["wall_seconds"]}'
         f' s; wrote {stem}.json, {stem}.md, {stem}.png',
         logger='current', level=logging.INFO)
     return result
