@@ -29,7 +29,12 @@ from mmifso.models.algorithms.pruning_algorithm import build_architecture
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import (DemoInput, DetDemoInput,
                                         count_resources, record_layers)
+from mmifso.utils import pipeline_input_size
 from .export import max_abs_diff, max_abs_value
+
+# Demo image size when neither the user nor the config's test pipeline sets
+# one.
+FALLBACK_SIZE = dict(cls=64, det=128)
 
 
 def load_config(path: str) -> Config:
@@ -269,7 +274,8 @@ def new_record(config: str) -> Dict:
 
 
 def check_config(config: str, fraction: float = 0.3, seed: int = 0,
-                 cls_size: int = 64, det_size: int = 128,
+                 cls_size: Optional[int] = None,
+                 det_size: Optional[int] = None,
                  num_proposals: int = 32, atol: float = 1e-4,
                  timeout: int = 300, frozen: str = 'unfreeze') -> Dict:
     """Analyse, randomly prune, export and compare one config.
@@ -279,8 +285,10 @@ def check_config(config: str, fraction: float = 0.3, seed: int = 0,
             optionally with ``@SIZE``, its demo image size.
         fraction (float): Share of every unit's channels removed.
         seed (int): Seed of the weights, the pruning and the inputs.
-        cls_size (int): Demo image size of classifiers.
-        det_size (int): Demo image size of detectors.
+        cls_size (int, optional): Demo image size of classifiers; None: the
+            config's test size (:func:`demo_size`).
+        det_size (int, optional): Demo image size of detectors; None: the
+            config's test size.
         num_proposals (int): RoIs per image of two-stage detectors.
         atol (float): Largest masked/exported difference, relative to the
             largest output when that exceeds 1.
@@ -331,7 +339,7 @@ def _stage(record: Dict,
 
 
 def _run_check(record: Dict, config: str, fraction: float, seed: int,
-               cls_size: int, det_size: int, num_proposals: int, atol: float,
+               cls_size: Optional[int], det_size: Optional[int], num_proposals: int, atol: float,
                frozen: str) -> None:
     """The steps of :func:`check_config`; fills ``record``."""
     size = None
@@ -343,8 +351,8 @@ def _run_check(record: Dict, config: str, fraction: float, seed: int,
         det = is_detector_config(cfg)
         torch.manual_seed(seed)
         model = build_model_without_weights(cfg, unfreeze=frozen == 'unfreeze')
-    size = size or (det_size if det else cls_size)
-    shape = (1, 3, size, size)
+    hw = demo_size(cfg, size or (det_size if det else cls_size), det)
+    shape = (1, 3) + hw
     record['input_shape'] = list(shape)
     demo = DetDemoInput(shape, num_proposals) if det else DemoInput(shape)
     with _stage(record, 'analysis', ModuleTracker(model)):
@@ -362,6 +370,27 @@ def _run_check(record: Dict, config: str, fraction: float, seed: int,
     record['error'] = _export_error(record, expected, actual, pruned, demo,
                                     res['flops'], atol)
     record['export_ok'] = record['error'] is None
+
+
+def demo_size(cfg: Config, size: Optional[int],
+              det: bool) -> Tuple[int, int]:
+    """``(H, W)`` of the coverage check's demo input.
+
+    Args:
+        cfg (Config): The model's config.
+        size (int, optional): The size asked for (square); None: the size of
+            the config's test pipeline (:func:`mmifso.utils.pipeline_input_size`),
+            else :data:`FALLBACK_SIZE` (a pipeline without a resize or crop,
+            e.g. CIFAR's).
+        det (bool): Whether the config is a detector's.
+
+    Returns:
+        tuple[int, int]: ``(H, W)``.
+    """
+    if size is not None:
+        return size, size
+    fallback = FALLBACK_SIZE['det' if det else 'cls']
+    return pipeline_input_size(cfg) or (fallback, fallback)
 
 
 def analysis_summary(mutator: ChannelMutator) -> Dict:

@@ -21,21 +21,51 @@ from mmifso.models.importance import BaseImportance, ScoringContext
 from mmifso.models.mutators import (ChannelMutator, ChannelSelector,
                                     export_pruned_model)
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import pipeline_input_size
 
 Criterion = Union[str, dict, BaseImportance]
 
 
+def model_input_shape(model: nn.Module) -> Tuple[int, int, int, int]:
+    """``(1, 3, H, W)`` of the test pipeline of the config attached to a
+    model by mmdet's ``init_detector`` (``model.cfg``) or mmpretrain's
+    ``get_model`` (``model._config``).
+
+    Raises:
+        ValueError: the model has no config, or its test pipeline sets no
+            image size; the message says to pass ``input_shape``.
+    """
+    cfg = getattr(model, 'cfg', None)
+    if cfg is None:
+        cfg = getattr(model, '_config', None)
+    size = pipeline_input_size(cfg) if hasattr(cfg, 'get') else None
+    if size is None:
+        where = ('its config (model.cfg / model._config) has no test '
+                 'pipeline that sets an image size') if cfg is not None else \
+            'it carries no config (mmdet init_detector / mmpretrain ' \
+            'get_model attach one)'
+        raise ValueError(
+            f'analyse_model: no input_shape given and {where}; pass '
+            'input_shape=(1, 3, H, W), the size the model is tested at')
+    return (1, 3) + tuple(size)
+
+
 def analyse_model(model: nn.Module,
-                  input_shape: Sequence[int] = (1, 3, 224, 224),
+                  input_shape: Optional[Sequence[int]] = None,
                   min_channels: int = 1,
                   frozen: str = 'error') -> ChannelMutator:
     """Find the channel units of ``model`` and gate them (in place).
+
+    The demo input has the model's floating dtype (a float64 model is traced
+    in float64).
 
     Args:
         model (nn.Module): An mmpretrain classifier, mmdet detector or any
             module whose ``forward(inputs, mode='tensor')`` (BaseModel) or
             ``forward(x)`` accepts an image batch.
-        input_shape (Sequence[int]): Demo input ``(N, C, H, W)``.
+        input_shape (Sequence[int], optional): Demo input ``(N, C, H, W)``;
+            None: the test size of the model's config
+            (:func:`model_input_shape`).
         min_channels (int): Channels every unit keeps.
         frozen (str): ``'error'`` or ``'skip'`` for units with frozen weights.
 
@@ -43,6 +73,8 @@ def analyse_model(model: nn.Module,
         ChannelMutator: Holds one unit per prunable coupled group; skipped
         groups and reasons are in ``mutator.analysis.skipped``.
     """
+    if input_shape is None:
+        input_shape = model_input_shape(model)
     mutator = ChannelMutator(
         demo_input=dict(type='mmifso.DemoInput', input_shape=input_shape),
         min_channels=min_channels,

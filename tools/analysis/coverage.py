@@ -2,8 +2,8 @@
 
 Usage:
     python tools/analysis/coverage.py CONFIG [CONFIG ...] --out FILE.json
-        [--targets] [--fraction 0.3] [--seed 0] [--cls-size 64]
-        [--det-size 128] [--num-proposals 32] [--timeout 300]
+        [--targets] [--fraction 0.3] [--seed 0] [--cls-size SIZE]
+        [--det-size SIZE] [--num-proposals 32] [--timeout 300]
         [--frozen unfreeze|skip] [--markdown FILE.md]
 
 ``CONFIG`` is a config file or an upstream config such as
@@ -13,7 +13,8 @@ its demo image size (``...vgg16bn_8xb32_in1k.py@224``); ``--targets`` adds the
 list of models tracked in ``docs/coverage.md``. For each config the model is
 built without weights (nothing is downloaded), its channel units are found with
 the demo input (``DetDemoInput`` for mmdet detectors, ``DemoInput`` otherwise,
-at a small image size), every prunable unit loses a random ``--fraction`` of
+at the size of the config's test pipeline unless ``--cls-size`` /
+``--det-size`` / ``@SIZE`` give one), every prunable unit loses a random ``--fraction`` of
 its channels (whole blocks where channels are tied), the masked model is
 exported to a physically smaller one and both are run on the same demo input. A
 config passes (``export_ok``) when the exported model runs, its outputs have
@@ -83,10 +84,18 @@ def parse_args(argv=None):
         help='add the models tracked in docs/coverage.md')
     parser.add_argument('--fraction', type=float, default=0.3)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cls-size', type=int, default=64,
-                        help='demo image size for classifiers')
-    parser.add_argument('--det-size', type=int, default=128,
-                        help='demo image size for detectors')
+    parser.add_argument(
+        '--cls-size',
+        type=int,
+        default=None,
+        help='demo image size for classifiers (default: the config\'s test '
+        'pipeline size, 64 if it sets none)')
+    parser.add_argument(
+        '--det-size',
+        type=int,
+        default=None,
+        help='demo image size for detectors (default: the config\'s test '
+        'pipeline size, 128 if it sets none)')
     parser.add_argument('--num-proposals', type=int, default=32,
                         help='RoIs per image for two-stage detectors')
     parser.add_argument('--atol', type=float, default=1e-4)

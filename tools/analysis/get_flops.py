@@ -19,7 +19,8 @@ Prints
   the exported copy of the masked model.
 
 ``--shape`` defaults to the demo input of the mutator / structure file, and
-to 224x224 for plain models.
+for plain models to the image size of the config's test pipeline (its
+resize or crop; 224x224 when it sets none).
 """
 import argparse
 import copy
@@ -30,6 +31,8 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from mmengine.config import Config, DictAction  # noqa: E402
+
+from mmifso.utils import pipeline_input_size  # noqa: E402
 
 DEFAULT_SHAPE = (224, 224)
 
@@ -43,7 +46,8 @@ def parse_args(argv=None):
         type=int,
         nargs='+',
         help='input image size: H W, or one number for a square image '
-        '(default: the demo input of the mutator or structure, else 224)')
+        '(default: the demo input of the mutator or structure, else the '
+        "size of the config's test pipeline, else 224)")
     parser.add_argument(
         '--checkpoint',
         help='checkpoint to load first (masks of a PruningAlgorithm)')
@@ -112,7 +116,8 @@ def resolve_input_shape(cfg, kind: str, shape_arg):
             demo_shape = tuple(int(s) for s in demo.input_shape)
     channels = demo_shape[1] if demo_shape else 3
     if shape_arg is None:
-        hw = tuple(demo_shape[2:]) if demo_shape else DEFAULT_SHAPE
+        hw = tuple(demo_shape[2:]) if demo_shape else (
+            pipeline_input_size(cfg) or DEFAULT_SHAPE)
     else:
         hw = (shape_arg[0], shape_arg[-1])
     shape = (1, channels) + tuple(hw)

@@ -35,9 +35,13 @@ class DemoInput:
         """Keyword arguments of the demo forward."""
         param = next(model.parameters(), None)
         device = param.device if param is not None else 'cpu'
+        # The model's floating dtype (a float64 model gets a float64 batch).
+        dtype = next((p.dtype for p in model.parameters()
+                      if p.is_floating_point()), torch.float32)
         # requires_grad: layers whose weights are frozen still join the
         # autograd graph, so they are traced (and reported) like the others.
-        x = torch.rand(self.input_shape, device=device, requires_grad=True)
+        x = torch.rand(
+            self.input_shape, device=device, dtype=dtype, requires_grad=True)
         if isinstance(model, BaseModel):
             return dict(inputs=x, mode='tensor')
         return dict(input=x)
@@ -144,7 +148,11 @@ class DetDemoInput(DemoInput):
 
     def inputs(self, model: nn.Module) -> dict:
         kwargs = super().inputs(model)
-        kwargs['data_samples'] = self.data_samples(kwargs['inputs'].device)
+        x = kwargs['inputs']
+        kwargs['data_samples'] = self.data_samples(x.device)
+        for sample in kwargs['data_samples']:
+            sample.proposals.bboxes = sample.proposals.bboxes.to(x.dtype)
+            sample.proposals.scores = sample.proposals.scores.to(x.dtype)
         return kwargs
 
     @staticmethod
