@@ -25,6 +25,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
 from mmifso.engine import setup_distributed
+from mmifso.engine.hooks.pruning_hook import threshold_checkpoint_name
 from mmifso.models.importance import registered_criteria
 from mmifso.utils.io import (TRUST_CHECKPOINT_HELP, TRUST_ENV,
                              install_safe_checkpoint_loader)
@@ -188,7 +189,7 @@ def flops_checkpoint(work_dir: str, flops_ratio: float) -> str:
     Raises:
         FileNotFoundError: the run did not reach ``flops_ratio``.
     """
-    path = osp.join(work_dir, f'flops_{int(round(flops_ratio * 100)):02d}.pth')
+    path = osp.join(work_dir, threshold_checkpoint_name(flops_ratio))
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'the pruning run did not reach FLOPs ratio {flops_ratio}: '

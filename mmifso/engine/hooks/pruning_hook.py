@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
-from mmengine.dist import broadcast
+from mmengine.dist import broadcast, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -16,6 +16,8 @@ from mmifso.models.algorithms import (PruneStepResult, PruningAlgorithm,
 from mmifso.models.importance import (BaseImportance, ScoringContext,
                                       registered_criteria)
 from mmifso.models.mutators import ChannelSelector
+from mmifso.models.mutators.latency import measure_structures_ms
+from mmifso.models.task_modules.latency import device_name
 from mmifso.registry import HOOKS, TASK_UTILS
 from mmifso.utils import ATOMIC_BACKEND_ARGS, check_checkpoint_fits_model
 from .resume_hook import ensure_exact_resume_hook, preserved_rng_state
@@ -69,6 +71,13 @@ def _unknown_criterion(importance: dict) -> Optional[str]:
     return (f'unknown pruning criterion importance.type={name!r}; the '
             f'registered criteria are {", ".join(known)} (custom criteria '
             'must be imported, e.g. with custom_imports)')
+
+
+def threshold_checkpoint_name(ratio: float, metric: str = 'flops') -> str:
+    """File name of the checkpoint a pruning hook saves when the ``metric``
+    ratio (``'flops'`` or ``'latency'``) crosses ``ratio``: ``flops_50.pth``
+    for 0.5."""
+    return f'{metric}_{int(round(ratio * 100)):02d}.pth'
 
 
 def progress_bar(done: float, width: int = 20) -> str:
@@ -134,6 +143,12 @@ class PruningHook(Hook):
     reach (every unit at its floor) stops at the best reachable point with a
     warning.
 
+    ``measure_latency`` (bool, last argument, default False): with a latency
+    table, also time the exported structure against the unpruned model at
+    every saved threshold (the table's input shape, backend and threads, on
+    the machine that trains, rank 0, interleaved medians of 10) and log the
+    measured next to the predicted latency.
+
     A pruning step whose scores contain NaN or Inf (a diverging loss, a
     criterion failing numerically) is skipped with a warning: nothing is
     pruned on such scores, and the next step starts from fresh scores.
@@ -157,7 +172,8 @@ class PruningHook(Hook):
                  backend_args: Optional[dict] = ATOMIC_BACKEND_ARGS,
                  check_checkpoint_shapes: bool = True,
                  sync_scoring: bool = True,
-                 target_latency: Optional[float] = None) -> None:
+                 target_latency: Optional[float] = None,
+                 measure_latency: bool = False) -> None:
         if target_flops is not None and target_latency is not None:
             raise ValueError(
                 f'{type(self).__name__}: set target_flops or target_latency, '
@@ -216,6 +232,12 @@ class PruningHook(Hook):
         self.backend_args = copy.deepcopy(backend_args)
         self.check_checkpoint_shapes = check_checkpoint_shapes
         self.sync_scoring = sync_scoring
+        if measure_latency and self.selector.latency_table is None:
+            raise ValueError(
+                f'{type(self).__name__}: measure_latency needs selection='
+                'dict(latency_table=PATH) (its input shape, backend and '
+                'threads are measured)')
+        self.measure_latency = measure_latency
         self._seed_base = 0
         self.crossed: List[float] = []
         self.done = False
@@ -405,18 +427,43 @@ class PruningHook(Hook):
             hit = ratio <= thr or (force and thr == self.target)
             if hit and thr not in self.crossed:
                 self.crossed.append(thr)
-                name = f'{self.metric}_{int(round(thr * 100)):02d}.pth'
+                name = threshold_checkpoint_name(thr, self.metric)
                 self._save_checkpoint(runner, name)
                 ms = self.selector.predicted_latency_ms(algo.mutator)
                 lat = '' if ms is None else (
                     f', predicted latency {ms:.2f} ms (ratio '
                     f'{self.selector.ratio(algo.mutator, "latency"):.4f})')
+                if self.measure_latency and is_main_process():
+                    lat += self._measured_latency(algo)
                 runner.logger.info(
                     f'[mmifso] {self.metric} ratio {ratio:.4f} <= {thr}'
                     f'{" (not reached)" if ratio > thr else ""}: saved '
                     f'{name}; FLOPs ratio '
                     f'{algo.mutator.resources()["flops_ratio"]:.4f}{lat}\n' +
                     self._unit_table(algo))
+
+    def _measured_latency(self, algo: PruningAlgorithm) -> str:
+        """Measured latency of the exported structure and of the unpruned
+        model, for the log."""
+        key = self.selector.latency_table.key
+        full = [torch.ones_like(u.mask) for u in algo.mutator.units]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(key['threads'])
+        try:
+            with preserved_rng_state():
+                ms = measure_structures_ms(
+                    algo.architecture, algo.mutator,
+                    dict(unpruned=full, pruned=None), key['input_shape'],
+                    key['backend'], key['threads'], rounds=10)
+        finally:
+            torch.set_num_threads(threads)
+        here = device_name()
+        where = '' if here == key['device'] else (
+            f' on {here}, not the table\'s {key["device"]}')
+        return (f', measured {ms["pruned"]:.2f} ms / unpruned '
+                f'{ms["unpruned"]:.2f} ms = {ms["pruned"] / ms["unpruned"]:.4f}'
+                f' ({key["backend"]}, input {tuple(key["input_shape"])}, '
+                f'{key["threads"]} threads{where})')
 
     def after_train(self, runner) -> None:
         if self.done:
