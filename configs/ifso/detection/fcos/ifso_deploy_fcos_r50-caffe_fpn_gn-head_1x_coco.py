@@ -1,0 +1,21 @@
+# Test the pruned FCOS R50-FPN:
+#   python tools/test.py \
+#     configs/ifso/detection/fcos/ifso_deploy_fcos_r50-caffe_fpn_gn-head_1x_coco.py \
+#     work_dirs/ifso_finetune_fcos_r50-caffe_fpn_gn-head_1x_coco/CHECKPOINT.pth
+# or with mmdet's own APIs (init_detector(THIS_CONFIG, CHECKPOINT)).
+_base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py']
+custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+
+# Written by tools/export_pruned.py.
+structure = 'work_dirs/ifso_prune_fcos_r50-caffe_fpn_gn-head_1x_coco/export/structure.json'  # noqa: E501
+
+# The upstream model with its channels cut as the structure says. Its fields
+# stay where the upstream tools read them (cfg.model.backbone, ...), so
+# mmdet's init_detector takes this config as is.
+model = dict(
+    type='mmifso.PrunedModel',
+    architecture_type=_base_.model.type,
+    structure=structure,
+    # As in the prune config (pruning needs gradients in every stage).
+    backbone=dict(
+        frozen_stages=-1, norm_cfg=dict(type='BN', requires_grad=True)))

@@ -1,0 +1,20 @@
+# Test the pruned GFL R50-FPN:
+#   python tools/test.py \
+#     configs/ifso/detection/gfl/ifso_deploy_gfl_r50_fpn_1x_coco.py \
+#     work_dirs/ifso_finetune_gfl_r50_fpn_1x_coco/CHECKPOINT.pth
+# or with mmdet's own APIs (init_detector(THIS_CONFIG, CHECKPOINT)).
+_base_ = ['mmdet::gfl/gfl_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+
+# Written by tools/export_pruned.py.
+structure = 'work_dirs/ifso_prune_gfl_r50_fpn_1x_coco/export/structure.json'  # noqa: E501
+
+# The upstream model with its channels cut as the structure says. Its fields
+# stay where the upstream tools read them (cfg.model.backbone, ...), so
+# mmdet's init_detector takes this config as is.
+model = dict(
+    type='mmifso.PrunedModel',
+    architecture_type=_base_.model.type,
+    structure=structure,
+    # As in the prune config (pruning needs gradients in every stage).
+    backbone=dict(frozen_stages=-1))

@@ -1,0 +1,18 @@
+# Test the pruned RTMDet-tiny:
+#   python tools/test.py \
+#     configs/ifso/detection/rtmdet/ifso_deploy_rtmdet_tiny_8xb32-300e_coco.py \
+#     work_dirs/ifso_finetune_rtmdet_tiny_8xb32-300e_coco/CHECKPOINT.pth
+# or with mmdet's own APIs (init_detector(THIS_CONFIG, CHECKPOINT)).
+_base_ = ['mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py']
+custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+
+# Written by tools/export_pruned.py.
+structure = 'work_dirs/ifso_prune_rtmdet_tiny_8xb32-300e_coco/export/structure.json'  # noqa: E501
+
+# The upstream model with its channels cut as the structure says. Its fields
+# stay where the upstream tools read them (cfg.model.backbone, ...), so
+# mmdet's init_detector takes this config as is.
+model = dict(
+    type='mmifso.PrunedModel',
+    architecture_type=_base_.model.type,
+    structure=structure)

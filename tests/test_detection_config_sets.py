@@ -1,0 +1,48 @@
+"""Every detector folder of configs/ifso/detection has a prune, a deploy and
+a fine-tune config that fit together: the deploy config rebuilds the prune
+config's architecture (flat PrunedModel form, readable by mmdet's
+init_detector) and the fine-tune config loads the pruned.pth exported next
+to the structure it builds."""
+import os.path as osp
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from mmifso.utils import pruned_architecture_cfg
+
+DET_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'ifso' / \
+    'detection'
+FOLDERS = sorted(p.name for p in DET_DIR.iterdir()
+                 if p.is_dir() and not p.name.startswith(('_', '.')))
+
+
+def config_of(folder: str, kind: str) -> Path:
+    [path] = sorted((DET_DIR / folder).glob(f'ifso_{kind}_*.py'))
+    return path
+
+
+@pytest.mark.parametrize('folder', FOLDERS)
+def test_detector_config_set(folder):
+    prune = Config.fromfile(config_of(folder, 'prune'))
+    deploy = Config.fromfile(config_of(folder, 'deploy'))
+    finetune = Config.fromfile(config_of(folder, 'finetune'))
+    stem = config_of(folder, 'prune').name[len('ifso_prune_'):]
+    assert config_of(folder, 'deploy').name == 'ifso_deploy_' + stem
+    assert config_of(folder, 'finetune').name == 'ifso_finetune_' + stem
+    for cfg in (deploy, finetune):
+        assert cfg.model.type == 'mmifso.PrunedModel'
+        assert 'backbone' in cfg.model  # where init_detector reads it
+        assert pruned_architecture_cfg(
+            cfg.model) == prune.model.architecture
+        assert not any('PruningHook' in h['type']
+                       for h in cfg.get('custom_hooks', []))
+    # The detector's own hooks (EMA of YOLOX/RTMDet) stay.
+    kept = [h['type'] for h in deploy.get('custom_hooks', [])]
+    for hook in prune.custom_hooks:
+        assert 'PruningHook' in hook['type'] or hook['type'] in kept
+    assert finetune.load_from.endswith('pruned.pth')
+    assert osp.dirname(finetune.load_from) == osp.dirname(
+        finetune.model.structure)
+    assert finetune.optim_wrapper.optimizer.lr == pytest.approx(
+        deploy.optim_wrapper.optimizer.lr * 0.5)
