@@ -29,6 +29,7 @@ from mmifso.models.algorithms.pruning_algorithm import build_architecture
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import (DemoInput, DetDemoInput,
                                         count_resources, record_layers)
+from mmifso.models.utils import preserved_modes
 from mmifso.utils import pipeline_input_size
 from .export import max_abs_diff, max_abs_value
 
@@ -132,17 +133,14 @@ def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
     shape = (max(2, demo.input_shape[0]), ) + tuple(demo.input_shape[1:])
     calib = copy.copy(demo)
     calib.input_shape = shape
-    modes = {m: m.training for m in model.modules()}
     try:
-        for m in model.modules():  # not model.train(): norm_eval
-            m.training = True
-        with torch.no_grad():
+        with preserved_modes(model), torch.no_grad():
+            for m in model.modules():  # not model.train(): norm_eval
+                m.training = True
             for i in range(2):
                 torch.manual_seed(seed + 1 + i)
                 calib(model)
     finally:
-        for m, mode in modes.items():
-            m.training = mode
         for m, momentum in norms:
             m.momentum = momentum
 

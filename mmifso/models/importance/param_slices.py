@@ -21,9 +21,8 @@ BatchNorm in eval mode and in train mode (the BN output becomes ``beta = 0``).
 A unit without any of these (not produced by the analyzer, kept for safety)
 falls back to the consumers' input columns.
 """
-import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -236,21 +235,6 @@ class UnitLayout:
 
 
 # ---------------------------------------------------------------------- #
-@contextlib.contextmanager
-def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Put ``model`` in eval mode; restore every module's flag on exit."""
-    if not enabled:
-        yield
-        return
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def split_batch(data: Dict, chunks: int) -> List[Dict]:
     """Split a pre-processed batch into ``chunks`` nearly equal parts.
 

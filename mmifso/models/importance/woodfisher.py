@@ -5,8 +5,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from mmifso.registry import TASK_UTILS
+from ..utils import eval_mode
 from .base import BaseImportance, ScoringContext, grad_or_zeros
-from .param_slices import ChannelSlices, channel_slices, eval_mode, split_batch
+from .param_slices import ChannelSlices, channel_slices, split_batch
 
 #: Elements of the per-channel temporaries processed at once.
 _CHUNK_ELEMENTS = 1 << 22

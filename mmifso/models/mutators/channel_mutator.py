@@ -14,6 +14,7 @@ from ..mutables import MutableChannelUnit
 from ..task_modules.channel_analyzer import ChannelAnalyzer
 from ..task_modules.channel_units import AnalysisResult
 from ..task_modules.resource import count_resources, record_layers
+from ..utils import eval_mode
 
 
 class NoPrunableUnitsError(RuntimeError):
@@ -260,14 +261,8 @@ class ChannelMutator(BaseModule):
                 f'(groups found and why they were skipped: {skipped}).')
         # Eval mode: a demo forward in train mode would overwrite BatchNorm
         # running statistics (and fails on 1x1 maps with batch size 1).
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
-            with torch.no_grad():
-                self.layer_records = record_layers(model, self.demo_input)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        with eval_mode(model), torch.no_grad():
+            self.layer_records = record_layers(model, self.demo_input)
         self.units = nn.ModuleList(
             MutableChannelUnit.from_spec(spec, self.min_channels)
             for spec in self.analysis.units)

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 from torch_pruning import ops as tp_ops
 
+from ..utils import preserved_modes
 from .channel_ties import ChannelTies
 from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
 from .groups import GroupDivergedError, get_all_groups
@@ -75,17 +76,12 @@ class ChannelAnalyzer:
 
     def _trace(self, model: nn.Module,
                dead: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
-        modes = {m: m.training for m in model.modules()}
-        try:
-            with torch.enable_grad():
-                return new_dependency_graph().build_dependency(
-                    model,
-                    example_inputs=None,
-                    forward_fn=lambda m, _: self._forward(m, dead),
-                    verbose=False)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        with preserved_modes(model), torch.enable_grad():
+            return new_dependency_graph().build_dependency(
+                model,
+                example_inputs=None,
+                forward_fn=lambda m, _: self._forward(m, dead),
+                verbose=False)
 
     def build_graph(self, model: nn.Module) -> tp.DependencyGraph:
         """Trace ``model`` with DepGraph; training flags are restored.

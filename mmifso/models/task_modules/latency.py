@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from mmifso.utils import save_json
+from ..utils import eval_mode
 from .resource import LayerRecord
 
 BACKENDS = ('torch', 'onnxruntime')
@@ -287,16 +288,12 @@ def _input_shapes(model: nn.Module, forward_fn, names: Sequence[str]
         shapes[mods[module]].append(tuple(args[0].shape))
 
     handles = [m.register_forward_pre_hook(hook) for m in mods]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             forward_fn(model)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return shapes
 
 

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 
 import torch.nn as nn
 
+from ..utils import eval_mode
 from .layer_types import GATEABLE_TYPES
 
 
@@ -102,15 +103,12 @@ def record_layers(model: nn.Module,
     ]
     # Eval mode: the demo forward must not update BatchNorm statistics (and
     # train-mode BN rejects 1x1 maps of a single image); modes are restored.
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        forward_fn(model)
+        with eval_mode(model):
+            forward_fn(model)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return records
 
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
 from mmifso.structures import StructureMismatchError
+from ..utils import eval_mode
 from .channel_analyzer import ChannelAnalyzer
 from .groups import get_pruning_group
 
@@ -92,13 +93,9 @@ def fix_channel_attributes(model: nn.Module, demo_input) -> None:
         module.out_channels = int(feats[0].shape[1])
 
     handles = [m.register_forward_pre_hook(read_channels) for m in extractors]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             demo_input(model)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode

@@ -1,0 +1,36 @@
+"""Training-flag scopes for the forwards mmifso runs on a user's model."""
+import contextlib
+from typing import Iterator
+
+import torch.nn as nn
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every module's own ``training`` flag on exit (a model may
+    mix modes, e.g. ``norm_eval`` backbones, so ``model.train()`` would not
+    restore it)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Put ``model`` in eval mode (a demo or tracing forward must not update
+    BatchNorm statistics, and train-mode BN rejects 1x1 maps of a single
+    image); every module's flag is restored on exit.
+
+    Args:
+        model (nn.Module): The model.
+        enabled (bool): False leaves the modes as they are.
+    """
+    if not enabled:
+        yield
+        return
+    with preserved_modes(model):
+        model.eval()
+        yield
