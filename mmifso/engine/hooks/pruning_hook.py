@@ -452,9 +452,13 @@ class PruningHook(Hook):
         try:
             with preserved_rng_state():
                 ms = measure_structures_ms(
-                    algo.architecture, algo.mutator,
-                    dict(unpruned=full, pruned=None), key['input_shape'],
-                    key['backend'], key['threads'], rounds=10)
+                    algo.architecture,
+                    algo.mutator,
+                    dict(unpruned=full, pruned=None),
+                    key['input_shape'],
+                    key['backend'],
+                    key['threads'],
+                    rounds=10)
         finally:
             torch.set_num_threads(threads)
         here = device_name()

@@ -133,6 +133,8 @@ def test_both_targets_and_missing_table():
             hook(target_flops=0.5, target_latency=0.5)
         with pytest.raises(ValueError, match='latency_table=PATH'):
             hook(target_latency=0.5)
+        with pytest.raises(ValueError, match='measure_latency needs'):
+            hook(measure_latency=True)
     algo = build_algorithm(input_shape=(1, 3, 16, 16))
     with pytest.raises(ValueError, match='exactly one'):
         prune_to_target(algo.architecture, algo.mutator,
@@ -162,7 +164,7 @@ def test_hook_prunes_to_a_latency_target(tmp_path, synthetic_path):
     hook.pop('target_flops', None)
     hook.update(target_latency=0.8, cost='latency',
                 selection=dict(latency_table=synthetic_path),
-                save_thresholds=(0.9, ))
+                save_thresholds=(0.9, ), measure_latency=True)
     runner = Runner.from_cfg(cfg)
     runner.train()
     algo = runner.model
@@ -174,3 +176,6 @@ def test_hook_prunes_to_a_latency_target(tmp_path, synthetic_path):
     assert latency_ratio(table, algo.mutator) <= 0.8
     log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
     assert 'predicted latency' in log and 'saved latency_80.pth' in log
+    # Measured at each threshold (the synthetic table's timings are not this
+    # machine's, so only the presence of the figures is checked).
+    assert log.count('measured ') >= 2 and 'unpruned' in log
