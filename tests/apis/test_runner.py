@@ -57,7 +57,10 @@ def test_build_runner_checks_the_checkpoint_first(tmp_path):
 
 def test_trust_checkpoint_sets_the_environment(tmp_path, monkeypatch):
     from mmifso.utils.io import TRUST_ENV
-    monkeypatch.delenv(TRUST_ENV, raising=False)
+    # setenv first: monkeypatch then restores the variable's absence after
+    # build_runner sets it (delenv of an unset variable records nothing).
+    monkeypatch.setenv(TRUST_ENV, '0')
+    monkeypatch.delenv(TRUST_ENV)
     build_runner(runner_cfg(tmp_path / 'a'))
     assert TRUST_ENV not in os.environ
     build_runner(runner_cfg(tmp_path / 'b'), trust_checkpoint=True)

@@ -384,8 +384,8 @@ def test_train_tool_refuses_pickled_load_from(tmp_path, monkeypatch,
     cfg.dump(cfg_path)
     tool = _train_tool()
     if not precheck:
-        import mmifso.apis.checks as checks
-        monkeypatch.setattr(checks, 'check_checkpoint_matches_config',
+        import mmifso.apis.runner as runner_api
+        monkeypatch.setattr(runner_api, 'check_checkpoint_matches_config',
                             lambda cfg, ckpt: None)
         for argv in ([cfg_path], [cfg_path, '--resume', path]):
             with pytest.raises(UnsafeCheckpointError,
