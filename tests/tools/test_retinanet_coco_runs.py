@@ -119,8 +119,9 @@ def test_retinanet_coco_prune_then_finetune(shapes, tmp_path):
         osp.join(RETINANET, 'ifso_finetune_retinanet_r50_fpn_1x_coco.py'),
         shapes)
     with open(finetune_cfg, 'a') as f:
-        f.write('model = dict(architecture=dict(backbone=dict('
-                f'init_cfg=None)), structure={export + "/structure.json"!r})\n'
+        # The deploy config's flat form: the detector's fields at the top.
+        f.write('model = dict(backbone=dict(init_cfg=None), '
+                f'structure={export + "/structure.json"!r})\n'
                 f'load_from = {export + "/pruned.pth"!r}\n')
     log = run(['tools/train.py', finetune_cfg, '--work-dir',
                str(tmp_path / 'finetune')], ROOT)
