@@ -158,3 +158,35 @@ def test_speed_section_on_a_tiny_model(tmp_path):
         assert positive_finite(b['unpruned_ms'])
         for r in b['structures'].values():
             assert positive_finite(r['ms']) and positive_finite(r['speedup'])
+
+
+def test_prune_iterations_of_the_digits_config():
+    """Section 5's count: the hook's selector removes channels until the
+    target, in ceil(channels / channels_per_step) steps of ``interval``."""
+    bench = load_script()
+    cfg = os.path.join(ROOT, bench.PRUNE_RUN_CONFIGS['digits'])
+    e = bench.prune_iterations(cfg)
+    assert e['reached_flops'] <= e['target_flops'] == 0.5
+    assert 0 < e['channels_to_remove'] < e['channels']
+    assert e['steps'] == math.ceil(e['channels_to_remove'] /
+                                   e['channels_per_step'])
+    assert e['iterations'] == e['start_iter'] + e['steps'] * e['interval']
+
+
+def test_prune_run_configs_differ_only_by_the_hook(tmp_path):
+    """The A/B pair of section 5: same model, data, seed and length; only
+    the pruned run has the PruningHook, and neither saves checkpoints."""
+    bench = load_script()
+    cfg = os.path.join(ROOT, bench.PRUNE_RUN_CONFIGS['digits'])
+    a = bench.prune_run_cfg(cfg, True, 7, str(tmp_path / 'a'), None)
+    b = bench.prune_run_cfg(cfg, False, 7, str(tmp_path / 'b'), None)
+    hooks = [h['type'] for h in a.custom_hooks]
+    assert 'mmifso.PruningHook' in hooks
+    assert [h['type'] for h in b.custom_hooks] == [
+        t for t in hooks if t != 'mmifso.PruningHook']
+    for key in ('model', 'train_dataloader', 'optim_wrapper', 'randomness',
+                'train_cfg', 'default_hooks'):
+        assert a[key] == b[key], key
+    assert a.train_cfg.max_iters == 7 and a.load_from is None
+    assert a.default_hooks.checkpoint.interval == -1
+    assert not a.default_hooks.checkpoint.save_last

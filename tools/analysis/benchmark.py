@@ -42,10 +42,11 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from mmengine.hooks import Hook
 
 IMAGENET_CFG = 'mmpretrain::resnet/resnet50_8xb32_in1k.py'
 QUICK_IMAGENET_CFG = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
@@ -80,6 +81,7 @@ SETTINGS = dict(
 GOAL_GATE = 1.05
 GOAL_SCORE = 3.0
 GOAL_EFFICIENCY = 0.9
+GOAL_PRUNE_RUN = 1.5
 TARGET_FLOPS = 0.5
 
 CIFAR_DATA_PREPROCESSOR = dict(
@@ -663,6 +665,280 @@ def print_speed(speed: Dict) -> None:
 
 
 # ---------------------------------------------------------------------- #
+# 5. Whole pruning run (opt-in: --prune-run)
+# ---------------------------------------------------------------------- #
+#: The two runs timed with and without their PruningHook.
+PRUNE_RUN_CONFIGS = dict(
+    digits='configs/demo/ifso_resnet20_prune_digits.py',
+    shapes_retinanet='configs/demo_det/ifso_retinanet_r18-w32_prune_shapes.py')
+#: The COCO prune config whose pruning phase is projected in epochs.
+COCO_RETINANET_PRUNE = 'ifso_prune_retinanet_r50_fpn_1x_coco.py'
+#: COCO train2017 images and the batch of the ``8xb2`` / ``1x`` schedules.
+COCO_TRAIN_IMAGES = 118287
+COCO_GLOBAL_BATCH = 16
+
+
+def pruning_hook_cfg(cfg) -> Dict:
+    """The ``PruningHook`` entry of a config's ``custom_hooks``."""
+    hooks = [h for h in cfg.get('custom_hooks', [])
+             if str(h.get('type', '')).endswith('PruningHook')]
+    if len(hooks) != 1:
+        raise ValueError(f'{cfg.filename}: expected one PruningHook in '
+                         f'custom_hooks, found {len(hooks)}')
+    return hooks[0]
+
+
+def prune_iterations(cfg_file: str) -> Dict:
+    """Iterations a prune config needs to reach its target.
+
+    Builds the config's masked model (random weights), ranks the channels
+    with L1-magnitude scores through the hook's own :class:`ChannelSelector`
+    (``cost``, ``cost_power``, ``selection``) and counts the channels removed
+    until the FLOPs target is met. With fixed scores and a per-unit cost the
+    greedy order does not change between steps, so the run needs
+    ``ceil(channels / channels_per_step)`` pruning steps and ``start_iter +
+    steps * interval`` iterations. The real criterion ranks other channels
+    (trained weights, IFSO scores), so the count is a projection: channels
+    with more FLOPs per channel reach the target sooner.
+
+    Args:
+        cfg_file (str): A prune config.
+
+    Returns:
+        dict: Units, channels, the hook's settings, channels to remove,
+        steps and iterations.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmifso.models.importance import MagnitudeImportance, ScoringContext
+    from mmifso.models.mutators import ChannelSelector
+    from mmifso.registry import MODELS
+    cfg = Config.fromfile(cfg_file)
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    hook = pruning_hook_cfg(cfg)
+    if hook.get('target_latency') is not None:
+        return dict(config=cfg_file, skipped='target_latency (needs a '
+                    'latency table of the target device)')
+    target = hook.get('target_flops', 0.5) or 0.5
+    algo = MODELS.build(cfg.model)
+    mutator = algo.mutator
+    selector = ChannelSelector(
+        cost=hook.get('cost', 'acts'),
+        cost_power=hook.get('cost_power', 0.5),
+        **(hook.get('selection') or {}))
+    ctx = ScoringContext(algo.architecture, mutator)
+    scores = MagnitudeImportance().compute(ctx)
+    removed = selector.select(mutator, scores, None, target)
+    per_step = hook.get('channels_per_step', 1)
+    interval = hook.get('interval', 10)
+    steps = math.ceil(len(removed) / per_step)
+    out = dict(
+        config=cfg_file,
+        units=len(mutator.units),
+        channels=sum(u.num_channels for u in mutator.units),
+        target_flops=target,
+        reached_flops=mutator.resources()['flops_ratio'],
+        interval=interval,
+        channels_per_step=per_step,
+        score_batches=hook.get('score_batches', 2),
+        start_iter=hook.get('start_iter', 0),
+        channels_to_remove=len(removed),
+        steps=steps,
+        iterations=hook.get('start_iter', 0) + steps * interval)
+    batch = cfg.train_dataloader.get('batch_size')
+    if batch:
+        out['batch_per_gpu'] = batch
+    return out
+
+
+class IterTimer(Hook):
+    """Hook recording the wall time of every training iteration.
+
+    Iteration ``i`` lasts from its ``before_train_iter`` to the next one's
+    (the end of training for the last), so the scoring in the
+    ``PruningHook``'s ``before_train_iter``, the step and the pruning step
+    in its ``after_train_iter`` all count. Registered at the highest
+    priority.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: List[float] = []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def after_train(self, runner) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def times(self) -> List[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+def prune_run_cfg(cfg_file: str, with_hook: bool, iters: int, work_dir: str,
+                  data_root: Optional[str]):
+    """The prune config as a fixed-length run, with or without its hook.
+
+    Iteration-based for ``iters`` iterations, no validation, no checkpoint,
+    no ``load_from`` (the timings do not depend on the weights, and a
+    masked model costs what the full one costs), fixed seed so both runs
+    see the same batches. Without the hook it is the plain training of the
+    same model (the gates stay, all ones).
+    """
+    from mmengine.config import Config
+    cfg = Config.fromfile(cfg_file)
+    cfg.work_dir = work_dir
+    cfg.load_from = None
+    cfg.resume = False
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters,
+                         val_interval=10**9)
+    for key in ('val_dataloader', 'val_cfg', 'val_evaluator',
+                'test_dataloader', 'test_cfg', 'test_evaluator'):
+        cfg[key] = None
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=-1, save_last=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10**9)
+    if 'visualization' in cfg.default_hooks:
+        cfg.default_hooks.pop('visualization')
+    cfg.randomness = dict(seed=0)
+    hooks = [h for h in cfg.get('custom_hooks', [])
+             if not str(h.get('type', '')).endswith('PruningHook')]
+    if with_hook:
+        hook = copy.deepcopy(pruning_hook_cfg(cfg))
+        hook['save_thresholds'] = []  # no checkpoint IO in the timing
+        hooks.append(hook)
+    cfg.custom_hooks = hooks
+    if data_root is not None:
+        cfg.train_dataloader.dataset.data_root = data_root.rstrip('/') + '/'
+    return cfg
+
+
+def bench_prune_run(name: str, cfg_file: str, iters: int, warmup: int,
+                    rounds: int, work_dir: str,
+                    data_root: Optional[str] = None) -> Dict:
+    """Wall time of a prune config's iterations with / without the hook.
+
+    ``rounds`` pairs of runs (pruned, plain, pruned, plain, ...), each a
+    fresh mmengine Runner of ``warmup + iters`` iterations; the first
+    ``warmup`` iterations of each run are not timed. The ratio of the summed
+    iteration times is the factor a user pays for the pruning phase over
+    the plain training of the same iterations.
+    """
+    from mmengine.runner import Runner
+    log(f'pruning run: {name}, {rounds} x ({warmup} + {iters} iterations) '
+        'with and without the PruningHook')
+    idle = wait_idle()
+    totals: Dict[str, List[float]] = dict(pruned=[], plain=[])
+    s0 = _cpu_sample()
+    for r in range(rounds):
+        for label in ('pruned', 'plain'):
+            cfg = prune_run_cfg(cfg_file, label == 'pruned', warmup + iters,
+                                os.path.join(work_dir, name, label),
+                                data_root)
+            runner = Runner.from_cfg(cfg)
+            timer = IterTimer()
+            runner.register_hook(timer, priority='VERY_HIGH')
+            runner.train()
+            totals[label].append(sum(timer.times()[warmup:]))
+            del runner
+    s1 = _cpu_sample()
+    from mmengine.config import Config
+    hook = pruning_hook_cfg(Config.fromfile(cfg_file))
+    per_round = [a / b for a, b in zip(totals['pruned'], totals['plain'])]
+    return dict(
+        model=name,
+        config=cfg_file,
+        hook=dict(hook),
+        iterations=iters,
+        warmup_iterations=warmup,
+        rounds=rounds,
+        pruned_s=stats(totals['pruned']),
+        plain_s=stats(totals['plain']),
+        ratio=sum(totals['pruned']) / sum(totals['plain']),
+        ratio_paired_median=statistics.median(per_round),
+        goal=f'ratio <= {GOAL_PRUNE_RUN}',
+        goal_met=sum(totals['pruned']) / sum(totals['plain']) <=
+        GOAL_PRUNE_RUN,
+        cpu=dict(foreign_share=foreign_share(s0, s1), **idle))
+
+
+def prune_run_section(iters: int, warmup: int, rounds: int, work_dir: str,
+                      shapes_train: int, all_configs: bool) -> Dict:
+    """Section 5: both A/B runs, the iterations every shipped prune config
+    needs, and the projected pruning-phase cost of RetinaNet on COCO."""
+    import glob
+
+    from mmifso.datasets.shapes import make_shapes_coco, shapes_coco_exists
+    data_root = os.path.join(work_dir, 'shapes_coco')
+    if not shapes_coco_exists(data_root, splits=('train', ),
+                              num=dict(train=shapes_train), size=160):
+        make_shapes_coco(data_root, shapes_train, 1, 160, 0)
+    out = dict(runs=[
+        bench_prune_run('digits', PRUNE_RUN_CONFIGS['digits'], iters,
+                        warmup, rounds, work_dir),
+        bench_prune_run('shapes_retinanet',
+                        PRUNE_RUN_CONFIGS['shapes_retinanet'], iters, warmup,
+                        rounds, work_dir, data_root),
+    ])
+    files = list(PRUNE_RUN_CONFIGS.values())
+    if all_configs:
+        files += sorted(
+            glob.glob('configs/ifso/**/ifso_prune_*.py', recursive=True))
+    out['iterations_to_target'] = []
+    for f in files:
+        log(f'iterations to target: {f}')
+        out['iterations_to_target'].append(prune_iterations(f))
+    coco = [e for e in out['iterations_to_target']
+            if e['config'].endswith(COCO_RETINANET_PRUNE)]
+    if coco:
+        ratio_ = out['runs'][1]['ratio']
+        per_epoch = math.ceil(COCO_TRAIN_IMAGES / COCO_GLOBAL_BATCH)
+        n = coco[0]['iterations']
+        out['coco_retinanet_projection'] = dict(
+            config=coco[0]['config'],
+            pruning_iterations=n,
+            iterations_per_epoch=per_epoch,
+            global_batch=COCO_GLOBAL_BATCH,
+            measured_ratio=ratio_,
+            pruning_phase_epochs=n / per_epoch,
+            extra_cost_epochs=n * (ratio_ - 1) / per_epoch,
+            note='extra cost = iterations x (ratio - 1) / iterations per '
+            'epoch, with the ratio measured on shapes-COCO (160 px, CPU); '
+            'the ratio at 1333x800 on a GPU may differ')
+    return out
+
+
+def print_prune_run(section: Dict) -> None:
+    print('\n5. Whole pruning run: with / without the PruningHook (sum of '
+          'timed iterations)')
+    for e in section['runs']:
+        print(f'  {e["model"]:18s} {e["iterations"]} it x {e["rounds"]} '
+              f'rounds: pruned {fmt_s(e["pruned_s"])}, plain '
+              f'{fmt_s(e["plain_s"])}, ratio {e["ratio"]:.2f} (paired '
+              f'median {e["ratio_paired_median"]:.2f}), goal '
+              f'{e["goal"]}: {yes(e["goal_met"])}; other processes used '
+              f'{e["cpu"]["foreign_share"]:.0%} of the CPUs')
+    for e in section.get('iterations_to_target', []):
+        if 'skipped' in e:
+            print(f'  {e["config"]}: skipped ({e["skipped"]})')
+            continue
+        print(f'  {e["config"]}: {e["channels_to_remove"]} of '
+              f'{e["channels"]} channels in {e["units"]} units, '
+              f'{e["channels_per_step"]} per step every {e["interval"]} it '
+              f'-> {e["steps"]} steps, {e["iterations"]} iterations '
+              f'(x{e["score_batches"]} scored batches)')
+    p = section.get('coco_retinanet_projection')
+    if p:
+        print(f'  RetinaNet COCO: {p["pruning_iterations"]} iterations = '
+              f'{p["pruning_phase_epochs"]:.2f} epochs of {p["iterations_per_epoch"]} '
+              f'iterations; extra cost {p["extra_cost_epochs"]:.2f} plain '
+              f'epochs at the measured ratio {p["measured_ratio"]:.2f}')
+
+
+# ---------------------------------------------------------------------- #
 # Report
 # ---------------------------------------------------------------------- #
 def machine_info(threads: int) -> Dict:
@@ -798,6 +1074,23 @@ def parse_args(argv=None):
         help='run only section 4 (prune for speed: target_latency vs '
         'target_flops, round_to=8, torch and ONNX Runtime, batch 1 and 8)')
     parser.add_argument(
+        '--prune-run', action='store_true',
+        help='run only section 5 (the digits and shapes-COCO prune configs '
+        'with and without their PruningHook, iterations every shipped '
+        'prune config needs, RetinaNet COCO projection)')
+    parser.add_argument(
+        '--prune-iters', type=int, default=None,
+        help='timed iterations per run of section 5 (default 60, quick 2)')
+    parser.add_argument(
+        '--prune-warmup', type=int, default=None,
+        help='untimed first iterations per run (default 4, quick 1)')
+    parser.add_argument(
+        '--prune-rounds', type=int, default=None,
+        help='A/B pairs of runs (default 3, quick 1)')
+    parser.add_argument(
+        '--prune-dir', default='work_dirs/benchmark_prune_run',
+        help='work dirs and shapes data of section 5')
+    parser.add_argument(
         '--speed-backends', nargs='+', default=['torch', 'onnxruntime'],
         choices=['torch', 'onnxruntime'])
     parser.add_argument(
@@ -841,6 +1134,26 @@ def main(argv=None) -> Dict:
             gate_overhead_ratio_max=GOAL_GATE,
             ifso_exact_ratio_max=GOAL_SCORE,
             latency_efficiency_min=GOAL_EFFICIENCY))
+
+    if args.prune_run:
+        from mmifso.utils import save_json
+        quick = args.quick
+        result['prune_run'] = prune_run_section(
+            args.prune_iters or (2 if quick else 60),
+            args.prune_warmup if args.prune_warmup is not None else
+            (1 if quick else 4),
+            args.prune_rounds or (1 if quick else 3), args.prune_dir,
+            32 if quick else 400, all_configs=not quick)
+        result['total_time_s'] = time.perf_counter() - start
+        result['loadavg_end'] = loadavg()
+        print_prune_run(result['prune_run'])
+        print(f'total time {result["total_time_s"]:.0f} s; load average '
+              f'{result["loadavg_start"]} at start, {result["loadavg_end"]} '
+              'at end')
+        if args.out:
+            save_json(result, args.out)
+            log(f'wrote {args.out}')
+        return result
 
     if args.speed:
         from mmifso.utils import save_json
