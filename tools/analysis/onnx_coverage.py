@@ -111,6 +111,9 @@ def check(config, args, work):
                                      seed=args.seed)
         except (OnnxExportError, RuntimeError, TypeError, ValueError) as e:
             rec['error'] = f'{label}: {type(e).__name__}: {str(e)[:300]}'
+            # How far fp32 PyTorch itself is from fp64 on this (randomised)
+            # model: parity cannot be tighter than the model's conditioning.
+            rec[f'{label}_fp32_vs_fp64'] = fp32_vs_fp64(m, shape, args.seed)
             return rec
         rec[f'{label}_max_rel_err'] = max(res['max_rel_err'])
         rec[f'{label}_outputs'] = len(res['outputs'])
@@ -128,11 +131,31 @@ def check(config, args, work):
     return rec
 
 
+def fp32_vs_fp64(model, shape, seed):
+    """Largest ``max |fp32 - fp64| / max |fp64|`` over the outputs."""
+    import copy
+
+    from mmifso.apis.onnx import relative_errors
+    from mmifso.models.task_modules.latency import TensorModeWrapper
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        a = TensorModeWrapper(model)(x)
+        b = TensorModeWrapper(copy.deepcopy(model).double())(x.double())
+    return max(relative_errors(b, [t.double().numpy() for t in a]))
+
+
 def runner_for_path(path, x, threads):
     from mmifso.apis.onnx import ort_session
     sess = ort_session(path, threads)
     feed = {'input': x.numpy()}
     return lambda: sess.run(None, feed)
+
+
+def cond(r):
+    """A note when the model is ill-conditioned in fp32."""
+    v = [r[k] for k in ('pruned_fp32_vs_fp64', 'unpruned_fp32_vs_fp64')
+         if k in r]
+    return (f'fp32 PyTorch itself is {v[0]:.1e} from fp64: ' if v else '')
 
 
 def markdown(records):
@@ -146,7 +169,7 @@ def markdown(records):
             f' | {"yes" if r["ok"] else "no"} | '
             f'{"" if err is None else f"{err:.1e}"} | '
             f'{r.get("flops_ratio", float("nan")):.2f} | {sp} | '
-            f'{(r["error"] or "")[:120]} |')
+            f'{cond(r)}{(r["error"] or "")[:120]} |')
     return '\n'.join(rows) + '\n'
 
 
