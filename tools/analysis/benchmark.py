@@ -1099,6 +1099,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def finish_section(result: Dict, start: float, out: Optional[str],
+                   report: Callable[[], None]) -> Dict:
+    """End of an opt-in section run (``--speed``, ``--prune-run``): total
+    time and load, the section's report, the JSON written atomically.
+
+    Args:
+        result (dict): The results so far (updated in place).
+        start (float): ``time.perf_counter()`` at the start of the run.
+        out (str, optional): Where to write the JSON.
+        report (callable): Prints the section's table.
+
+    Returns:
+        dict: ``result``.
+    """
+    from mmifso.utils import save_json
+    result['total_time_s'] = time.perf_counter() - start
+    result['loadavg_end'] = loadavg()
+    report()
+    print(f'total time {result["total_time_s"]:.0f} s; load average '
+          f'{result["loadavg_start"]} at start, {result["loadavg_end"]} '
+          'at end')
+    if out:
+        save_json(result, out)
+        log(f'wrote {out}')
+    return result
+
+
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     warnings.filterwarnings('ignore')
@@ -1136,7 +1163,6 @@ def main(argv=None) -> Dict:
             latency_efficiency_min=GOAL_EFFICIENCY))
 
     if args.prune_run:
-        from mmifso.utils import save_json
         quick = args.quick
         result['prune_run'] = prune_run_section(
             args.prune_iters or (2 if quick else 60),
@@ -1144,33 +1170,16 @@ def main(argv=None) -> Dict:
             (1 if quick else 4),
             args.prune_rounds or (1 if quick else 3), args.prune_dir,
             32 if quick else 400, all_configs=not quick)
-        result['total_time_s'] = time.perf_counter() - start
-        result['loadavg_end'] = loadavg()
-        print_prune_run(result['prune_run'])
-        print(f'total time {result["total_time_s"]:.0f} s; load average '
-              f'{result["loadavg_start"]} at start, {result["loadavg_end"]} '
-              'at end')
-        if args.out:
-            save_json(result, args.out)
-            log(f'wrote {args.out}')
-        return result
+        return finish_section(result, start, args.out,
+                              lambda: print_prune_run(result['prune_run']))
 
     if args.speed:
-        from mmifso.utils import save_json
         result['speed'] = bench_speed(
             inet, inet_cfg, size, cfg['latency_batches'], threads,
             1 if args.quick else 7, cfg['latency_repeats'],
             args.speed_backends, args.speed_dir)
-        result['total_time_s'] = time.perf_counter() - start
-        result['loadavg_end'] = loadavg()
-        print_speed(result['speed'])
-        print(f'total time {result["total_time_s"]:.0f} s; load average '
-              f'{result["loadavg_start"]} at start, {result["loadavg_end"]} '
-              'at end')
-        if args.out:
-            save_json(result, args.out)
-            log(f'wrote {args.out}')
-        return result
+        return finish_section(result, start, args.out,
+                              lambda: print_speed(result['speed']))
 
     log(f'building {inet} ({size}x{size}) and CIFAR ResNet-20')
     algo_i, plain_i = build_pair(inet_cfg, size)
