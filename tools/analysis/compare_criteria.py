@@ -86,7 +86,8 @@ CRITERIA: Dict[str, dict] = dict(
         type='mmifso.TorchPruningImportance',
         kind='hessian',
         hessian_accumulation='fixed'),
-    random=dict(type='mmifso.RandomImportance', seed=0),
+    # No seed: it follows --seed / each of --seeds.
+    random=dict(type='mmifso.RandomImportance'),
 )
 #: Every criterion of the project, Torch-Pruning's three as external
 #: baselines, and random as the floor.
@@ -465,6 +466,10 @@ def run_comparison(args: argparse.Namespace) -> dict:
             # A criterion entry may fix its own cost power (GraSP).
             crit_kwargs = dict(crit_cfg)
             cost_power = crit_kwargs.pop('cost_power', args.cost_power)
+            if crit_kwargs['type'] == 'mmifso.RandomImportance':
+                # Each seed its own random choice (unless the entry fixes
+                # one): otherwise --seeds would repeat one random mask.
+                crit_kwargs.setdefault('seed', args.seed)
             imp = build_criterion(crit_kwargs)
             ctx = ScoringContext(model, mutator)
             # IFSO's lam=None: the weight decay of the scored weights.
@@ -672,9 +677,12 @@ def seed_summary(runs: Sequence[dict], reference: str) -> dict:
 def seed_markdown(summary: dict, metric: str) -> str:
     """The multi-seed summary as markdown."""
     fmt = (lambda d: '' if d is None else f'{d["mean"]:.2f} ± {d["std"]:.2f}')
-    lines = [f'| criterion | target | FLOPs ratio | {metric} one-shot | '
-             f'one-shot + BN recal. | after fine-tuning | {summary["reference"]} '
-             '− criterion after FT (95 % CI) |', '|---|---|---|---|---|---|---|']
+    lines = [
+        f'| criterion | target | FLOPs ratio | {metric} one-shot | '
+        f'one-shot + BN recal. | after fine-tuning | '
+        f'{summary["reference"]} − criterion after FT (95 % CI) |',
+        '|---|---|---|---|---|---|---|'
+    ]
     for r in sorted(summary['table'], key=lambda r: (-r['target'],
                                                      r['criterion'])):
         d = summary['paired'].get(f'{r["target"]:.2f}', {}).get(

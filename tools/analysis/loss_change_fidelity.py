@@ -78,7 +78,6 @@ not sampled).
 import argparse
 import ast
 import copy
-import math
 import os
 import os.path as osp
 import re
