@@ -191,3 +191,14 @@ def test_prune_run_configs_differ_only_by_the_hook(tmp_path):
     assert a.train_cfg.max_iters == 7 and a.load_from is None
     assert a.default_hooks.checkpoint.interval == -1
     assert not a.default_hooks.checkpoint.save_last
+
+
+def test_coco_projection_scales_with_scored_batches():
+    bench = load_script()
+    run = dict(ratio=3.0, hook=dict(score_batches=1))
+    coco = dict(config='c.py', iterations=7393 * 2, score_batches=2)
+    p = bench.coco_projection(run, coco)
+    assert p['iterations_per_epoch'] == 7393
+    assert p['pruning_phase_epochs'] == pytest.approx(2.0)
+    # One scored batch costs 2 plain iterations; 2 per iteration: 4 x 2.
+    assert p['extra_cost_epochs'] == pytest.approx(8.0)

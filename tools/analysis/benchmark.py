@@ -804,6 +804,7 @@ def prune_run_cfg(cfg_file: str, with_hook: bool, iters: int, work_dir: str,
     if 'visualization' in cfg.default_hooks:
         cfg.default_hooks.pop('visualization')
     cfg.randomness = dict(seed=0)
+    cfg.log_level = 'WARNING'  # no config dump and no per-step lines
     hooks = [h for h in cfg.get('custom_hooks', [])
              if not str(h.get('type', '')).endswith('PruningHook')]
     if with_hook:
@@ -894,21 +895,42 @@ def prune_run_section(iters: int, warmup: int, rounds: int, work_dir: str,
     coco = [e for e in out['iterations_to_target']
             if e['config'].endswith(COCO_RETINANET_PRUNE)]
     if coco:
-        ratio_ = out['runs'][1]['ratio']
-        per_epoch = math.ceil(COCO_TRAIN_IMAGES / COCO_GLOBAL_BATCH)
-        n = coco[0]['iterations']
-        out['coco_retinanet_projection'] = dict(
-            config=coco[0]['config'],
-            pruning_iterations=n,
-            iterations_per_epoch=per_epoch,
-            global_batch=COCO_GLOBAL_BATCH,
-            measured_ratio=ratio_,
-            pruning_phase_epochs=n / per_epoch,
-            extra_cost_epochs=n * (ratio_ - 1) / per_epoch,
-            note='extra cost = iterations x (ratio - 1) / iterations per '
-            'epoch, with the ratio measured on shapes-COCO (160 px, CPU); '
-            'the ratio at 1333x800 on a GPU may differ')
+        out['coco_retinanet_projection'] = coco_projection(
+            out['runs'][1], coco[0])
     return out
+
+
+def coco_projection(run: Dict, coco: Dict) -> Dict:
+    """Extra cost of a COCO pruning phase in plain training epochs.
+
+    Args:
+        run (dict): A :func:`bench_prune_run` result (the shapes-COCO
+            RetinaNet): ``(ratio - 1) / score_batches`` is the extra cost of
+            one scored batch in plain iterations.
+        coco (dict): The :func:`prune_iterations` entry of the COCO config.
+
+    Returns:
+        dict: Iterations, epochs of the pruning phase and its extra cost
+        ``iterations x score_batches x per-batch cost / iterations per
+        epoch``, in plain epochs of ``COCO_GLOBAL_BATCH`` images per
+        iteration.
+    """
+    per_batch = (run['ratio'] - 1) / max(run['hook'].get('score_batches', 2),
+                                         1)
+    per_epoch = math.ceil(COCO_TRAIN_IMAGES / COCO_GLOBAL_BATCH)
+    n = coco['iterations']
+    return dict(
+        config=coco['config'],
+        pruning_iterations=n,
+        iterations_per_epoch=per_epoch,
+        global_batch=COCO_GLOBAL_BATCH,
+        score_batches=coco['score_batches'],
+        measured_ratio=run['ratio'],
+        extra_per_scored_batch=per_batch,
+        pruning_phase_epochs=n / per_epoch,
+        extra_cost_epochs=n * per_batch * coco['score_batches'] / per_epoch,
+        note='measured at 160 px on this machine; at 1333x800 on a GPU the '
+        'cost of a scored batch may differ')
 
 
 def print_prune_run(section: Dict) -> None:
@@ -933,9 +955,11 @@ def print_prune_run(section: Dict) -> None:
     p = section.get('coco_retinanet_projection')
     if p:
         print(f'  RetinaNet COCO: {p["pruning_iterations"]} iterations = '
-              f'{p["pruning_phase_epochs"]:.2f} epochs of {p["iterations_per_epoch"]} '
-              f'iterations; extra cost {p["extra_cost_epochs"]:.2f} plain '
-              f'epochs at the measured ratio {p["measured_ratio"]:.2f}')
+              f'{p["pruning_phase_epochs"]:.2f} epochs of '
+              f'{p["iterations_per_epoch"]} iterations, '
+              f'{p["score_batches"]} scored batches each; extra cost '
+              f'{p["extra_cost_epochs"]:.1f} plain epochs (one scored batch '
+              f'= {p["extra_per_scored_batch"]:.2f} plain iterations)')
 
 
 # ---------------------------------------------------------------------- #
