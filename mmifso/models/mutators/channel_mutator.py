@@ -129,7 +129,9 @@ class WeightGate(InputGate):
                  channel_dim: int, parts: List[tuple]) -> None:
         super().__init__(num_channels, channel_dim, parts)
         weight = module.weight
-        self._saved: List[Optional[torch.Tensor]] = []
+        # Per module object (replicas of one layer share this hook): the
+        # weights to restore, a stack for re-entrant calls.
+        self._saved: Dict[int, List[Optional[torch.Tensor]]] = {}
         transposed = getattr(module, 'transposed', False)
         groups = getattr(module, 'groups', 1)
         if isinstance(module, nn.Linear):
@@ -155,19 +157,23 @@ class WeightGate(InputGate):
         return full.reshape((groups * opg, ipg) + (1, ) * k)
 
     def __call__(self, module: nn.Module, args: tuple):
-        weight = module._parameters['weight']
-        gate = self.gate(weight)
-        if gate.dim() == 2:  # per-sample gates: only the input can carry them
-            self._saved.append(None)
+        saved = self._saved.setdefault(id(module), [])
+        # A replica of nn.DataParallel holds its weight outside
+        # ``_parameters``: gate its input.
+        weight = module._parameters.get('weight')
+        gate = self.gate(args[0] if weight is None else weight)
+        if weight is None or gate.dim() == 2:  # per-sample gates: the input
+            saved.append(None)
             return super().__call__(module, args)
-        self._saved.append(weight)
+        saved.append(weight)
         module._parameters['weight'] = weight * self.weight_gate(gate)
         return None
 
     def restore(self, module: nn.Module) -> None:
         """Put the layer's own weight back (after its forward)."""
-        if self._saved:
-            weight = self._saved.pop()
+        saved = self._saved.get(id(module))
+        if saved:
+            weight = saved.pop()
             if weight is not None:
                 module._parameters['weight'] = weight
 

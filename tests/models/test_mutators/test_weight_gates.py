@@ -140,3 +140,22 @@ def test_weight_restored_when_forward_raises():
 def test_gate_mode_is_checked():
     with pytest.raises(ValueError, match="'weight' or 'input'"):
         ChannelMutator(gate='output')
+
+
+def test_weight_outside_parameters_gates_the_input():
+    """A layer whose weight is not in ``_parameters`` (a replica of
+    nn.DataParallel) gates its input instead; torch.func.functional_call
+    (weights swapped into ``_parameters``) gates the swapped weight."""
+    model, mutator = build(TinyNet, 'weight')
+    ref_model, _ = build(TinyNet, 'input')
+    x = tiny_batch(n=2)['inputs']
+    with torch.no_grad():
+        expected = ref_model(x)
+        params = {k: v * 1.5 for k, v in model.named_parameters()}
+        ref_params = {k: v * 1.5 for k, v in ref_model.named_parameters()}
+        swapped = torch.func.functional_call(model, params, (x, ))
+        assert torch.allclose(
+            swapped, torch.func.functional_call(ref_model, ref_params, (x, )))
+        weight = model.conv2._parameters.pop('weight')
+        model.conv2.weight = weight.detach().clone()  # a plain attribute
+        assert torch.allclose(model(x), expected)
