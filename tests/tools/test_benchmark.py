@@ -84,6 +84,9 @@ def test_quick_run_gate_and_scoring(quick_result):
     for e in result['gate_overhead']:
         check_stats(e['plain_s'])
         check_stats(e['gated_s'])
+        check_stats(e['gated_input_s'])  # the same model, gate='input'
+        assert e['gate'] == 'weight'
+        assert positive_finite(e['input_gate_ratio'])
         assert positive_finite(e['ratio'])
         assert positive_finite(e['ratio_paired_median'])
         assert positive_finite(e['ratio_of_mins'])

@@ -238,18 +238,25 @@ def cifar_model_cfg() -> dict:
             loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))
 
 
-def build_pair(arch_cfg: dict, size: int):
-    """The gated model (all masks 1) and the plain one with equal weights."""
+def build_gated(arch_cfg: dict, size: int, gate: str = 'weight'):
+    """The gated model (all masks 1) with the mutator's ``gate`` mode."""
     from mmifso.registry import MODELS
-    algo = MODELS.build(
+    return MODELS.build(
         dict(
             type='mmifso.PruningAlgorithm',
             architecture=copy.deepcopy(arch_cfg),
             mutator=dict(
                 type='mmifso.ChannelMutator',
+                gate=gate,
                 demo_input=dict(
                     type='mmifso.DemoInput', input_shape=(1, 3, size,
                                                           size)))))
+
+
+def build_pair(arch_cfg: dict, size: int):
+    """The gated model (all masks 1) and the plain one with equal weights."""
+    from mmifso.registry import MODELS
+    algo = build_gated(arch_cfg, size)
     plain = MODELS.build(copy.deepcopy(arch_cfg))
     plain.load_state_dict(algo.architecture.state_dict())
     return algo, plain
@@ -289,26 +296,37 @@ def train_step_fn(model: nn.Module, batch: dict) -> Callable[[], None]:
 # 1. Gate overhead
 # ---------------------------------------------------------------------- #
 def bench_gate(name: str, algo, plain, batch_size: int, size: int,
-               num_classes: int, repeats: int, warmup: int) -> Dict:
+               num_classes: int, repeats: int, warmup: int,
+               input_gated=None) -> Dict:
+    """Training step of ``algo`` (and of ``input_gated``, the same model
+    with the mutator's ``gate='input'``, if given) against ``plain``."""
     log(f'gate overhead: {name}, batch {batch_size} at {size}x{size}, '
         f'{repeats} repeats')
     batch = make_batch(batch_size, size, num_classes)
-    res = interleaved(
-        dict(
-            plain=train_step_fn(plain, batch),
-            gated=train_step_fn(algo, batch)),
-        repeats=repeats,
-        warmup=warmup)
+    fns = dict(
+        plain=train_step_fn(plain, batch), gated=train_step_fn(algo, batch))
+    if input_gated is not None:
+        input_gated.load_state_dict(algo.state_dict())
+        fns['gated_input'] = train_step_fn(input_gated, batch)
+    res = interleaved(fns, repeats=repeats, warmup=warmup)
     r = ratio(res['gated'], res['plain'])
+    extra = {}
+    if 'gated_input' in res:
+        extra = dict(
+            gated_input_s=res['gated_input'],
+            input_gate_ratio=ratio(res['gated_input'],
+                                   res['plain'])['ratio'])
     return dict(
         model=name,
         input_shape=[batch_size, 3, size, size],
         units=len(algo.mutator.units),
         gated_layers=len(algo.mutator._sites['in']),
+        gate=algo.mutator.gate,
         plain_s=res['plain'],
         gated_s=res['gated'],
         cpu=res['_cpu'],
         **r,
+        **extra,
         goal=f'ratio <= {GOAL_GATE}',
         goal_met=r['ratio'] <= GOAL_GATE)
 
@@ -1022,6 +1040,10 @@ def print_report(result: Dict) -> None:
               f'plain {fmt_s(e["plain_s"])}  gated {fmt_s(e["gated_s"])}  '
               f'ratio {e["ratio"]:.3f} (of mins {e["ratio_of_mins"]:.3f}; '
               f'goal <= {GOAL_GATE}: {yes(e["goal_met"])})')
+        if 'input_gate_ratio' in e:
+            print(f'  {"":<31}input-side gates (gate=\'input\'): '
+                  f'{fmt_s(e["gated_input_s"])}, ratio '
+                  f'{e["input_gate_ratio"]:.3f}')
     print('\n2. IFSO scoring of one batch / one plain training step')
     for e in result['ifso_scoring']:
         print(f'  {e["model"]:<12} {str(tuple(e["input_shape"])):<18} '
@@ -1211,9 +1233,11 @@ def main(argv=None) -> Dict:
 
     result['gate_overhead'] = [
         bench_gate(inet, algo_i, plain_i, cfg['train_batch'], size, 1000,
-                   cfg['repeats'], cfg['warmup']),
+                   cfg['repeats'], cfg['warmup'],
+                   build_gated(inet_cfg, size, gate='input')),
         bench_gate('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
-                   32, 10, cfg['repeats'], cfg['warmup']),
+                   32, 10, cfg['repeats'], cfg['warmup'],
+                   build_gated(cifar_model_cfg(), 32, gate='input')),
     ]
     result['ifso_scoring'] = [
         bench_scoring(inet, algo_i, plain_i, cfg['score_batch'], size, 1000,
