@@ -54,13 +54,20 @@ def load_masked_weights(model, checkpoint: str,
             model, ckpt, checkpoint, model_cfg, allow_head_mismatch=False)
     except ArchitectureMismatch as e:
         raise ExportError(str(e)) from e
+    load_strictly(model, state, checkpoint, ExportError)
+    return ckpt
+
+
+def load_strictly(model: torch.nn.Module, state: Dict, checkpoint: str,
+                  error: type = ExportError) -> None:
+    """``model.load_state_dict(state, strict=True)``; a mismatch raises
+    ``error`` naming the checkpoint (and the first 600 characters of
+    torch's list of missing/unexpected/mismatched keys)."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ExportError(
-            f'{checkpoint} does not match the architecture of the config: '
-            f'{str(e)[:600]}') from e
-    return ckpt
+        raise error(f'{checkpoint} does not match the model of the config: '
+                    f'{str(e)[:600]}') from e
 
 
 # Top-level fields that mmengine's Runner and the upstream tools read; the

@@ -20,22 +20,20 @@ if every output agrees within ``rtol`` (relative to the output's largest
 magnitude) is it renamed to ``out``. Otherwise :class:`OnnxExportError` is
 raised and no file is left.
 """
-import copy
 import os.path as osp
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
 from mmifso.models.task_modules.latency import (TensorModeWrapper,
                                                 time_interleaved)
-from mmifso.registry import MODELS
 from mmifso.utils import (atomic_write, check_checkpoint_matches_config,
                           checkpoint_kind, load_checkpoint_file,
                           remove_stale_temp_files)
+from .export import build_from_config, load_strictly
 
 #: Default ONNX opset (the newest that torch 2.1's exporter supports well).
 DEFAULT_OPSET = 17
@@ -95,18 +93,12 @@ def load_deploy_model(config: Union[str, Config], checkpoint: str
         check_checkpoint_matches_config(cfg, checkpoint)
     except ValueError as e:
         raise OnnxExportError(str(e)) from e
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    model = build_from_config(cfg)
     ckpt = load_checkpoint_file(checkpoint)
     state = ckpt.get('state_dict', ckpt)
     state = {k[7:] if k.startswith('module.') else k: v
              for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise OnnxExportError(
-            f'{checkpoint} does not fit the model of the config: '
-            f'{str(e)[:600]}') from e
+    load_strictly(model, state, checkpoint, OnnxExportError)
     return model.eval()
 
 

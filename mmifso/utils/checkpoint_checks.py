@@ -172,17 +172,8 @@ def model_type_from_cfg_text(text: str) -> Optional[str]:
     Returns:
         str | None: The type string, or None if it cannot be read.
     """
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, TypeError):
-        return None
     model_type = None
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == 'model'
-                for t in node.targets)):
-            continue
-        value = node.value
+    for value in _model_assignments(text):
         if isinstance(value, ast.Call):
             for kw in value.keywords:
                 if kw.arg == 'type' and isinstance(kw.value, ast.Constant):
@@ -193,6 +184,21 @@ def model_type_from_cfg_text(text: str) -> Optional[str]:
                         isinstance(v, ast.Constant):
                     model_type = v.value
     return model_type if isinstance(model_type, str) else None
+
+
+def _model_assignments(text: str) -> List[ast.expr]:
+    """Values assigned to ``model`` at the top level of a config text, in
+    order ([] if the text does not parse)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, TypeError):
+        return []
+    return [
+        node.value for node in tree.body
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == 'model'
+            for t in node.targets)
+    ]
 
 
 def _mmifso_meta(ckpt: Mapping) -> Dict:
@@ -456,16 +462,8 @@ def saved_model_cfg(ckpt: Mapping) -> Optional[Dict]:
     text = meta.get('cfg') if isinstance(meta, Mapping) else None
     if not isinstance(text, str):
         return None
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, TypeError):
-        return None
-    model = None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == 'model'
-                for t in node.targets):
-            model = _literal(node.value)
+    values = _model_assignments(text)
+    model = _literal(values[-1]) if values else None
     return model if isinstance(model, dict) else None
 
 

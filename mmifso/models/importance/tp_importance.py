@@ -173,13 +173,8 @@ class TorchPruningImportance(BaseImportance):
                ctx: ScoringContext,
                data_batch: dict,
                seed: Optional[int] = None) -> None:
-        """Accumulate the statistics TP needs from one raw batch.
-
-        Args:
-            ctx (ScoringContext): The model to score.
-            data_batch (dict): Raw batch, as a dataloader yields it.
-            seed (int, optional): See :meth:`ScoringContext.prepare`.
-        """
+        """Accumulate the statistics TP needs from one raw batch (see
+        :meth:`BaseImportance.update` for the arguments)."""
         if not self.requires_data:
             return
         params = self._params(ctx)

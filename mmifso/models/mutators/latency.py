@@ -209,13 +209,7 @@ def check_latency_table(model: nn.Module, mutator: ChannelMutator,
             keep = rng.uniform(*keep_range)
             blocks = list(u.blocks or [[c] for c in range(u.num_channels)])
             rng.shuffle(blocks)
-            n = max(u.min_channels, int(round(u.num_channels * keep)))
-            kept: List[int] = []
-            for b in blocks:
-                if len(kept) >= n:
-                    break
-                kept.extend(b)
-            u.current_choice = kept
+            set_uniform(u, keep, blocks)
         return [u.mask.clone() for u in mutator.units]
 
     full = [torch.ones_like(u.mask) for u in mutator.units]

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from mmifso.utils import save_json
-from ..utils import eval_mode
+from ..utils import forward_with_pre_hooks
 from .resource import LayerRecord
 
 BACKENDS = ('torch', 'onnxruntime')
@@ -287,13 +287,7 @@ def _input_shapes(model: nn.Module, forward_fn, names: Sequence[str]
     def hook(module, args):
         shapes[mods[module]].append(tuple(args[0].shape))
 
-    handles = [m.register_forward_pre_hook(hook) for m in mods]
-    try:
-        with eval_mode(model), torch.no_grad():
-            forward_fn(model)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_pre_hooks(model, forward_fn, {m: hook for m in mods})
     return shapes
 
 
@@ -548,10 +542,20 @@ def uniform_alive(mutator, keep: float) -> Tuple[Dict, Dict]:
             u.mask.copy_(m)
 
 
-def set_uniform(unit, keep: float) -> None:
+def set_uniform(unit, keep: float,
+                blocks: Optional[Sequence[Sequence[int]]] = None) -> None:
     """Keep the first ``keep`` share of ``unit``'s channels (whole blocks,
-    at least ``min_channels``)."""
-    blocks = unit.blocks or [[c] for c in range(unit.num_channels)]
+    at least ``min_channels``).
+
+    Args:
+        unit (MutableChannelUnit): Its choice is set.
+        keep (float): Share of the channels to keep, in (0, 1].
+        blocks (Sequence[Sequence[int]], optional): Blocks in the order they
+            are kept (default: the unit's blocks, or single channels, in
+            index order).
+    """
+    if blocks is None:
+        blocks = unit.blocks or [[c] for c in range(unit.num_channels)]
     n = max(unit.min_channels, int(round(unit.num_channels * keep)))
     kept: List[int] = []
     for b in blocks:

@@ -7,12 +7,11 @@ counts that a few layers keep as plain attributes.
 """
 from typing import Dict
 
-import torch
 import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
 from mmifso.structures import StructureMismatchError
-from ..utils import eval_mode
+from ..utils import forward_with_pre_hooks
 from .channel_analyzer import ChannelAnalyzer
 from .groups import get_pruning_group
 
@@ -92,10 +91,5 @@ def fix_channel_attributes(model: nn.Module, demo_input) -> None:
         feats = args[0]
         module.out_channels = int(feats[0].shape[1])
 
-    handles = [m.register_forward_pre_hook(read_channels) for m in extractors]
-    try:
-        with eval_mode(model), torch.no_grad():
-            demo_input(model)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_pre_hooks(model, demo_input,
+                           {m: read_channels for m in extractors})

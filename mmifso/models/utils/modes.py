@@ -1,7 +1,8 @@
 """Training-flag scopes for the forwards mmifso runs on a user's model."""
 import contextlib
-from typing import Iterator
+from typing import Callable, Dict, Iterator
 
+import torch
 import torch.nn as nn
 
 
@@ -34,3 +35,17 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     with preserved_modes(model):
         model.eval()
         yield
+
+
+def forward_with_pre_hooks(model: nn.Module, forward_fn: Callable,
+                           pre_hooks: Dict[nn.Module, Callable]) -> None:
+    """Run ``forward_fn(model)`` once in eval mode without gradients, with
+    ``pre_hooks`` (module -> forward pre-hook) registered for that forward
+    only (to read input shapes and the like)."""
+    handles = [m.register_forward_pre_hook(h) for m, h in pre_hooks.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            forward_fn(model)
+    finally:
+        for h in handles:
+            h.remove()
