@@ -158,7 +158,9 @@ class ResumeFuzzKillHook(Hook):
             # plain one writes in place. Either way the kill leaves half.
             path = str(filepath)
             if isinstance(backend, AtomicLocalBackend):
-                path = temp_prefix(path) + 'killed.tmp'
+                path = os.path.join(
+                    os.path.dirname(path),
+                    temp_prefix(path) + 'killed.tmp')
             with open(path, 'wb') as f:
                 f.write(obj[:len(obj) // 2])
                 f.flush()
