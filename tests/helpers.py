@@ -176,3 +176,17 @@ def messages_logged(level: int = logging.WARNING):
 def warnings_logged():
     """:func:`messages_logged` at WARNING or above."""
     return messages_logged(logging.WARNING)
+
+
+def randomise_norms(model):
+    """Random affine parameters and running statistics for every BN/GN
+    (fixed seed), so that channels differ and export checks can fail."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.3, 0.3, generator=g)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)

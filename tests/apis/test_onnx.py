@@ -13,7 +13,7 @@ import torch
 from mmengine.config import Config
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import TINY_CLASSIFIER, random_prune
+from helpers import TINY_CLASSIFIER, random_prune, randomise_norms
 from mmifso.apis.export import build_from_config, export_checkpoint
 from mmifso.apis.onnx import OnnxExportError, export_onnx
 from mmifso.registry import MODELS
@@ -42,15 +42,7 @@ def masked_and_exported(tmp_path, arch, shape, scope, prune):
     cfg = pruning_cfg(arch, shape, scope)
     torch.manual_seed(0)
     algo = build_from_config(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in algo.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.3, 0.3, generator=g)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
+    randomise_norms(algo)
     prune(algo.mutator)
     masked = str(tmp_path / 'masked.pth')
     torch.save(dict(state_dict=algo.state_dict(), meta=dict()), masked)

@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.utils import get_installed_path
 
+from helpers import randomise_norms
 from mmifso.models.task_modules import (DemoInputError, DetDemoInput,
                                         FrozenUnitError, count_resources,
                                         record_layers)
@@ -71,17 +72,6 @@ def build(arch, demo, **mutator):
             mutator=dict(
                 type='mmifso.ChannelMutator', demo_input=demo, **mutator)))
 
-
-def randomise(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.3, 0.3, generator=g)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
 
 
 def prune_blocks(mutator, fraction=0.3, seed=0):
@@ -157,7 +147,7 @@ def test_retinanet_units(retina):
 
 def test_retinanet_masked_equals_exported(retina):
     arch, algo = retina
-    randomise(algo.architecture)
+    randomise_norms(algo.architecture)
     prune_blocks(algo.mutator)
     demo = algo.mutator.demo_input
     pruned, structure = check_export(algo, demo)
@@ -194,7 +184,7 @@ def test_two_stage_detector_with_det_demo_input():
     # RoI-head FLOPs count every RoI of the image.
     rec = algo.mutator.layer_records['roi_head.bbox_head.shared_fcs.0']
     assert rec.spatial == 10
-    randomise(algo.architecture)
+    randomise_norms(algo.architecture)
     prune_blocks(algo.mutator)
     demo = algo.mutator.demo_input
     pruned, structure = check_export(algo, demo)
