@@ -1,8 +1,10 @@
 """Every detector folder of configs/ifso/detection has a prune, a deploy and
-a fine-tune config that fit together: the deploy config rebuilds the prune
+a fine-tune config that fit together: the fine-tune config rebuilds the prune
 config's architecture (flat PrunedModel form, readable by mmdet's
-init_detector) and the fine-tune config loads the pruned.pth exported next
-to the structure it builds."""
+init_detector) and loads the pruned.pth exported next to the structure it
+builds; the deploy config rebuilds it up to the backbone's training-only
+settings (frozen stages, trainable norms), which it leaves as upstream."""
+import copy
 import os.path as osp
 from pathlib import Path
 
@@ -22,6 +24,16 @@ def config_of(folder: str, kind: str) -> Path:
     return path
 
 
+def without_training_settings(architecture: dict) -> dict:
+    """The architecture without the backbone settings that only training
+    reads (which stages are frozen, whether norms are trainable)."""
+    architecture = copy.deepcopy(architecture)
+    backbone = architecture['backbone']
+    backbone.pop('frozen_stages', None)
+    backbone.get('norm_cfg', {}).pop('requires_grad', None)
+    return architecture
+
+
 @pytest.mark.parametrize('folder', FOLDERS)
 def test_detector_config_set(folder):
     prune = Config.fromfile(config_of(folder, 'prune'))
@@ -33,10 +45,11 @@ def test_detector_config_set(folder):
     for cfg in (deploy, finetune):
         assert cfg.model.type == 'mmifso.PrunedModel'
         assert 'backbone' in cfg.model  # where init_detector reads it
-        assert pruned_architecture_cfg(
-            cfg.model) == prune.model.architecture
         assert not any('PruningHook' in h['type']
                        for h in cfg.get('custom_hooks', []))
+    assert pruned_architecture_cfg(finetune.model) == prune.model.architecture
+    assert without_training_settings(pruned_architecture_cfg(
+        deploy.model)) == without_training_settings(prune.model.architecture)
     # The detector's own hooks (EMA of YOLOX/RTMDet) stay.
     kept = [h['type'] for h in deploy.get('custom_hooks', [])]
     for hook in prune.custom_hooks:

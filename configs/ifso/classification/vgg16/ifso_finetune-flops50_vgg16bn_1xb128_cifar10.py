@@ -1,11 +1,7 @@
 # Fine-tune the exported VGG-16-BN at 50% FLOPs (flops_50.pth of the same
 # pruning run, exported to export_flops50); otherwise as the 30% config.
 _base_ = ['./ifso_finetune-flops30_vgg16bn_1xb128_cifar10.py']
-custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
-export_dir = 'work_dirs/ifso_prune_vgg16bn_1xb128_cifar10/export_flops50'
-structure = export_dir + '/structure.json'
-pruned_ckpt = export_dir + '/pruned.pth'
-
+structure = 'work_dirs/ifso_prune_vgg16bn_1xb128_cifar10/export_flops50/structure.json'  # noqa: E501
 model = dict(structure=structure)
-load_from = pruned_ckpt
+load_from = 'work_dirs/ifso_prune_vgg16bn_1xb128_cifar10/export_flops50/pruned.pth'  # noqa: E501

@@ -15,7 +15,4 @@ structure = 'work_dirs/ifso_prune_fcos_r50-caffe_fpn_gn-head_1x_coco/export/stru
 model = dict(
     type='mmifso.PrunedModel',
     architecture_type=_base_.model.type,
-    structure=structure,
-    # As in the prune config (pruning needs gradients in every stage).
-    backbone=dict(
-        frozen_stages=-1, norm_cfg=dict(type='BN', requires_grad=True)))
+    structure=structure)

@@ -1,16 +1,14 @@
 # Fine-tune the exported (physically pruned) FCOS R50-FPN with the
 # upstream schedule at half its lr (as the RetinaNet set).
 _base_ = ['./ifso_deploy_fcos_r50-caffe_fpn_gn-head_1x_coco.py']
-custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
 
-# Written by tools/export_pruned.py from the pruning run's flops_50.pth.
-export_dir = 'work_dirs/ifso_prune_fcos_r50-caffe_fpn_gn-head_1x_coco/export'
-structure = export_dir + '/structure.json'
-pruned_ckpt = export_dir + '/pruned.pth'
+# Exported by tools/export_pruned.py from the pruning run's flops_50.pth, next
+# to the structure.json that the deploy config reads.
+load_from = 'work_dirs/ifso_prune_fcos_r50-caffe_fpn_gn-head_1x_coco/export/pruned.pth'  # noqa: E501
 
-# The pruned model of the deploy config, from this export.
-model = dict(structure=structure)
-load_from = pruned_ckpt
-
+# As in the prune config: every stage trains (the pruned stages too).
+model = dict(
+    backbone=dict(
+        frozen_stages=-1, norm_cfg=dict(type='BN', requires_grad=True)))
 optim_wrapper = dict(
     optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr * 0.5))

@@ -15,6 +15,4 @@ structure = 'work_dirs/ifso_prune_gfl_r50_fpn_1x_coco/export/structure.json'  # 
 model = dict(
     type='mmifso.PrunedModel',
     architecture_type=_base_.model.type,
-    structure=structure,
-    # As in the prune config (pruning needs gradients in every stage).
-    backbone=dict(frozen_stages=-1))
+    structure=structure)

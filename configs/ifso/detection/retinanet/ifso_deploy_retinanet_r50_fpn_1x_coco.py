@@ -14,6 +14,4 @@ structure = 'work_dirs/ifso_prune_retinanet_r50_fpn_1x_coco/export/structure.jso
 model = dict(
     type='mmifso.PrunedModel',
     architecture_type=_base_.model.type,
-    structure=structure,
-    # Pruning unfroze every stage (a frozen one has no gradients to score).
-    backbone=dict(frozen_stages=-1))
+    structure=structure)
