@@ -6,6 +6,7 @@ import numpy as np
 from mmpretrain.datasets import BaseDataset
 
 from mmifso.registry import DATASETS
+from mmifso.utils import check_choice
 
 
 @DATASETS.register_module()
@@ -32,8 +33,7 @@ class DigitsDataset(BaseDataset):
                  image_size: int = 32,
                  seed: int = 0,
                  **kwargs) -> None:
-        if split not in ('train', 'test'):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_choice('split', split, ('train', 'test'))
         if not 0 < test_ratio < 1:
             raise ValueError(f'test_ratio must be in (0, 1), got {test_ratio}')
         self.split = split

@@ -4,6 +4,7 @@ from typing import List, Optional
 import torch
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from .base import BaseImportance, ScoringContext, dot, grad_or_zeros
 from .param_slices import channel_slices
 
@@ -90,8 +91,7 @@ class GradFlowImportance(BaseImportance):
     example_kwargs = (dict(), dict(kind='grasp'), dict(kind='magnitude'))
 
     def __init__(self, kind: str = 'loss_preservation') -> None:
-        if kind not in KINDS:
-            raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+        check_choice('kind', kind, KINDS)
         super().__init__()
         self.kind = kind
         self.requires_data = kind != 'magnitude'

@@ -27,6 +27,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from .base import (BaseImportance, ScoringContext, dot, grad_or_zeros,
                    weight_decay_of)
 
@@ -156,12 +157,8 @@ class IFSOImportance(BaseImportance):
                  abs_per_consumer: bool = False,
                  direction: str = 'ones',
                  cg_tol: float = 1e-10) -> None:
-        if inverse not in ('neumann', 'cg'):
-            raise ValueError(f"inverse must be 'neumann' or 'cg', got "
-                             f'{inverse!r}')
-        if hvp not in ('exact', 'finite_diff'):
-            raise ValueError(f"hvp must be 'exact' or 'finite_diff', got "
-                             f'{hvp!r}')
+        check_choice('inverse', inverse, ('neumann', 'cg'))
+        check_choice('hvp', hvp, ('exact', 'finite_diff'))
         if neumann_order < 0 or cg_iters < 1 or fd_eps <= 0 or cg_tol < 0:
             raise ValueError('neumann_order >= 0, cg_iters >= 1, '
                              'fd_eps > 0 and cg_tol >= 0 are required')

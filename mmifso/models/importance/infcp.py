@@ -5,6 +5,7 @@ from typing import List, Union
 import torch
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from .base import BaseImportance, ScoringContext
 
 
@@ -64,11 +65,8 @@ class InfCPImportance(BaseImportance):
                      type='mmifso.TaylorImportance'),
                  normalize: str = 'rank',
                  reduce: str = 'mean') -> None:
-        if normalize not in ('rank', 'layer', 'none'):
-            raise ValueError("normalize must be 'rank', 'layer' or 'none', "
-                             f'got {normalize!r}')
-        if reduce != 'mean':
-            raise ValueError(f"reduce must be 'mean', got {reduce!r}")
+        check_choice('normalize', normalize, ('rank', 'layer', 'none'))
+        check_choice('reduce', reduce, ('mean', ))
         base = TASK_UTILS.build(base) if isinstance(base, dict) else base
         if not isinstance(base, BaseImportance) or not base.requires_data:
             raise TypeError(f'InfCP needs a data-driven base criterion, got '

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from .base import BaseImportance, ScoringContext
 
 
@@ -88,9 +89,7 @@ class BNScaleImportance(BaseImportance):
     requires_data = False
 
     def __init__(self, missing: str = 'error') -> None:
-        if missing not in ('error', 'keep'):
-            raise ValueError(
-                f"missing must be 'error' or 'keep', got {missing!r}")
+        check_choice('missing', missing, ('error', 'keep'))
         super().__init__()
         self.missing = missing
 

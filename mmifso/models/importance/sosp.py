@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from .base import BaseImportance, ScoringContext, dot, grad_or_zeros
 from .param_slices import channel_slices
 
@@ -190,9 +191,7 @@ class SOSPHImportance(BaseImportance):
                  first_order: bool = True,
                  first_order_sign: int = -1,
                  output_modules: Optional[Sequence[str]] = None) -> None:
-        if hessian not in ('exact', 'gauss_newton'):
-            raise ValueError("hessian must be 'exact' or 'gauss_newton', got "
-                             f'{hessian!r}')
+        check_choice('hessian', hessian, ('exact', 'gauss_newton'))
         if first_order_sign not in (1, -1):
             raise ValueError('first_order_sign must be +1 or -1')
         super().__init__()

@@ -4,6 +4,7 @@ from typing import List
 import torch
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from .base import BaseImportance, ScoringContext
 from .param_slices import channel_slices
 
@@ -42,9 +43,7 @@ class TaylorImportance(BaseImportance):
     example_kwargs = (dict(), dict(variant='snip'))
 
     def __init__(self, variant: str = 'taylor_fo') -> None:
-        if variant not in ('taylor_fo', 'snip'):
-            raise ValueError(
-                f"variant must be 'taylor_fo' or 'snip', got {variant!r}")
+        check_choice('variant', variant, ('taylor_fo', 'snip'))
         super().__init__()
         self.variant = variant
 

@@ -17,6 +17,7 @@ from torch_pruning import _helpers
 from torch_pruning.dependency.group import Group
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from ..task_modules.channel_analyzer import ChannelAnalyzer
 from ..task_modules.groups import get_pruning_group
 from ..task_modules.layer_types import is_depthwise
@@ -116,11 +117,9 @@ class TorchPruningImportance(BaseImportance):
                  bias: bool = False,
                  multivariable: bool = False,
                  hessian_accumulation: str = 'as_shipped') -> None:
-        if kind not in self.KINDS:
-            raise ValueError(f'kind must be one of {self.KINDS}, got {kind!r}')
-        if hessian_accumulation not in ('as_shipped', 'fixed'):
-            raise ValueError("hessian_accumulation must be 'as_shipped' or "
-                             f"'fixed', got {hessian_accumulation!r}")
+        check_choice('kind', kind, self.KINDS)
+        check_choice('hessian_accumulation', hessian_accumulation,
+                     ('as_shipped', 'fixed'))
         self.kind = kind
         self.hessian_accumulation = hessian_accumulation
         imp = tp.importance

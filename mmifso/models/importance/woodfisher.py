@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from mmifso.registry import TASK_UTILS
+from mmifso.utils import check_choice
 from ..utils import eval_mode
 from .base import BaseImportance, ScoringContext, grad_or_zeros
 from .param_slices import ChannelSlices, channel_slices, split_batch
@@ -110,9 +111,7 @@ class WoodFisherImportance(BaseImportance):
                  offload: bool = False) -> None:
         if num_grads < 1 or damp <= 0:
             raise ValueError('num_grads >= 1 and damp > 0 are required')
-        if block not in ('unit', 'channel'):
-            raise ValueError(
-                f"block must be 'unit' or 'channel', got {block!r}")
+        check_choice('block', block, ('unit', 'channel'))
         super().__init__()
         self.num_grads = num_grads
         self.damp = float(damp)

@@ -10,6 +10,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmifso.registry import MODELS, TASK_UTILS
+from mmifso.utils import check_choice
 from ..mutables import MutableChannelUnit
 from ..task_modules.channel_analyzer import ChannelAnalyzer
 from ..task_modules.channel_units import AnalysisResult
@@ -231,8 +232,7 @@ class ChannelMutator(BaseModule):
                  gate: str = 'weight',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
-        if gate not in ('weight', 'input'):
-            raise ValueError(f"gate must be 'weight' or 'input', got {gate!r}")
+        check_choice('gate', gate, ('weight', 'input'))
         self.gate = gate
         if isinstance(demo_input, dict):
             demo_input = TASK_UTILS.build(demo_input)

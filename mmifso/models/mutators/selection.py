@@ -8,6 +8,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 from mmengine.logging import print_log
 
+from mmifso.utils import check_choice
 from ..task_modules.latency import LatencyTable, latency_key
 from .channel_mutator import ChannelMutator
 from .latency import (latency_ratio, predict_latency_ms,
@@ -253,9 +254,7 @@ class ChannelSelector:
                  max_prune_ratio: Optional[float] = None,
                  latency_table: Union[str, LatencyTable, None] = None
                  ) -> None:
-        if cost not in COSTS:
-            raise ValueError("cost must be 'acts', 'flops', 'none' or "
-                             f"'latency', got {cost!r}")
+        check_choice('cost', cost, COSTS)
         if isinstance(latency_table, str):
             latency_table = LatencyTable.load(latency_table)
         if latency_table is not None and not isinstance(
@@ -343,9 +342,7 @@ class ChannelSelector:
         """
         if metric == 'flops':
             return mutator.resources()['flops_ratio']
-        if metric != 'latency':
-            raise ValueError(f'metric must be one of {METRICS}, got '
-                             f'{metric!r}')
+        check_choice('metric', metric, METRICS)
         if self.latency_table is None:
             raise ValueError(
                 'a latency target needs selection=dict(latency_table=PATH) '

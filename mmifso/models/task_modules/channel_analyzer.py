@@ -20,6 +20,7 @@ import torch_pruning as tp
 from mmengine.logging import print_log
 from torch_pruning import ops as tp_ops
 
+from mmifso.utils import check_choice
 from ..utils import preserved_modes
 from .channel_ties import ChannelTies
 from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
@@ -50,9 +51,7 @@ class ChannelAnalyzer:
                  forward_fn: Callable[[nn.Module], object],
                  frozen: str = 'error',
                  min_channels: int = 1) -> None:
-        if frozen not in ('error', 'skip'):
-            raise ValueError(
-                f"frozen must be 'error' or 'skip', got {frozen!r}")
+        check_choice('frozen', frozen, ('error', 'skip'))
         self.forward_fn = forward_fn
         self.frozen = frozen
         self.min_channels = min_channels
