@@ -180,138 +180,144 @@ class ChannelAnalyzer:
                     SkippedUnit(spec.name, spec.num_channels, reason))
         opaque = self._opaque_modules(model, graph)
         self._opaque_fns = {}
-        for s in skipped:
-            print_log(
-                f'[mmifso] unit {s.name} ({s.num_channels} channels) is not '
-                f'prunable: {s.reason}',
-                logger='current',
-                level=logging.WARNING)
-        if opaque:
-            print_log(
-                '[mmifso] these modules have parameters but are not '
-                'understood by the channel analyzer; units whose channels '
-                'cross them are not prunable: ' + ', '.join(opaque) +
-                '. Check the model with tools/analysis/coverage.py.',
-                logger='current',
-                level=logging.WARNING)
+        _warn_not_prunable(skipped, opaque)
         return AnalysisResult(units, skipped, call_counts, opaque)
 
     # ------------------------------------------------------------------ #
     def _to_unit(self, graph, group, names: Dict[nn.Module, str],
                  model: nn.Module) -> Tuple[UnitSpec, Optional[str]]:
+        """The unit of one DepGraph group, and why it is not prunable.
+
+        Returns:
+            tuple: The :class:`UnitSpec` (its sites and tied blocks) and the
+            first reason found against pruning it (``None``: prunable).
+        """
         root = group[0].dep.target.module
         root_name = names.get(root, str(root))
         num_channels = len(group[0].idxs)
         spec = UnitSpec(root_name, num_channels)
-        reason = None
+        reasons = []
         ties = ChannelTies(num_channels)
-        opaque_fns = getattr(self, '_opaque_fns', {})
         for item in group:
-            dep, idxs = item.dep, list(item.idxs)
-            root_idxs = list(item.root_idxs)
-            target = dep.target
-            module = target.module
+            target = item.dep.target
             if target.type == tp_ops.OPTYPE.OUTPUT:
-                reason = reason or ('its channels are outputs of the model '
-                                    '(predictions are never pruned)')
-                continue
-            if not isinstance(module, nn.Module) or module not in names:
-                split = _channel_split(target)
-                if split:
-                    reason = reason or (
-                        f'its channels are cut by {split}; the model computes '
-                        'the cut points from fixed sizes or halves, which '
-                        'removing channels would move (the exported model '
-                        'would mix channels)')
-                if isinstance(module, nn.Parameter):
-                    reason = reason or (
-                        'it is coupled to an unwrapped nn.Parameter, which '
-                        'the masked forward cannot gate')
-                elif getattr(target, 'grad_fn', None) in opaque_fns:
-                    reason = reason or (
-                        f'its channels cross '
-                        f'{opaque_fns[target.grad_fn]}, a layer the channel '
-                        'analyzer does not understand')
+                reasons.append('its channels are outputs of the model '
+                               '(predictions are never pruned)')
+            elif not isinstance(target.module, nn.Module) or \
+                    target.module not in names:
                 # Pseudo-ops of DepGraph (add, concat, reshape, ...).
-                continue
-            name = names[module]
-            if name in getattr(self, '_output_layers', ()) and \
-                    graph.is_out_channel_pruning_fn(dep.handler):
-                reason = reason or (
-                    f'its channels are outputs of the model ({name} '
-                    'returns them; predictions are never pruned)')
-            if isinstance(module, CROSS_CHANNEL_NORMS):
-                reason = reason or (
-                    f'{name} ({type(module).__name__}) normalises across '
-                    'channels, so masking cannot reproduce channel removal')
-            if isinstance(module, nn.GroupNorm):
-                reason = reason or ties.group_norm(name, module, idxs,
-                                                   root_idxs)
-            if is_grouped(module):
-                is_out = graph.is_out_channel_pruning_fn(dep.handler)
-                reason = reason or ties.grouped_conv(name, module, is_out,
-                                                     idxs, root_idxs)
-            frozen = [
-                n for n, p in module.named_parameters(recurse=False)
-                if not p.requires_grad
-            ]
-            if frozen:
-                msg = (f'{name} has frozen parameters ({", ".join(frozen)}); '
-                       'unfreeze them (e.g. backbone.frozen_stages=-1) or set '
-                       "the mutator's frozen='skip' to leave such units out")
-                if self.frozen == 'error':
-                    raise FrozenUnitError(f'unit {root_name}: {msg}')
-                reason = reason or msg
-            if graph.is_in_channel_pruning_fn(dep.handler) and \
-                    not isinstance(module, GATEABLE_TYPES) and \
-                    not isinstance(module, PER_CHANNEL_TYPES +
-                                   CROSS_CHANNEL_NORMS + (nn.GroupNorm, )):
-                reason = reason or (
-                    f'{name} ({type(module).__name__}) consumes the channels '
-                    'but cannot be gated')
-            if isinstance(module, GATEABLE_TYPES):
-                is_out = graph.is_out_channel_pruning_fn(dep.handler)
-                if is_depthwise(module):
-                    # Depthwise: in and out are the same channels; the input
-                    # gate removes both.
-                    role = 'in'
-                else:
-                    role = 'out' if is_out else 'in'
+                reasons.append(self._pseudo_op_reason(target))
             else:
-                role = 'param'
-            size = _channels_of(module, role)
-            if size is not None and idxs and (max(idxs) >= size
-                                              or min(idxs) < 0):
-                # DepGraph's index mapping went wrong (seen after chained
-                # split/add/concat, e.g. Res2Net): the unit cannot be trusted.
-                reason = reason or (
-                    f'DepGraph mapped its channels to indices up to '
-                    f'{max(idxs)} of {name} ({type(module).__name__}), which '
-                    f'has {size} {"input" if role == "in" else "output"} '
-                    'channels (index mapping through split/concat failed)')
-            if any(r is None or not 0 <= r < num_channels
-                   for r in root_idxs):
-                reason = reason or (
-                    f'DepGraph mapped channels of {name} to channels '
-                    f'outside the {num_channels} of the unit')
-            ties.shared_indices(name, idxs, root_idxs)
-            spec.sites.append(ChannelSite(name, role, idxs, root_idxs))
+                site, reason = self._site(graph, item, names[target.module],
+                                          root_name, num_channels, ties)
+                spec.sites.append(site)
+                reasons.append(reason)
+        reason = next((r for r in reasons if r is not None), None)
         if reason is None:
             spec.blocks, reason = ties.blocks()
-        if reason is None and num_channels <= self.min_channels:
-            reason = (f'it has {num_channels} channel(s), not more than '
-                      f'min_channels={self.min_channels}')
-        if reason is None and spec.blocks is not None and \
-                num_channels - max(len(b) for b in spec.blocks) < \
-                self.min_channels:
-            reason = (f'its channels are tied in blocks of '
-                      f'{max(len(b) for b in spec.blocks)}; removing one '
-                      f'would leave fewer than min_channels='
-                      f'{self.min_channels}')
-        if reason is None and not any(s.role == 'in' for s in spec.sites):
-            reason = ('no conv/linear layer consumes its channels (they reach '
-                      'the model output, and predictions are never pruned)')
-        return spec, reason
+        return spec, reason or self._size_reason(spec)
+
+    def _pseudo_op_reason(self, target) -> Optional[str]:
+        """Why channels crossing a DepGraph pseudo-op (add, concat, split,
+        reshape, a bare parameter, an opaque layer) cannot be pruned, or
+        ``None``."""
+        split = _channel_split(target)
+        if split:
+            return (f'its channels are cut by {split}; the model computes '
+                    'the cut points from fixed sizes or halves, which '
+                    'removing channels would move (the exported model '
+                    'would mix channels)')
+        if isinstance(target.module, nn.Parameter):
+            return ('it is coupled to an unwrapped nn.Parameter, which the '
+                    'masked forward cannot gate')
+        opaque_fns = getattr(self, '_opaque_fns', {})
+        if getattr(target, 'grad_fn', None) in opaque_fns:
+            return (f'its channels cross {opaque_fns[target.grad_fn]}, a '
+                    'layer the channel analyzer does not understand')
+        return None
+
+    def _site(self, graph, item, name: str, root_name: str,
+              num_channels: int,
+              ties: ChannelTies) -> Tuple[ChannelSite, Optional[str]]:
+        """The channel site of one layer of a group, and the first reason
+        found against pruning the group at this layer (``None``: none).
+
+        Raises:
+            FrozenUnitError: The layer has frozen parameters and the
+                analyzer's ``frozen`` is ``'error'``.
+        """
+        dep, idxs, root_idxs = item.dep, list(item.idxs), list(item.root_idxs)
+        module = dep.target.module
+        is_out = graph.is_out_channel_pruning_fn(dep.handler)
+        reasons = []
+        if name in getattr(self, '_output_layers', ()) and is_out:
+            reasons.append(f'its channels are outputs of the model ({name} '
+                           'returns them; predictions are never pruned)')
+        if isinstance(module, CROSS_CHANNEL_NORMS):
+            reasons.append(
+                f'{name} ({type(module).__name__}) normalises across '
+                'channels, so masking cannot reproduce channel removal')
+        if isinstance(module, nn.GroupNorm):
+            reasons.append(ties.group_norm(name, module, idxs, root_idxs))
+        if is_grouped(module):
+            reasons.append(
+                ties.grouped_conv(name, module, is_out, idxs, root_idxs))
+        frozen = [
+            n for n, p in module.named_parameters(recurse=False)
+            if not p.requires_grad
+        ]
+        if frozen:
+            msg = (f'{name} has frozen parameters ({", ".join(frozen)}); '
+                   'unfreeze them (e.g. backbone.frozen_stages=-1) or set '
+                   "the mutator's frozen='skip' to leave such units out")
+            if self.frozen == 'error':
+                raise FrozenUnitError(f'unit {root_name}: {msg}')
+            reasons.append(msg)
+        if graph.is_in_channel_pruning_fn(dep.handler) and \
+                not isinstance(module, GATEABLE_TYPES + PER_CHANNEL_TYPES +
+                               CROSS_CHANNEL_NORMS + (nn.GroupNorm, )):
+            reasons.append(f'{name} ({type(module).__name__}) consumes the '
+                           'channels but cannot be gated')
+        if not isinstance(module, GATEABLE_TYPES):
+            role = 'param'
+        elif is_depthwise(module) or not is_out:
+            # Depthwise: in and out are the same channels; the input gate
+            # removes both.
+            role = 'in'
+        else:
+            role = 'out'
+        size = _channels_of(module, role)
+        if size is not None and idxs and (max(idxs) >= size or min(idxs) < 0):
+            # DepGraph's index mapping went wrong (seen after chained
+            # split/add/concat, e.g. Res2Net): the unit cannot be trusted.
+            reasons.append(
+                f'DepGraph mapped its channels to indices up to {max(idxs)} '
+                f'of {name} ({type(module).__name__}), which has {size} '
+                f'{"input" if role == "in" else "output"} channels (index '
+                'mapping through split/concat failed)')
+        if any(r is None or not 0 <= r < num_channels for r in root_idxs):
+            reasons.append(f'DepGraph mapped channels of {name} to channels '
+                           f'outside the {num_channels} of the unit')
+        ties.shared_indices(name, idxs, root_idxs)
+        reason = next((r for r in reasons if r is not None), None)
+        return ChannelSite(name, role, idxs, root_idxs), reason
+
+    def _size_reason(self, spec: UnitSpec) -> Optional[str]:
+        """Why a unit whose layers all allow pruning is still left out: too
+        few channels, tied blocks too large, or no consumer."""
+        n = spec.num_channels
+        if n <= self.min_channels:
+            return (f'it has {n} channel(s), not more than '
+                    f'min_channels={self.min_channels}')
+        block = max(len(b) for b in spec.blocks) if spec.blocks else 0
+        if spec.blocks is not None and n - block < self.min_channels:
+            return (f'its channels are tied in blocks of {block}; removing '
+                    f'one would leave fewer than min_channels='
+                    f'{self.min_channels}')
+        if not any(s.role == 'in' for s in spec.sites):
+            return ('no conv/linear layer consumes its channels (they reach '
+                    'the model output, and predictions are never pruned)')
+        return None
 
     @staticmethod
     def _opaque_modules(model: nn.Module,
@@ -367,3 +373,22 @@ def _tensors(x) -> List[torch.Tensor]:
     if isinstance(x, dict):
         return [t for v in x.values() for t in _tensors(v)]
     return []
+
+
+def _warn_not_prunable(skipped: List[SkippedUnit], opaque: List[str]) -> None:
+    """Say which units are left out and why, and which layers with
+    parameters the analyzer does not understand."""
+    for s in skipped:
+        print_log(
+            f'[mmifso] unit {s.name} ({s.num_channels} channels) is not '
+            f'prunable: {s.reason}',
+            logger='current',
+            level=logging.WARNING)
+    if opaque:
+        print_log(
+            '[mmifso] these modules have parameters but are not understood '
+            'by the channel analyzer; units whose channels cross them are '
+            'not prunable: ' + ', '.join(opaque) +
+            '. Check the model with tools/analysis/coverage.py.',
+            logger='current',
+            level=logging.WARNING)
