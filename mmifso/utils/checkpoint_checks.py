@@ -268,7 +268,11 @@ def _shown_type(model_cfg: Mapping) -> str:
 
 def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
                       model_cfg: Mapping) -> Optional[str]:
-    """None if ``ckpt_kind`` fits ``model_cfg``, else what to do."""
+    """None if ``ckpt_kind`` fits ``model_cfg``, else what to do.
+
+    Long on purpose: it is one decision table, every (checkpoint kind,
+    config kind) pair with its own message, best read top to bottom.
+    """
     cfg_kind = model_kind(model_cfg)
     model_cfg = _unwrap(model_cfg)
     arch = model_cfg.get('architecture')

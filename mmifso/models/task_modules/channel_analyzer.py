@@ -116,6 +116,10 @@ class ChannelAnalyzer:
 
         Returns:
             AnalysisResult: Prunable units and the skipped groups with reasons.
+
+        One function on purpose: the forward hooks it installs (call counts,
+        output grad_fns, opaque layers) must live exactly as long as the
+        trace that reads them.
         """
         call_counts: Dict[str, int] = {}
         names = {m: n for n, m in model.named_modules()}

@@ -48,6 +48,9 @@ def get_pruning_group(graph: tp.DependencyGraph,
 
     Raises:
         GroupDivergedError: if more than ``budget`` pairs are propagated.
+
+    One function on purpose: the propagation loop and the conversion to
+    DepGraph's group format share the ``seen``/``deps`` bookkeeping.
     """
     if module not in graph.module2node:
         raise ValueError(f'Module {module} is not in the dependency graph.')
