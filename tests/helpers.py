@@ -1,8 +1,10 @@
 """Builders shared by the tests (real mmpretrain models and data)."""
 import contextlib
 import copy
+import importlib.util
 import logging
 import os.path as osp
+from types import ModuleType
 from typing import List, Tuple
 
 import torch
@@ -12,6 +14,9 @@ from mmengine.registry import init_default_scope
 import mmifso  # noqa: F401
 from mmifso.models.importance import registered_criteria
 from mmifso.registry import TASK_UTILS
+
+#: The repository root (``tools/``, ``configs/``).
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 TINY_CLASSIFIER = dict(
     type='ImageClassifier',
@@ -190,3 +195,23 @@ def randomise_norms(model):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)
+
+
+def load_tool(*parts: str) -> ModuleType:
+    """Import a script of ``tools/`` as a new module, to call its functions
+    (``main(argv)`` and others) in-process.
+
+    Args:
+        *parts (str): Its path below ``tools/``, e.g.
+            ``('analysis', 'coverage.py')``.
+
+    Returns:
+        ModuleType: The script, executed afresh on every call (as
+        ``mmifso_tool_<name>``).
+    """
+    spec = importlib.util.spec_from_file_location(
+        'mmifso_tool_' + osp.splitext(parts[-1])[0],
+        osp.join(ROOT, 'tools', *parts))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

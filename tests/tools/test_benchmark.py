@@ -3,7 +3,6 @@
 Only the structure of the results is checked, never a timing threshold: the
 quick run's sizes are tiny and the machine may be busy.
 """
-import importlib.util
 import json
 import math
 import os
@@ -12,16 +11,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from helpers import ROOT, load_tool
+
 SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py')
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('mmifso_benchmark', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def positive_finite(x) -> bool:
@@ -37,7 +29,7 @@ def check_stats(s):
 
 
 def test_interleaved_order_and_ratio():
-    bench = load_script()
+    bench = load_tool('analysis', 'benchmark.py')
     calls = []
     res = bench.interleaved(
         dict(a=lambda: calls.append('a'), b=lambda: calls.append('b')),
@@ -140,7 +132,7 @@ def test_speed_section_on_a_tiny_model(tmp_path):
 
     from helpers import TINY_CLASSIFIER
     init_default_scope('mmpretrain')
-    bench = load_script()
+    bench = load_tool('analysis', 'benchmark.py')
     arch = dict(TINY_CLASSIFIER,
                 backbone=dict(TINY_CLASSIFIER['backbone'], base_channels=16),
                 head=dict(TINY_CLASSIFIER['head'], in_channels=64))
@@ -167,7 +159,7 @@ def test_speed_section_on_a_tiny_model(tmp_path):
 def test_prune_iterations_of_the_digits_config():
     """Section 5's count: the hook's selector removes channels until the
     target, in ceil(channels / channels_per_step) steps of ``interval``."""
-    bench = load_script()
+    bench = load_tool('analysis', 'benchmark.py')
     cfg = os.path.join(ROOT, bench.PRUNE_RUN_CONFIGS['digits'])
     e = bench.prune_iterations(cfg)
     assert e['reached_flops'] <= e['target_flops'] == 0.5
@@ -180,7 +172,7 @@ def test_prune_iterations_of_the_digits_config():
 def test_prune_run_configs_differ_only_by_the_hook(tmp_path):
     """The A/B pair of section 5: same model, data, seed and length; only
     the pruned run has the PruningHook, and neither saves checkpoints."""
-    bench = load_script()
+    bench = load_tool('analysis', 'benchmark.py')
     cfg = os.path.join(ROOT, bench.PRUNE_RUN_CONFIGS['digits'])
     a = bench.prune_run_cfg(cfg, True, 7, str(tmp_path / 'a'), None)
     b = bench.prune_run_cfg(cfg, False, 7, str(tmp_path / 'b'), None)
@@ -197,7 +189,7 @@ def test_prune_run_configs_differ_only_by_the_hook(tmp_path):
 
 
 def test_coco_projection_scales_with_scored_batches():
-    bench = load_script()
+    bench = load_tool('analysis', 'benchmark.py')
     run = dict(ratio=3.0, hook=dict(score_batches=1))
     coco = dict(config='c.py', iterations=7393 * 2, score_batches=2)
     p = bench.coco_projection(run, coco)

@@ -4,18 +4,14 @@ The run uses a depth-8 ResNet with 4 base channels on 16x16 digits; the
 accuracies in its table are checked against an evaluation written here
 (masks from the saved structure, top-1 counted by hand).
 """
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-from helpers import TINY_CLASSIFIER
+from helpers import TINY_CLASSIFIER, load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'compare_criteria.py')
+SCRIPT = ('analysis', 'compare_criteria.py')
 
 CONFIG = f"""
 _base_ = ['mmpretrain::_base_/default_runtime.py']
@@ -42,13 +38,6 @@ default_hooks = dict(logger=dict(type='LoggerHook', interval=50))
 """
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('mmifso_compare', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     from mmengine.registry import init_default_scope
@@ -69,7 +58,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope='module')
 def result(setup):
     tmp, cfg, ckpt = setup
-    out = load_script().main([
+    out = load_tool(*SCRIPT).main([
         cfg, ckpt, '--targets', '0.6', '--criteria', 'tp_magnitude',
         'random', '--finetune-epochs', '1', '--score-batches', '1',
         '--work-dir', str(tmp / 'work'), '--out-prefix', 'tiny'
@@ -153,22 +142,22 @@ def test_accuracies_are_real_evaluations(result):
 def test_bad_targets(setup, targets):
     tmp, cfg, ckpt = setup
     with pytest.raises(ValueError, match='--targets'):
-        load_script().main([cfg, ckpt, '--targets', *targets,
-                            '--work-dir', str(tmp / 'bad')])
+        load_tool(*SCRIPT).main([cfg, ckpt, '--targets', *targets,
+                                 '--work-dir', str(tmp / 'bad')])
 
 
 def test_unknown_criterion(setup):
     tmp, cfg, ckpt = setup
     with pytest.raises(ValueError, match="unknown criterion 'nope'"):
-        load_script().main([cfg, ckpt, '--criteria', 'random', 'nope',
-                            '--work-dir', str(tmp / 'bad')])
+        load_tool(*SCRIPT).main([cfg, ckpt, '--criteria', 'random', 'nope',
+                                 '--work-dir', str(tmp / 'bad')])
     with pytest.raises(ValueError, match='bad JSON'):
-        load_script().main([cfg, ckpt, '--criteria', 'x={type:',
-                            '--work-dir', str(tmp / 'bad')])
+        load_tool(*SCRIPT).main([cfg, ckpt, '--criteria', 'x={type:',
+                                 '--work-dir', str(tmp / 'bad')])
 
 
 def test_schedule_scaling():
-    mod = load_script()
+    mod = load_tool(*SCRIPT)
     scaled = mod.scale_schedulers([
         dict(type='LinearLR', by_epoch=False, begin=0, end=500),
         dict(type='MultiStepLR', by_epoch=True, milestones=[100, 150]),
@@ -185,7 +174,7 @@ def test_seeds_summary_and_bn_recalibration(setup):
     --bn-recalibrate: a second one-shot evaluation with re-estimated BN."""
     import numpy as np
     tmp, cfg, ckpt = setup
-    out = load_script().main([
+    out = load_tool(*SCRIPT).main([
         cfg, ckpt, '--targets', '0.6', '--criteria', 'tp_magnitude',
         'random', '--finetune-epochs', '0', '--score-batches', '1',
         '--seeds', '0', '1', '--reference', 'random', '--bn-recalibrate', '1',

@@ -1,25 +1,16 @@
 """tools/analysis/coverage.py: analyse, randomly prune, export and compare
 real models; one JSON record per config, failures name the module."""
-import importlib.util
 import json
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'coverage.py')
+from helpers import ROOT, load_tool
+
 DEMO_DET = os.path.join(ROOT, 'configs', 'demo_det',
                         'retinanet_r18-w32_fpn_1xb16-48e_shapes.py')
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('mmifso_coverage', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_coverage_on_small_configs(tmp_path):
-    cov = load_script()
+    cov = load_tool('analysis', 'coverage.py')
     # The demo detector with a GroupNorm head (blocks of 8 channels).
     gn_cfg = tmp_path / 'retinanet_gn.py'
     gn_cfg.write_text(

@@ -1,25 +1,18 @@
 """tools/analysis/loss_change_fidelity.py: the true loss change, the rank
 metrics, the criterion names and the JSON it writes."""
 import copy
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
-from helpers import TINY_CLASSIFIER, build_algorithm, digits_batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'loss_change_fidelity.py')
+from helpers import (TINY_CLASSIFIER, build_algorithm, digits_batch,
+                     load_tool)
 
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('mmifso_fidelity', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis', 'loss_change_fidelity.py')
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 """tools/train.py, tools/test.py, tools/analysis/get_flops.py and the dist
 scripts, run as real subprocesses on a tiny digits config."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -12,9 +11,8 @@ import sys
 import pytest
 import torch
 
-from helpers import build_algorithm, random_prune
+from helpers import ROOT, build_algorithm, load_tool, random_prune
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools')
 
 CONFIG = """
@@ -120,16 +118,6 @@ def trained(tmp_path_factory):
         masked_ckpt=str(root / 'masked.pth'),
         masked_flops=algo.mutator.resources(),
         train_output=proc.output)
-
-
-def load_tool(*parts):
-    """Import a tool script as a module (for in-process runs)."""
-    path = osp.join(TOOLS, *parts)
-    spec = importlib.util.spec_from_file_location(
-        'mmifso_tool_' + parts[-1][:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_train_then_test(trained):

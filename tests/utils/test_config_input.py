@@ -2,7 +2,6 @@
 ``pipeline_input_size``, the coverage check, ``analyse_model`` and
 ``tools/analysis/get_flops.py``; and ``analyse_model`` follows the model's
 dtype."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -10,11 +9,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from helpers import ROOT, load_tool
 from mmifso.apis import analyse_model
 from mmifso.apis.coverage import demo_size, load_config
 from mmifso.utils import pipeline_input_size
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_DET = osp.join(ROOT, 'configs', 'demo_det',
                     'retinanet_r18-w32_fpn_1xb16-48e_shapes.py')
 
@@ -76,10 +75,7 @@ def test_analyse_model_without_any_size_says_what_to_pass():
 
 
 def test_get_flops_counts_plain_configs_at_their_test_size(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        'get_flops', osp.join(ROOT, 'tools', 'analysis', 'get_flops.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('analysis', 'get_flops.py')
     out = tmp_path / 'flops.json'
     tool.main([DEMO_DET, '--out', str(out)])
     # The demo detector's test pipeline resizes to 160x160.

@@ -8,28 +8,22 @@ the data, which mmengine's resume does not restore (the state that was lost
 before mmifso.ExactResumeHook). The kills come from
 tools/analysis/resume_fuzz.py's ResumeFuzzKillHook (MMIFSO_KILL_AT).
 """
-import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-ROOT = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
+from helpers import ROOT, load_tool
+
 CONFIG = os.path.join(ROOT, 'configs', 'demo',
                       'ifso_resnet20_prune_digits.py')
-SCRIPT = os.path.join(ROOT, 'tools', 'analysis', 'resume_fuzz.py')
 
 ITERS = 16  # 10 batches per epoch: the iteration-based run wraps once
 
 
 @pytest.fixture(scope='module')
 def fuzz():
-    spec = importlib.util.spec_from_file_location('resume_fuzz', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis', 'resume_fuzz.py')
 
 
 def tiny_options(num_workers: int, samples: int = 160) -> dict:
