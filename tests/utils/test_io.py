@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 
 import mmifso.utils.io as io_module
 from engine.test_hooks.test_pruning_hook import runner_cfg
+from helpers import load_tool
 from mmifso.utils import (ATOMIC_BACKEND_ARGS, AtomicLocalBackend,
                           UnsafeCheckpointError, atomic_write,
                           load_checkpoint_file, remove_stale_temp_files,
@@ -151,21 +152,29 @@ def same_nested(a, b) -> bool:
     return a == b
 
 
-def test_runner_checkpoints_are_atomic_and_load_safely(tmp_path, replaced):
-    """mmifso.AtomicCheckpointHook and the PruningHook's default: every
-    checkpoint and last_checkpoint are renamed into place; all of them load
-    with the safe loader and equal a full unpickling."""
+def atomic_runner_cfg(work_dir, lr_milestone: int):
+    """4 iterations of magnitude pruning (8 channels a step, on past the
+    target) with a checkpoint by mmifso.AtomicCheckpointHook every 2 and
+    the learning rate lowered at iteration ``lr_milestone`` (MultiStepLR:
+    scheduler state in the checkpoints)."""
     cfg = runner_cfg(
-        tmp_path,
+        work_dir,
         target=0.5,
         max_iters=4,
         criterion=dict(type='mmifso.MagnitudeImportance'))
     cfg.custom_hooks[0].update(channels_per_step=8, stop_at_target=False)
     cfg.default_hooks.checkpoint = dict(
         type='mmifso.AtomicCheckpointHook', interval=2, by_epoch=False)
-    cfg.param_scheduler = dict(type='MultiStepLR', milestones=[2],
-                               by_epoch=False)
-    Runner.from_cfg(cfg).train()
+    cfg.param_scheduler = dict(
+        type='MultiStepLR', milestones=[lr_milestone], by_epoch=False)
+    return cfg
+
+
+def test_runner_checkpoints_are_atomic_and_load_safely(tmp_path, replaced):
+    """mmifso.AtomicCheckpointHook and the PruningHook's default: every
+    checkpoint and last_checkpoint are renamed into place; all of them load
+    with the safe loader and equal a full unpickling."""
+    Runner.from_cfg(atomic_runner_cfg(tmp_path, lr_milestone=2)).train()
     written = sorted(
         osp.basename(p) for p in glob.glob(str(tmp_path / '*.pth')))
     assert 'iter_2.pth' in written and 'iter_4.pth' in written
@@ -315,19 +324,6 @@ def test_unreadable_checkpoint(tmp_path):
 # --------------------------------------------------------------------------- #
 # Checkpoints loaded by the mmengine Runner (load_from, resume)
 # --------------------------------------------------------------------------- #
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _train_tool():
-    """``tools/train.py`` as a module (its ``main`` runs in-process)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'mmifso_train_tool', osp.join(ROOT, 'tools', 'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _evil_checkpoint(tmp_path, marker):
     """A runner checkpoint of the test model whose meta runs a shell
     command when fully unpickled; everything else would load."""
@@ -382,7 +378,7 @@ def test_train_tool_refuses_pickled_load_from(tmp_path, monkeypatch,
     cfg.load_from = path
     cfg_path = str(tmp_path / 'cfg.py')
     cfg.dump(cfg_path)
-    tool = _train_tool()
+    tool = load_tool('train.py')
     if not precheck:
         import mmifso.apis.runner as runner_api
         monkeypatch.setattr(runner_api, 'check_checkpoint_matches_config',
@@ -413,7 +409,7 @@ def test_train_tool_trust_checkpoint_flag(tmp_path, monkeypatch):
         type='CheckpointHook', interval=1, by_epoch=False)
     cfg_path = str(tmp_path / 'cfg.py')
     cfg.dump(cfg_path)
-    tool = _train_tool()
+    tool = load_tool('train.py')
     CALLED.clear()
     with pytest.raises(SystemExit, match='test_io._record'):
         tool.main([cfg_path])
@@ -430,25 +426,12 @@ def test_runner_resumes_through_the_safe_loader(tmp_path, monkeypatch):
     optimizer state of the uninterrupted one."""
     from mmifso.utils import safe_pickle
     monkeypatch.setenv('MMIFSO_TRUST_CHECKPOINTS', '0')
-
-    def cfg_for(work):
-        cfg = runner_cfg(
-            work,
-            target=0.5,
-            max_iters=4,
-            criterion=dict(type='mmifso.MagnitudeImportance'))
-        cfg.custom_hooks[0].update(channels_per_step=8, stop_at_target=False)
-        cfg.default_hooks.checkpoint = dict(
-            type='mmifso.AtomicCheckpointHook', interval=2, by_epoch=False)
-        cfg.param_scheduler = dict(
-            type='MultiStepLR', milestones=[3], by_epoch=False)
-        return cfg
-
-    Runner.from_cfg(cfg_for(tmp_path / 'full')).train()
+    Runner.from_cfg(atomic_runner_cfg(tmp_path / 'full',
+                                      lr_milestone=3)).train()
     ckpt2 = str(tmp_path / 'full' / 'iter_2.pth')
     meta = torch.load(ckpt2)['meta']  # numpy RNG state etc. are in there
     assert isinstance(meta['seed'], int) and 'mmifso_pruning_hook' in meta
-    cfg = cfg_for(tmp_path / 'resumed')
+    cfg = atomic_runner_cfg(tmp_path / 'resumed', lr_milestone=3)
     cfg_path = str(tmp_path / 'cfg.py')
     cfg.dump(cfg_path)
 
@@ -460,7 +443,7 @@ def test_runner_resumes_through_the_safe_loader(tmp_path, monkeypatch):
         return real_find_class(self, module, name)
 
     monkeypatch.setattr(safe_pickle.Unpickler, 'find_class', find_class)
-    _train_tool().main([cfg_path, '--resume', ckpt2])
+    load_tool('train.py').main([cfg_path, '--resume', ckpt2])
     # The restricted unpickler did the loading (HistoryBuffer is not in
     # torch's weights_only list).
     assert 'mmengine.logging.history_buffer.HistoryBuffer' in refused
