@@ -1,28 +1,16 @@
 #!/usr/bin/env bash
 # Distributed training on one or more nodes with torchrun.
 #   bash tools/dist_train.sh CONFIG GPUS [tools/train.py args]
-# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node.
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node
+# (see tools/dist_run.sh).
 
 CONFIG=$1
 GPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
 
 if [ -z "$CONFIG" ] || [ -z "$GPUS" ]; then
     echo "usage: bash $0 CONFIG GPUS [tools/train.py args]" >&2
     exit 2
 fi
 
-PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
-$PYTHON -m torch.distributed.run \
-    --nnodes=$NNODES \
-    --node_rank=$NODE_RANK \
-    --master_addr=$MASTER_ADDR \
-    --nproc_per_node=$GPUS \
-    --master_port=$PORT \
-    "$(dirname "$0")/train.py" \
-    "$CONFIG" \
-    --launcher pytorch "${@:3}"
+exec bash "$(dirname "$0")/dist_run.sh" train.py "$GPUS" \
+    "$CONFIG" --launcher pytorch "${@:3}"
