@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from helpers import build_algorithm
 from mmifso.models.task_modules import ChannelAnalyzer, FrozenUnitError
 from tiny import TinyNet
 
@@ -56,16 +55,3 @@ def test_min_channels():
     assert [u.name for u in result.units] == ['conv2']  # 5 channels > 4
     assert any(s.name == 'conv3' and 'min_channels=4' in s.reason
                for s in result.skipped)
-
-
-# --------------------------------------------------------------------------- #
-# Bad input
-# --------------------------------------------------------------------------- #
-def test_frozen_stage():
-    arch = dict(
-        type='ImageClassifier',
-        backbone=dict(type='ResNet', depth=18, frozen_stages=1),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=10, in_channels=512))
-    with pytest.raises(FrozenUnitError, match='frozen_stages'):
-        build_algorithm(arch, input_shape=(1, 3, 32, 32))
