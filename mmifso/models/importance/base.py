@@ -9,7 +9,8 @@ from mmengine.dist import all_reduce, get_world_size
 
 from mmifso.registry import TASK_UTILS
 from ..mutators import ChannelMutator
-from ..utils import DifferentiableSyncBatchNorm
+from ..utils import (DifferentiableSyncBatchNorm,
+                     TwiceDifferentiableHardsigmoid)
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm,
                nn.modules.instancenorm._InstanceNorm)
@@ -184,9 +185,15 @@ class ScoringContext:
 
         In a distributed run (and :attr:`sync_ranks`), torch SyncBatchNorm
         layers use autograd-aware collectives here, so the scores can take
-        second derivatives through global batch statistics.
+        second derivatives through global batch statistics. ``nn.Hardsigmoid``
+        layers compute the same values with operations that have second
+        derivatives (:class:`TwiceDifferentiableHardsigmoid`; torch has none
+        for its hard sigmoid kernel).
         """
         norms = [m for m in self.model.modules() if isinstance(m, _NORM_TYPES)]
+        hard_sigmoids = [
+            m for m in self.model.modules() if type(m) is nn.Hardsigmoid
+        ]
         saved = [{k: v.clone()
                   for k, v in m._buffers.items() if v is not None}
                  for m in norms]
@@ -198,6 +205,8 @@ class ScoringContext:
                     if type(m) is nn.SyncBatchNorm:
                         m.__class__ = DifferentiableSyncBatchNorm
                         swapped.append(m)
+            for m in hard_sigmoids:
+                m.__class__ = TwiceDifferentiableHardsigmoid
             for u in self.units:
                 u.mask.requires_grad_(masks_require_grad)
             with torch.autocast('cpu', enabled=False), \
@@ -206,6 +215,8 @@ class ScoringContext:
         finally:
             for m in swapped:
                 m.__class__ = nn.SyncBatchNorm
+            for m in hard_sigmoids:
+                m.__class__ = nn.Hardsigmoid
             with torch.no_grad():
                 for m, buffers in zip(norms, saved):
                     for k, v in buffers.items():
