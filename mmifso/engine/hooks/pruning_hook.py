@@ -23,6 +23,8 @@ from mmifso.utils import ATOMIC_BACKEND_ARGS, check_checkpoint_fits_model
 from .resume_hook import ensure_exact_resume_hook, preserved_rng_state
 
 DEFAULT_THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+#: State-dict key prefix of the unit masks of a PruningAlgorithm.
+MUTATOR_KEY = 'mutator.units.'
 EMPTY_LOADER = ('the scoring dataloader is empty: check the dataset of '
                 'train_dataloader (or scoring_dataloader), its batch_size and '
                 'drop_last')
@@ -152,6 +154,17 @@ class PruningHook(Hook):
     A pruning step whose scores contain NaN or Inf (a diverging loss, a
     criterion failing numerically) is skipped with a warning: nothing is
     pruned on such scores, and the next step starts from fresh scores.
+
+    **Averaged copies (EMA).** mmengine's ``EMAHook`` (YOLOX, RTMDet) keeps
+    a deep copy of the masked model and averages its parameters, and with
+    ``update_buffers=True`` its buffers too, the masks included: a removed
+    channel's averaged mask would only decay towards 0 and stay alive in the
+    copy, which replaces the model for validation and in every checkpoint's
+    ``state_dict`` (so export would keep it). The hook therefore copies the
+    masks into every averaged copy of the model (a hook's ``ema_model``
+    whose ``module`` is the ``PruningAlgorithm``) after every training
+    iteration, before validation and testing, and before a checkpoint is
+    saved: the averaged model always has exactly the masks of the model.
     """
 
     priority = 'LOW'
@@ -276,6 +289,7 @@ class PruningHook(Hook):
         broadcast(seed, src=0)
         self._seed_base = int(seed.item())
         self._log_state(runner, algo, 'start')
+        self._sync_averaged_masks(runner)
         if self._ratio(algo) <= self.target:
             self.done = True
             runner.logger.info(f'[mmifso] the model is already at the '
@@ -347,6 +361,13 @@ class PruningHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
+        self._prune_if_due(runner)
+        # Every iteration, not only after a pruning step: an EMA hook may
+        # average the masks again after any iteration.
+        self._sync_averaged_masks(runner)
+
+    def _prune_if_due(self, runner) -> None:
+        """The pruning step of this iteration, if one is due."""
         if self.done or runner.iter < self.start_iter:
             return
         if (runner.iter + 1 - self.start_iter) % self.interval != 0:
@@ -543,8 +564,48 @@ class PruningHook(Hook):
         return 'channels per unit:\n' + '\n'.join(rows)
 
     # ------------------------------------------------------------------ #
+    # Averaged copies of the model (EMA): the masks follow the model's.
+    def _averaged_models(self, runner) -> List[PruningAlgorithm]:
+        """The averaged copies of the pruned model that hooks keep
+        (``hook.ema_model.module``, mmengine's ``EMAHook`` and subclasses).
+        """
+        algo = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if not isinstance(algo, PruningAlgorithm):
+            return []  # before_train reports it
+        copies = []
+        for hook in runner.hooks:
+            module = getattr(getattr(hook, 'ema_model', None), 'module', None)
+            if isinstance(module, PruningAlgorithm) and module is not algo:
+                names = [u.name for u in module.mutator.units]
+                if names != [u.name for u in algo.mutator.units]:
+                    raise RuntimeError(
+                        f'{type(hook).__name__}.ema_model is not a copy of '
+                        'the pruned model: its channel units differ')
+                copies.append(module)
+        return copies
+
+    @torch.no_grad()
+    def _sync_averaged_masks(self, runner) -> None:
+        """Copy the model's masks into its averaged copies."""
+        copies = self._averaged_models(runner)
+        if not copies:
+            return
+        algo = self._algorithm(runner)
+        for copy_ in copies:
+            for src, dst in zip(algo.mutator.units, copy_.mutator.units):
+                dst.mask.copy_(src.mask.to(dst.mask.device))
+
+    def before_val_epoch(self, runner) -> None:
+        self._sync_averaged_masks(runner)
+
+    def before_test_epoch(self, runner) -> None:
+        self._sync_averaged_masks(runner)
+
+    # ------------------------------------------------------------------ #
     # Resume: the schedule's own state travels in the checkpoint.
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._sync_averaged_checkpoint_masks(runner, checkpoint)
         checkpoint.setdefault('meta', {})['mmifso_pruning_hook'] = dict(
             crossed=list(self.crossed),
             done=self.done,
@@ -553,6 +614,29 @@ class PruningHook(Hook):
             consumed=self._consumed,
             skipped_nonfinite=self._skipped_nonfinite,
             importance=self.importance.state_dict())
+
+    def _sync_averaged_checkpoint_masks(self, runner,
+                                        checkpoint: dict) -> None:
+        """The model's masks in the averaged copies and in both state dicts
+        of ``checkpoint``: EMAHook may already have put its copy's tensors
+        into ``state_dict`` (and ``ema_state_dict``) when this hook runs."""
+        if not self._averaged_models(runner):
+            return
+        self._sync_averaged_masks(runner)
+        masks = {
+            f'{MUTATOR_KEY}{i}.mask': u.mask
+            for i, u in enumerate(self._algorithm(runner).mutator.units)
+        }
+        for field, prefix in (('state_dict', ''), ('ema_state_dict',
+                                                     'module.')):
+            state = checkpoint.get(field)
+            if not isinstance(state, dict):
+                continue
+            for key, mask in masks.items():
+                old = state.get(prefix + key)
+                if isinstance(old, torch.Tensor):
+                    state[prefix + key] = mask.detach().clone().to(
+                        old.device)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.check_checkpoint_shapes:

@@ -97,9 +97,9 @@ class ScheduledPruningHook(PruningHook):
         if last:
             self._finish(runner)
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs=None) -> None:
-        """Nothing: scoring and pruning happen in ``before_train_iter``."""
+    def _prune_if_due(self, runner) -> None:
+        """Nothing: scoring and pruning happen in ``before_train_iter``
+        (``after_train_iter`` still keeps averaged copies' masks in sync)."""
 
     def prune_to(self, runner, ratio: float, final: bool = False) -> list:
         """Score fresh batches and remove channels until ``ratio``.
