@@ -18,21 +18,25 @@ from mmifso.registry import TASK_UTILS
 #: The repository root (``tools/``, ``configs/``).
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-TINY_CLASSIFIER = dict(
-    type='ImageClassifier',
-    backbone=dict(type='mmifso.CifarResNet', depth=8, base_channels=4),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=10,
-        in_channels=16,
-        loss=dict(type='CrossEntropyLoss')),
-    data_preprocessor=dict(
-        type='ClsDataPreprocessor',
-        num_classes=10,
-        mean=[85.0] * 3,
-        std=[110.0] * 3,
-        to_rgb=False))
+#: The demo's baseline config: ResNet-20 on 32 x 32 digits.
+DEMO_BASELINE = osp.join(ROOT, 'configs', 'demo',
+                         'resnet20_1xb64-30e_digits.py')
+
+
+def _toy_demo_classifier() -> dict:
+    """The classifier of :data:`DEMO_BASELINE` at toy size (ResNet-8 with 4
+    base channels), the config's data preprocessor inside it (where the
+    Runner puts it), so that a model built alone normalises alike."""
+    demo = Config.fromfile(DEMO_BASELINE)
+    model = demo.model.to_dict()
+    model['backbone'].update(depth=8, base_channels=4)
+    model['head'].update(in_channels=16)
+    model['data_preprocessor'] = dict(
+        type='ClsDataPreprocessor', **demo.data_preprocessor.to_dict())
+    return model
+
+
+TINY_CLASSIFIER = _toy_demo_classifier()
 #: The mutator of a 16 x 16 demo input.
 MUTATOR16 = dict(
     type='mmifso.ChannelMutator',

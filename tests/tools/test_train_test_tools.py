@@ -1,5 +1,5 @@
 """tools/train.py, tools/test.py, tools/analysis/get_flops.py and the dist
-scripts, run as real subprocesses on a tiny digits config."""
+scripts, run as real subprocesses on the digits demo baseline at toy size."""
 import json
 import os
 import os.path as osp
@@ -11,60 +11,21 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, build_algorithm, load_tool, random_prune
+from helpers import (DEMO_BASELINE, ROOT, TINY_CLASSIFIER, build_algorithm,
+                     load_tool, random_prune)
 
 TOOLS = osp.join(ROOT, 'tools')
 
-CONFIG = """
-default_scope = 'mmpretrain'
-custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='mmifso.CifarResNet', depth=8, base_channels=4),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=10,
-        in_channels=16,
-        loss=dict(type='CrossEntropyLoss')),
-    data_preprocessor=dict(
-        type='ClsDataPreprocessor',
-        num_classes=10,
-        mean=[0, 0, 0],
-        std=[255, 255, 255],
-        to_rgb=False))
-train_dataloader = dict(
-    batch_size=32,
-    num_workers=0,
-    dataset=dict(
-        type='mmifso.DigitsDataset',
-        split='train',
-        image_size=32,
-        pipeline=[dict(type='PackInputs')]),
-    sampler=dict(type='DefaultSampler', shuffle=True))
-val_dataloader = dict(
-    batch_size=120,
-    num_workers=0,
-    dataset=dict(
-        type='mmifso.DigitsDataset',
-        split='test',
-        image_size=32,
-        pipeline=[dict(type='PackInputs')]),
-    sampler=dict(type='DefaultSampler', shuffle=False))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_dataloader = val_dataloader
-test_evaluator = val_evaluator
-optim_wrapper = dict(optimizer=dict(type='Adam', lr=0.01))
-train_cfg = dict(by_epoch=False, max_iters=20, val_interval=20)
-val_cfg = dict()
-test_cfg = dict()
+#: The demo baseline at toy size (TINY_CLASSIFIER) for 20 iterations, with a
+#: checkpoint every 10.
+CONFIG = f"""
+_base_ = [{DEMO_BASELINE!r}]
+model = {TINY_CLASSIFIER!r}
+train_dataloader = dict(batch_size=32)
+train_cfg = dict(_delete_=True, by_epoch=False, max_iters=20, val_interval=20)
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=10, by_epoch=False))
+    checkpoint=dict(interval=10, by_epoch=False, max_keep_ckpts=-1))
 log_processor = dict(by_epoch=False)
-env_cfg = dict(dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0)
 """
 
 MASKED_CONFIG = """
