@@ -96,6 +96,30 @@ def random_prune(mutator, fraction=0.3, seed=0):
                 torch.randperm(unit.num_channels, generator=g)[:k].tolist())
 
 
+def digits_loader(split: str, batch_size: int, **dataset_kw) -> dict:
+    """A dataloader config of the 16 x 16 digits ``split`` (no augmentation;
+    shuffled for ``'train'``).
+
+    Args:
+        split (str): ``'train'`` or ``'test'``.
+        batch_size (int): Samples per batch.
+        **dataset_kw: More ``DigitsDataset`` arguments (``indices``).
+
+    Returns:
+        dict: The ``*_dataloader`` entry.
+    """
+    return dict(
+        batch_size=batch_size,
+        num_workers=0,
+        dataset=dict(
+            type='mmifso.DigitsDataset',
+            split=split,
+            image_size=16,
+            pipeline=[dict(type='PackInputs')],
+            **dataset_kw),
+        sampler=dict(type='DefaultSampler', shuffle=split == 'train'))
+
+
 def runner_cfg(work_dir, target=0.7, max_iters=30, criterion=None):
     return Config(
         dict(
@@ -110,20 +134,8 @@ def runner_cfg(work_dir, target=0.7, max_iters=30, criterion=None):
             model=dict(
                 type='mmifso.PruningAlgorithm',
                 architecture=TINY_CLASSIFIER,
-                mutator=dict(
-                    type='mmifso.ChannelMutator',
-                    demo_input=dict(
-                        type='mmifso.DemoInput', input_shape=(1, 3, 16, 16)))),
-            train_dataloader=dict(
-                batch_size=16,
-                num_workers=0,
-                dataset=dict(
-                    type='mmifso.DigitsDataset',
-                    split='train',
-                    image_size=16,
-                    indices=128,
-                    pipeline=[dict(type='PackInputs')]),
-                sampler=dict(type='DefaultSampler', shuffle=True)),
+                mutator=MUTATOR16),
+            train_dataloader=digits_loader('train', 16, indices=128),
             optim_wrapper=dict(
                 optimizer=dict(
                     type='SGD', lr=0.05, momentum=0.9, weight_decay=1e-4)),

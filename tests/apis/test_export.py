@@ -9,7 +9,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from helpers import OTHER_ARCH_MSG, TINY_CLASSIFIER, runner_cfg
+from helpers import OTHER_ARCH_MSG, TINY_CLASSIFIER, digits_loader, runner_cfg
 from mmifso.apis.checks import checkpoint_kind
 from mmifso.apis.export import ExportError, export_checkpoint
 from mmifso.structures import StructureMismatchError, load_structure
@@ -19,15 +19,7 @@ from mmifso.structures import StructureMismatchError, load_structure
 def pruned_run(tmp_path_factory):
     work = tmp_path_factory.mktemp('prune')
     cfg = runner_cfg(work, target=0.6)
-    cfg.val_dataloader = dict(
-        batch_size=64,
-        num_workers=0,
-        dataset=dict(
-            type='mmifso.DigitsDataset',
-            split='test',
-            image_size=16,
-            pipeline=[dict(type='PackInputs')]),
-        sampler=dict(type='DefaultSampler', shuffle=False))
+    cfg.val_dataloader = digits_loader('test', 64)
     cfg.val_evaluator = dict(type='Accuracy', topk=(1, ))
     cfg.test_dataloader = cfg.val_dataloader
     cfg.test_evaluator = cfg.val_evaluator
