@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -37,11 +37,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from mmifso.apis import export_checkpoint
+    from mmifso.apis import export_checkpoint, load_config
     from mmifso.structures import StructureMismatchError
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     try:
         result = export_checkpoint(cfg, args.checkpoint, args.out_dir,
                                    args.atol)

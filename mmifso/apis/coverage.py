@@ -14,7 +14,6 @@ counted on it equal the masked count.
 import contextlib
 import copy
 import os
-import os.path as osp
 import signal
 import time
 import traceback
@@ -32,33 +31,11 @@ from mmifso.models.task_modules import (DemoInput, DetDemoInput,
 from mmifso.models.utils import preserved_modes
 from mmifso.utils import pipeline_input_size
 from .export import max_abs_diff, max_abs_value
+from .runner import load_config
 
 # Demo image size when neither the user nor the config's test pipeline sets
 # one.
 FALLBACK_SIZE = dict(cls=64, det=128)
-
-
-def load_config(path: str) -> Config:
-    """A config file, or ``pkg::rel/path.py`` of an installed OpenMMLab
-    package (its ``.mim/configs``).
-
-    Args:
-        path (str): A file, or ``mmdet::...`` / ``mmpretrain::...``.
-
-    Returns:
-        Config: The loaded config.
-
-    Raises:
-        FileNotFoundError: the package has no such config.
-    """
-    if '::' in path:
-        from mmengine.utils import get_installed_path
-        package, rel = path.split('::', 1)
-        full = osp.join(get_installed_path(package), '.mim', 'configs', rel)
-        if not osp.isfile(full):
-            raise FileNotFoundError(f'{path}: no such config ({full})')
-        return Config.fromfile(full)
-    return Config.fromfile(path)
 
 
 def is_detector_config(cfg: Config) -> bool:

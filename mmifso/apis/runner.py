@@ -81,6 +81,35 @@ def set_local_rank(args: argparse.Namespace) -> None:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
 
 
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """A tool's config: a file, or ``pkg::rel/path.py`` of an installed
+    OpenMMLab package (its ``.mim/configs``), with the ``--cfg-options``
+    overrides merged.
+
+    Args:
+        path (str): A file, or ``mmdet::...`` / ``mmpretrain::...``.
+        cfg_options (dict, optional): ``key=value`` overrides (mmengine's
+            ``DictAction``), merged with ``Config.merge_from_dict``.
+
+    Returns:
+        Config: The loaded config.
+
+    Raises:
+        FileNotFoundError: the package has no such config.
+    """
+    if '::' in path:
+        from mmengine.utils import get_installed_path
+        package, rel = path.split('::', 1)
+        full = osp.join(get_installed_path(package), '.mim', 'configs', rel)
+        if not osp.isfile(full):
+            raise FileNotFoundError(f'{path}: no such config ({full})')
+        path = full
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
 def default_work_dir(cfg: Config, work_dir: Optional[str],
                      config_path: str) -> None:
     """Set ``cfg.work_dir``: ``work_dir`` (the command line) first, then the

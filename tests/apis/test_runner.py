@@ -8,10 +8,10 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-from helpers import build_algorithm, random_prune, runner_cfg
+from helpers import DEMO_BASELINE, build_algorithm, random_prune, runner_cfg
 from mmifso.apis import (RunnerSetupError, add_runner_arguments,
                          build_runner, checkpoint_to_load, default_work_dir,
-                         flops_checkpoint)
+                         flops_checkpoint, load_config)
 
 
 def test_checkpoint_to_load(tmp_path):
@@ -84,6 +84,19 @@ def test_runner_arguments_and_work_dir():
     cfg.work_dir = None
     default_work_dir(cfg, None, 'configs/x/my_config.py')
     assert cfg.work_dir == os.path.join('./work_dirs', 'my_config')
+
+
+def test_load_config_with_cfg_options():
+    """A file or an installed package's config, ``--cfg-options`` merged."""
+    cfg = load_config(DEMO_BASELINE, {'model.backbone.depth': 8})
+    assert cfg.model.backbone.depth == 8
+    assert cfg.model.head.in_channels == 64  # the rest as the file says
+    cfg = load_config('mmpretrain::resnet/resnet18_8xb16_cifar10.py',
+                      {'train_dataloader.batch_size': 4})
+    assert cfg.model.backbone.type == 'ResNet_CIFAR'
+    assert cfg.train_dataloader.batch_size == 4
+    with pytest.raises(FileNotFoundError, match='mmpretrain::nope.py'):
+        load_config('mmpretrain::nope.py')
 
 
 def test_flops_checkpoint(tmp_path):

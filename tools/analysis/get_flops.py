@@ -30,7 +30,7 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from mmifso.utils import pipeline_input_size  # noqa: E402
 
@@ -293,12 +293,10 @@ def format_table(result: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     import mmifso  # noqa: F401  (registers the mmifso modules)
-    from mmifso.apis import model_kind
+    from mmifso.apis import load_config, model_kind
     from mmifso.utils import save_json
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     kind = model_kind(cfg.model)
     shape, demo_shape, demo_cfg = resolve_input_shape(cfg, kind, args.shape)
     try:

@@ -26,7 +26,7 @@ import sys
 import time
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -58,6 +58,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    from mmifso.apis import load_config
     from mmifso.apis.export import build_from_config
     from mmifso.models.mutators.latency import (build_model_latency_table,
                                                 check_latency_table)
@@ -65,9 +66,7 @@ def main():
                                                     LatencyTableMismatch,
                                                     latency_key)
     torch.set_num_threads(args.threads)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     if not str(cfg.model.get('type', '')).endswith('PruningAlgorithm'):
         sys.exit('tools/analysis/latency_table.py: CONFIG must be a pruning '
                  'config (model.type="mmifso.PruningAlgorithm"), got '

@@ -59,9 +59,10 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 
+from mmifso.apis import load_config  # noqa: E402
 from mmifso.engine.hooks import (ExactResumeHook, get_rng_state,  # noqa: E402
                                  set_rng_state)
 from mmifso.registry import HOOKS  # noqa: E402
@@ -237,9 +238,7 @@ def fuzz_config(config: str,
     Returns:
         str: Path of the written config.
     """
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     cfg.train_cfg = train_cfg or dict(
         by_epoch=False,
         max_iters=max_iters,

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -55,10 +55,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from mmifso.apis.onnx import export_onnx, time_onnx
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    from mmifso.apis import export_onnx, load_config, time_onnx
+    cfg = load_config(args.config, args.cfg_options)
     try:
         result = export_onnx(cfg, args.checkpoint, args.out, args.shape,
                              args.dynamic_batch, args.opset, args.rtol)
