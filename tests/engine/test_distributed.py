@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from engine.test_hooks.test_pruning_hook import runner_cfg
 from helpers import ROOT
