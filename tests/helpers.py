@@ -73,6 +73,7 @@ def build_algorithm(arch=None, input_shape=(1, 3, 32, 32), **mutator_kw):
 
 
 def digits_batch(n=32, seed=0, size=32):
+    init_default_scope('mmpretrain')  # PackInputs is mmpretrain's
     from mmpretrain.structures import DataSample
     from mmifso.datasets import DigitsDataset
     ds = DigitsDataset(split='train', image_size=size, pipeline=[
