@@ -44,7 +44,10 @@ class PruningAlgorithm(BaseModel):
     channels from the computation. Checkpoints store the weights under
     ``architecture.`` and the masks under ``mutator.``. A plain checkpoint of
     the wrapped model (e.g. ``load_from`` a trained mmpretrain classifier)
-    loads too: its keys are mapped under ``architecture.``.
+    loads too: its keys are mapped under ``architecture.``. Attributes the
+    wrapper lacks are those of the wrapped model (``algo.bbox_head`` is
+    ``algo.architecture.bbox_head``), for upstream hooks that reach into
+    ``runner.model``.
 
     Args:
         architecture (dict | nn.Module): Config of the model to prune.
@@ -79,6 +82,31 @@ class PruningAlgorithm(BaseModel):
                 data_samples: Optional[List] = None,
                 mode: str = 'tensor'):
         return self.architecture(inputs, data_samples, mode=mode)
+
+    def __getattr__(self, name: str):
+        """Attributes of the wrapped model that this wrapper lacks.
+
+        Upstream hooks reach into ``runner.model`` for the model's parts,
+        e.g. mmdet's ``YOLOXModeSwitchHook`` sets
+        ``runner.model.bbox_head.use_l1``; with the masked model as
+        ``runner.model`` they find the architecture's (the same modules the
+        masks act on).
+        """
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # ``_modules`` is absent while the module is being built or
+            # unpickled: no architecture to ask yet.
+            arch = self.__dict__.get('_modules', {}).get('architecture')
+            if arch is None or name.startswith('__'):
+                raise
+        try:
+            return getattr(arch, name)
+        except AttributeError:
+            pass
+        raise AttributeError(f"'{type(self).__name__}' object and its "
+                             f"architecture ({type(arch).__name__}) have no "
+                             f"attribute '{name}'")
 
     def _map_plain_checkpoint(self, state_dict: Dict, prefix: str, *args):
         """Accept checkpoints of the bare architecture."""

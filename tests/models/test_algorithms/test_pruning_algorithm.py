@@ -95,3 +95,24 @@ def test_architecture_is_not_a_model():
                 type='mmifso.PruningAlgorithm',
                 architecture=dict(type='mmifso.CifarResNet', depth=8),
                 mutator=MUTATOR16))
+
+
+def test_attributes_of_the_architecture():
+    """Upstream hooks reach into runner.model for the model's parts (mmdet's
+    YOLOXModeSwitchHook sets runner.model.bbox_head.use_l1): the masked
+    model answers with its architecture's; the wrapper's own come first."""
+    import copy
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    assert algo.head is algo.architecture.head
+    assert algo.with_neck is True  # a property of the classifier
+    algo.head.marker = 1
+    assert algo.architecture.head.marker == 1
+    # The wrapper's own attributes are not the architecture's.
+    assert algo.mutator is algo._modules['mutator']
+    assert not hasattr(algo, 'detector')
+    with pytest.raises(AttributeError, match="architecture .*'detector'"):
+        algo.detector
+    # Copies (EMA) and pickles are built before the architecture exists.
+    twin = copy.deepcopy(algo)
+    assert twin.head is twin.architecture.head
+    assert twin.head is not algo.head
