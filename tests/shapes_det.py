@@ -9,7 +9,6 @@ classes (the shapes' five), a small image scale, no data workers, a one-epoch
 schedule with validation, no download (pretrained backbone initialisation,
 YOLOX's multi-scale batch resize).
 """
-import os.path as osp
 from typing import Any, Optional
 
 from mmengine.config import Config
@@ -20,7 +19,23 @@ from mmifso.datasets.shapes import (COCO_SPLITS, SHAPES_CLASSES,
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
-def shapes_coco(root: str, size: int, num_train: int = 4,
+def load_config(path: str) -> Config:
+    """``Config.fromfile(path)`` without yapf formatting of its text: the
+    Runner formats the whole config for its log, its dump and every
+    checkpoint's meta, about ten seconds per Runner for a detector config;
+    the unformatted text is the same Python. (mmengine 0.10.7's
+    ``Config.fromfile`` ignores its ``format_python_code`` argument for
+    ordinary configs, hence the copy.)"""
+    cfg = Config.fromfile(path)
+    return Config(cfg.to_dict(),
+                  cfg_text=cfg.text,
+                  filename=cfg.filename,
+                  format_python_code=False)
+
+
+def shapes_coco(root: str,
+                size: int,
+                num_train: int = 4,
                 num_val: int = 2) -> str:
     """Write a shapes-COCO set in COCO's layout (``train2017/``,
     ``annotations/instances_val2017.json``, ...) under ``root``, so the
@@ -29,7 +44,9 @@ def shapes_coco(root: str, size: int, num_train: int = 4,
     Returns:
         str: ``root``.
     """
-    make_shapes_coco(root, size=size, seed=0,
+    make_shapes_coco(root,
+                     size=size,
+                     seed=0,
                      splits=dict(zip(COCO_SPLITS, (num_train, num_val))))
     return root
 
@@ -80,8 +97,12 @@ def _coco_datasets(dataset: dict) -> tuple:
     return dataset, dataset['dataset']
 
 
-def on_shapes(cfg: Config, data_root: str, size: int, work_dir: str,
-              name: str, load_from: Optional[str] = None) -> Config:
+def on_shapes(cfg: Config,
+              data_root: str,
+              size: int,
+              work_dir: str,
+              name: str,
+              load_from: Optional[str] = None) -> Config:
     """Move a shipped detection config onto shapes-COCO data, in place.
 
     Args:
@@ -136,7 +157,3 @@ def pruning_hook(cfg: Config) -> dict:
     place)."""
     [hook] = [h for h in cfg.custom_hooks if 'PruningHook' in h['type']]
     return hook
-
-
-def export_dir_of(work_dir: str) -> str:
-    return osp.join(work_dir, 'export')

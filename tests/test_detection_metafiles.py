@@ -21,8 +21,8 @@ def test_detection_metafile(folder):
     assert model['In Collection'] in collections
     assert model['Weights'] is None
     assert Path(model['Config']).stem == model['Name']
-    assert Path(model['Config']).parent == Path(
-        'configs/ifso/detection') / folder
+    assert Path(
+        model['Config']).parent == Path('configs/ifso/detection') / folder
     data = model['Metadata']
     for key in ('Pruning Config', 'Deploy Config'):
         assert (ROOT / data[key]).is_file(), data[key]
