@@ -4,6 +4,7 @@ config's architecture (flat PrunedModel form, readable by mmdet's
 init_detector) and loads the pruned.pth exported next to the structure it
 builds; the deploy config rebuilds it up to the backbone's training-only
 settings (frozen stages, trainable norms), which it leaves as upstream."""
+import ast
 import copy
 import os.path as osp
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
+from mmifso.apis import load_config
 from mmifso.utils import pruned_architecture_cfg
 
 DET_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'ifso' / \
@@ -22,6 +24,17 @@ FOLDERS = sorted(p.name for p in DET_DIR.iterdir()
 def config_of(folder: str, kind: str) -> Path:
     [path] = sorted((DET_DIR / folder).glob(f'ifso_{kind}_*.py'))
     return path
+
+
+def upstream_config(path: Path) -> str:
+    """The upstream detector config a prune config starts from (the first
+    entry of its ``_base_``)."""
+    tree = ast.parse(path.read_text())
+    [bases] = [
+        node.value for node in tree.body if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], 'id', None) == '_base_'
+    ]
+    return ast.literal_eval(bases)[0]
 
 
 def without_training_settings(architecture: dict) -> dict:
@@ -50,7 +63,10 @@ def test_detector_config_set(folder):
     assert pruned_architecture_cfg(finetune.model) == prune.model.architecture
     assert without_training_settings(pruned_architecture_cfg(
         deploy.model)) == without_training_settings(prune.model.architecture)
-    # The detector's own hooks (EMA of YOLOX/RTMDet) stay.
+    # The detector's own hooks (EMA of YOLOX/RTMDet, SSD's checks) stay.
+    upstream = load_config(upstream_config(config_of(folder, 'prune')))
+    pruning = [h['type'] for h in prune.custom_hooks]
+    assert all(h['type'] in pruning for h in upstream.get('custom_hooks', []))
     kept = [h['type'] for h in deploy.get('custom_hooks', [])]
     for hook in prune.custom_hooks:
         assert 'PruningHook' in hook['type'] or hook['type'] in kept

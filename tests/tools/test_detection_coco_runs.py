@@ -66,22 +66,8 @@ def shapes(tmp_path_factory):
                        SIZE)
 
 
-def work_around_mmdet_ssd_predict(monkeypatch) -> None:
-    """mmdet 3.3.0's SSDHead cannot predict (validation, test, inference):
-    ``BaseDenseHead._predict_by_feat_single`` reads ``self.loss_cls``, which
-    SSDHead never sets (open-mmlab/mmdetection#11305, #11780; fix proposed
-    in #11524). A class attribute of None takes the branch SSDHead had
-    before (softmax scores); without it the SSDlite set fails in its first
-    validation, with or without mmifso."""
-    from mmdet.models.dense_heads import SSDHead
-    if not hasattr(SSDHead, 'loss_cls'):
-        monkeypatch.setattr(SSDHead, 'loss_cls', None, raising=False)
-
-
 @pytest.mark.parametrize('folder', FOLDERS)
 def test_prune_export_deploy_finetune(folder, shapes, tmp_path, monkeypatch):
-    if folder == 'ssdlite':
-        work_around_mmdet_ssd_predict(monkeypatch)
     # Prune: the shipped prune config and its pruning hook, a step on each
     # iteration (interval 1) scored on one batch.
     cfg = load_config(config_of(folder, 'prune'))

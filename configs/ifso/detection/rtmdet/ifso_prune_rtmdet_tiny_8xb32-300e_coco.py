@@ -4,6 +4,10 @@
 # The head shares its convs across levels (separate BNs): the shared convs'
 # channels are one unit per conv. Keeps the upstream hooks (EMA, pipeline
 # switch) and adds pruning.
+# With the EMA hook, every checkpoint's state_dict (flops_XX.pth included)
+# holds the EMA weights (the training weights are under ema_state_dict); the
+# pruning hook keeps the EMA copy's masks equal to the model's, so
+# tools/export_pruned.py exports the EMA model, the one mmdet evaluates.
 _base_ = [
     'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py',
     '../../_base_/pruning/ifso_det.py'

@@ -4,7 +4,10 @@
 #     work_dirs/ifso_finetune_ssdlite_mobilenetv2-scratch_8xb24-600e_coco/CHECKPOINT.pth
 # or with mmdet's own APIs (init_detector(THIS_CONFIG, CHECKPOINT)).
 _base_ = ['mmdet::ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py']
-custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+# mmifso.utils.mmdet_compat: mmdet 3.3.0's SSDHead cannot predict without it.
+custom_imports = dict(
+    imports=['mmifso', 'mmifso.utils.mmdet_compat'],
+    allow_failed_imports=False)
 
 # Written by tools/export_pruned.py.
 structure = 'work_dirs/ifso_prune_ssdlite_mobilenetv2-scratch_8xb24-600e_coco/export/structure.json'  # noqa: E501

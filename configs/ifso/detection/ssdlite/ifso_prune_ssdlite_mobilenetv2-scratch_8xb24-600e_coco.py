@@ -8,7 +8,10 @@ _base_ = [
     'mmdet::ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py',
     '../../_base_/pruning/ifso_det.py'
 ]
-custom_imports = dict(imports=['mmifso'], allow_failed_imports=False)
+# mmifso.utils.mmdet_compat: mmdet 3.3.0's SSDHead cannot predict without it.
+custom_imports = dict(
+    imports=['mmifso', 'mmifso.utils.mmdet_compat'],
+    allow_failed_imports=False)
 
 pretrained_ckpt = 'https://download.openmmlab.com/mmdetection/v2.0/ssd/ssdlite_mobilenetv2_scratch_600e_coco/ssdlite_mobilenetv2_scratch_600e_coco_20210629_110627-974d9307.pth'  # noqa: E501
 target_flops = 0.5  # fraction of the FLOPs that remains
@@ -24,6 +27,7 @@ load_from = pretrained_ckpt
 optim_wrapper = dict(
     optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr * lr_ratio))
 
-custom_hooks = [
+# mmdet's own hooks (class-number and loss checks) stay.
+custom_hooks = _base_.custom_hooks + [
     dict(_base_.ifso_hook, target_flops=target_flops, interval=interval)
 ]

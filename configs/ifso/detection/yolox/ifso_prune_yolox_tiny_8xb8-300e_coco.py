@@ -2,8 +2,10 @@
 # while it keeps training (shortest diff from mmdet's config; lr and interval
 # as the RetinaNet config, after MMRazor's Group Fisher detection configs).
 # Keeps the upstream hooks (mode switch, norm sync, EMA) and adds pruning.
-# Note: the EMA model averages the weights of the masked model; export the
-# flops_XX.pth checkpoints, which hold the training weights and the masks.
+# With the EMA hook, every checkpoint's state_dict (flops_XX.pth included)
+# holds the EMA weights (the training weights are under ema_state_dict); the
+# pruning hook keeps the EMA copy's masks equal to the model's, so
+# tools/export_pruned.py exports the EMA model, the one mmdet evaluates.
 _base_ = [
     'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py',
     '../../_base_/pruning/ifso_det.py'
