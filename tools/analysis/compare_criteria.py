@@ -50,7 +50,8 @@ import logging
 import os
 import os.path as osp
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -408,11 +409,50 @@ def score_and_prune(ctx, imp, batches: List[dict], seed: int, ratio: float,
     return scores, seconds, peak
 
 
-def run_comparison(args: argparse.Namespace) -> dict:
-    """Prune, fine-tune and evaluate every (criterion, target) pair.
+@dataclass
+class Baseline:
+    """What every (criterion, target) run of one seed starts from.
 
-    Returns:
-        dict: ``baseline``, ``rows`` (one per pair) and the settings.
+    Attributes:
+        cfg (Config): The baseline's config.
+        criteria (Dict[str, dict]): ``{label: criterion config}``.
+        targets (List[float]): FLOPs ratios, mildest first.
+        work_dir (str): Absolute output folder.
+        stamp (str): Time stamp of the runners' experiment names.
+        model (nn.Module): The unpruned model (masked in place by every
+            run, restored from ``state`` before the next).
+        mutator: Its channel mutator.
+        state (dict): The baseline's weights.
+        resources (dict): The baseline's FLOPs and parameters.
+        optim_wrapper: The config's optimizer on ``model`` (criteria that
+            read the weight decay bind to it).
+        memory (PeakMemory): The scoring-memory probe.
+        metric (str): The evaluated metric's name.
+        metric_value (float): The baseline's value of it.
+        batches (List[dict]): The scoring batches.
+    """
+    cfg: Config
+    criteria: Dict[str, dict]
+    targets: List[float]
+    work_dir: str
+    stamp: str
+    model: nn.Module
+    mutator: Any
+    state: dict
+    resources: dict
+    optim_wrapper: Any
+    memory: PeakMemory
+    metric: str
+    metric_value: float
+    batches: List[dict]
+
+
+def prepare_baseline(args: argparse.Namespace) -> Baseline:
+    """Validate the arguments, evaluate the baseline, draw the scoring
+    batches and analyse the model (protocol steps 1 and 2).
+
+    Raises:
+        ValueError: for bad targets, counts, criteria or checkpoint.
     """
     targets = check_targets(args.targets)
     if args.rounds < 1 or args.score_batches < 1 or args.finetune_epochs < 0:
@@ -422,11 +462,8 @@ def run_comparison(args: argparse.Namespace) -> dict:
     import mmifso  # noqa: F401  (registers the criteria)
     criteria = resolve_criteria(args.criteria)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    from mmifso.apis.pruning import (analyse_model, build_criterion,
-                                     export_model)
+    from mmifso.apis.pruning import analyse_model
     from mmengine.optim import build_optim_wrapper
-
-    from mmifso.models.importance import ScoringContext
     work_dir = osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
     stamp = time.strftime('%Y%m%d_%H%M%S')
@@ -440,83 +477,158 @@ def run_comparison(args: argparse.Namespace) -> dict:
     data = model.data_preprocessor(batches[0], False)
     shape = (1, ) + tuple(data['inputs'].shape[1:])
     mutator = analyse_model(model, input_shape=shape)
-    base_res = mutator.resources()
-    base_state = copy.deepcopy(model.state_dict())
-    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    device = next(model.parameters()).device
-    memory = PeakMemory(device)
+    base = Baseline(
+        cfg=cfg, criteria=criteria, targets=targets, work_dir=work_dir,
+        stamp=stamp, model=model, mutator=mutator,
+        resources=mutator.resources(),
+        state=copy.deepcopy(model.state_dict()),
+        optim_wrapper=build_optim_wrapper(model, cfg.optim_wrapper),
+        memory=PeakMemory(next(model.parameters()).device),
+        metric=metric, metric_value=base_acc, batches=batches)
     print_log(
         f'[compare] baseline {metric} {base_acc:.2f}, '
-        f'{base_res["flops"] / 1e6:.2f} M FLOPs, '
-        f'{base_res["params"] / 1e3:.1f} K params; criteria '
+        f'{base.resources["flops"] / 1e6:.2f} M FLOPs, '
+        f'{base.resources["params"] / 1e3:.1f} K params; criteria '
         f'{list(criteria)}, targets {targets}, {args.rounds} round(s), '
         f'{args.score_batches} scoring batches, {args.finetune_epochs} '
         'fine-tuning epochs', logger='current', level=logging.INFO)
+    return base
 
+
+class PruneRun(NamedTuple):
+    """What :func:`prune_from_baseline` measured.
+
+    Attributes:
+        cost_power (float): The cost power used.
+        seconds (float): Scoring seconds over all rounds.
+        peak (int, optional): The largest scoring peak extra memory
+            (bytes), None when it could not be measured.
+        first_round (tuple): ``(scores, seconds, peak)`` of round 1, for
+            the next target of the same criterion to reuse.
+    """
+    cost_power: float
+    seconds: float
+    peak: Optional[int]
+    first_round: tuple
+
+
+def prune_from_baseline(base: Baseline, crit_cfg: dict, target: float,
+                        args: argparse.Namespace,
+                        first_round: Optional[tuple]) -> PruneRun:
+    """Restore the baseline and prune it in ``--rounds`` rounds to
+    ``target`` with one criterion (protocol step 3); ``base.model`` is left
+    masked.
+
+    Args:
+        base (Baseline): The shared start.
+        crit_cfg (dict): The criterion's config.
+        target (float): FLOPs ratio to reach.
+        args (argparse.Namespace): The parsed arguments.
+        first_round (tuple, optional): Round 1 of an earlier target of the
+            same criterion: its scores (of the same baseline) serve again.
+
+    Returns:
+        PruneRun: Cost power, scoring seconds and peak, and round 1.
+    """
+    from mmifso.apis.pruning import build_criterion
+    from mmifso.models.importance import ScoringContext
+    model, mutator = base.model, base.mutator
+    model.load_state_dict(base.state)
+    with torch.no_grad():
+        for unit in mutator.units:
+            unit.mask.fill_(1)
+    model.train()
+    # A criterion entry may fix its own cost power (GraSP).
+    crit_kwargs = dict(crit_cfg)
+    cost_power = crit_kwargs.pop('cost_power', args.cost_power)
+    if crit_kwargs['type'] == 'mmifso.RandomImportance':
+        # Each seed its own random choice (unless the entry fixes
+        # one): otherwise --seeds would repeat one random mask.
+        crit_kwargs.setdefault('seed', args.seed)
+    imp = build_criterion(crit_kwargs)
+    ctx = ScoringContext(model, mutator)
+    # IFSO's lam=None: the weight decay of the scored weights.
+    imp.bind_optimizer(base.optim_wrapper, ctx)
+    seconds, peaks = 0.0, []
+    for k in range(1, args.rounds + 1):
+        ratio = target**(k / args.rounds)
+        reuse = first_round if k == 1 else None
+        scores, sec, peak = score_and_prune(
+            ctx, imp, base.batches, args.seed, ratio, args, base.memory,
+            None if reuse is None else reuse[0], cost_power)
+        if reuse is not None:
+            sec, peak = reuse[1], reuse[2]
+        elif k == 1:
+            first_round = (scores, sec, peak)
+        seconds += sec
+        peaks.append(peak)
+    known = [p for p in peaks if p is not None]
+    return PruneRun(cost_power, seconds, max(known) if known else None,
+                    first_round)
+
+
+def finetune_and_evaluate(base: Baseline, label: str, target: float,
+                          args: argparse.Namespace
+                          ) -> Tuple[float, Optional[float], float]:
+    """Export the masked ``base.model``, evaluate it, optionally with
+    recalibrated BatchNorm, fine-tune it and evaluate again (protocol
+    step 4); the structure goes to ``<work_dir>/<label>/flops_<target>``.
+
+    Returns:
+        tuple: The metric before fine-tuning, after BatchNorm
+        recalibration (None without ``--bn-recalibrate``) and after
+        fine-tuning (the last evaluation when there is none).
+    """
+    from mmifso.apis.pruning import export_model
+    pruned, structure = export_model(base.model, base.mutator)
+    run_dir = osp.join(base.work_dir, label, f'flops_{target:.2f}')
+    os.makedirs(run_dir, exist_ok=True)
+    with open(osp.join(run_dir, 'structure.json'), 'w') as f:
+        json.dump(structure, f)
+    # Runner.train() calls init_weights() on modules not marked as
+    # initialised, which would re-initialise the pruned weights.
+    for m in pruned.modules():
+        if hasattr(m, '_is_init'):
+            m._is_init = True
+    runner = make_runner(base.cfg, pruned, run_dir,
+                         f'compare_{base.stamp}_{label}_{target:.2f}',
+                         args.seed, args.finetune_epochs, args.lr_scale)
+    _, before = evaluate(runner, base.metric)
+    before_bn = None
+    if args.bn_recalibrate > 0:
+        recalibrate_bn(runner.model, scoring_batches(
+            base.cfg, args.bn_recalibrate, args.seed + 1000))
+        _, before_bn = evaluate(runner, base.metric)
+    after = before if before_bn is None else before_bn
+    if args.finetune_epochs > 0:
+        runner.train()
+        _, after = evaluate(runner, base.metric)
+    return before, before_bn, after
+
+
+def run_comparison(args: argparse.Namespace) -> dict:
+    """Prune, fine-tune and evaluate every (criterion, target) pair.
+
+    Returns:
+        dict: ``baseline``, ``rows`` (one per pair) and the settings.
+    """
+    base = prepare_baseline(args)
+    metric = base.metric
     rows = []
-    total = len(criteria) * len(targets)
-    for label, crit_cfg in criteria.items():
+    total = len(base.criteria) * len(base.targets)
+    for label, crit_cfg in base.criteria.items():
         first_round = None  # (scores, seconds, peak): one-shot reuse
-        for target in targets:
-            model.load_state_dict(base_state)
-            with torch.no_grad():
-                for unit in mutator.units:
-                    unit.mask.fill_(1)
-            model.train()
-            # A criterion entry may fix its own cost power (GraSP).
-            crit_kwargs = dict(crit_cfg)
-            cost_power = crit_kwargs.pop('cost_power', args.cost_power)
-            if crit_kwargs['type'] == 'mmifso.RandomImportance':
-                # Each seed its own random choice (unless the entry fixes
-                # one): otherwise --seeds would repeat one random mask.
-                crit_kwargs.setdefault('seed', args.seed)
-            imp = build_criterion(crit_kwargs)
-            ctx = ScoringContext(model, mutator)
-            # IFSO's lam=None: the weight decay of the scored weights.
-            imp.bind_optimizer(optim_wrapper, ctx)
-            seconds, peaks = 0.0, []
-            for k in range(1, args.rounds + 1):
-                ratio = target**(k / args.rounds)
-                reuse = first_round if k == 1 else None
-                scores, sec, peak = score_and_prune(
-                    ctx, imp, batches, args.seed, ratio, args, memory,
-                    None if reuse is None else reuse[0], cost_power)
-                if reuse is not None:
-                    sec, peak = reuse[1], reuse[2]
-                elif k == 1:
-                    first_round = (scores, sec, peak)
-                seconds += sec
-                peaks.append(peak)
-            res = mutator.resources()
-            pruned, structure = export_model(model, mutator)
-            run_dir = osp.join(work_dir, label, f'flops_{target:.2f}')
-            os.makedirs(run_dir, exist_ok=True)
-            with open(osp.join(run_dir, 'structure.json'), 'w') as f:
-                json.dump(structure, f)
-            # Runner.train() calls init_weights() on modules not marked as
-            # initialised, which would re-initialise the pruned weights.
-            for m in pruned.modules():
-                if hasattr(m, '_is_init'):
-                    m._is_init = True
-            runner = make_runner(cfg, pruned, run_dir,
-                                 f'compare_{stamp}_{label}_{target:.2f}',
-                                 args.seed, args.finetune_epochs,
-                                 args.lr_scale)
-            _, before = evaluate(runner, metric)
-            before_bn = None
-            if args.bn_recalibrate > 0:
-                recalibrate_bn(runner.model, scoring_batches(
-                    cfg, args.bn_recalibrate, args.seed + 1000))
-                _, before_bn = evaluate(runner, metric)
-            after = before if before_bn is None else before_bn
-            if args.finetune_epochs > 0:
-                runner.train()
-                _, after = evaluate(runner, metric)
-            known = [p for p in peaks if p is not None]
-            row = dict(
+        for target in base.targets:
+            run = prune_from_baseline(base, crit_cfg, target, args,
+                                      first_round)
+            first_round = run.first_round
+            res = base.mutator.resources()
+            before, before_bn, after = finetune_and_evaluate(
+                base, label, target, args)
+            rows.append(dict(
                 criterion=label,
                 config=crit_cfg,
-                cost_power=cost_power,
+                cost_power=run.cost_power,
                 target=target,
                 flops_ratio=res['flops_ratio'],
                 params_ratio=res['params_ratio'],
@@ -527,33 +639,34 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 metric_before_finetune=before,
                 metric_before_finetune_bn_recalibrated=before_bn,
                 metric_after_finetune=after,
-                scoring_seconds=seconds,
-                scoring_peak_extra_bytes=max(known) if known else None)
-            rows.append(row)
+                scoring_seconds=run.seconds,
+                scoring_peak_extra_bytes=run.peak))
             print_log(
                 f'[compare] {len(rows)}/{total} {label} @ {target:.2f}: '
                 f'FLOPs {res["flops_ratio"]:.3f}, params '
                 f'{res["params_ratio"]:.3f}, {metric} {before:.2f} -> '
                 f'{after:.2f} after {args.finetune_epochs} epochs; scoring '
-                f'{seconds:.1f} s, peak +{_mib(row["scoring_peak_extra_bytes"])}'
+                f'{run.seconds:.1f} s, peak +{_mib(run.peak)}'
                 ' MiB', logger='current', level=logging.INFO)
     return dict(
         config=args.config,
         checkpoint=args.checkpoint,
         metric=metric,
-        baseline=dict(metric=base_acc, flops=base_res['flops'],
-                      params=base_res['params']),
-        targets=targets,
+        baseline=dict(metric=base.metric_value,
+                      flops=base.resources['flops'],
+                      params=base.resources['params']),
+        targets=base.targets,
         rounds=args.rounds,
         score_batches=args.score_batches,
-        score_batch_size=len(batches[0]['inputs']),
+        score_batch_size=len(base.batches[0]['inputs']),
         finetune_epochs=args.finetune_epochs,
-        finetune_lr=float(cfg.optim_wrapper.optimizer.lr) * args.lr_scale,
+        finetune_lr=float(base.cfg.optim_wrapper.optimizer.lr) *
+        args.lr_scale,
         cost=args.cost,
         cost_power=args.cost_power,
         seed=args.seed,
         bn_recalibrate=args.bn_recalibrate,
-        memory_method=memory.method,
+        memory_method=base.memory.method,
         rows=rows)
 
 
