@@ -67,7 +67,7 @@ def shapes(tmp_path_factory):
 
 
 @pytest.mark.parametrize('folder', FOLDERS)
-def test_prune_export_deploy_finetune(folder, shapes, tmp_path, monkeypatch):
+def test_prune_export_deploy_finetune(folder, shapes, tmp_path):
     # Prune: the shipped prune config and its pruning hook, a step on each
     # iteration (interval 1) scored on one batch.
     cfg = load_config(config_of(folder, 'prune'))
