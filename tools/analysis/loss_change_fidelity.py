@@ -623,6 +623,8 @@ def prepare_converged(args, cfg, algo,
 
 # ---------------------------------------------------------------------- #
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line: one ``add_argument`` per flag, then the range
+    checks of :func:`_check_args`."""
     parser = argparse.ArgumentParser(
         description='Rank correlation of pruning criteria with the true '
         '(retrained) loss change of removing a channel')
@@ -682,6 +684,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the sample, the data and retraining')
     args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser,
+                args: argparse.Namespace) -> None:
+    """Exit through ``parser.error`` for out-of-range or contradictory
+    flags (counts below 1, non-positive lr/lam/tolerance, converged-mode
+    flags without ``--retrain converged``)."""
     for name in ('num_samples', 'eval_batches', 'score_batches',
                  'fit_samples', 'max_iter', 'mask_steps'):
         if getattr(args, name) < 1:
@@ -698,7 +709,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.retrain != 'converged' and (args.converge_start or
                                         args.lam is not None):
         parser.error('--converge-start and --lam need --retrain converged')
-    return args
 
 
 def _file_label(label: str) -> str:
@@ -808,6 +818,73 @@ def _print_table(results: Dict, k: int, n: int, tail: str) -> None:
               f'overlap {k / n:.2f}; {tail}', logger='current')
 
 
+def split_batches(args: argparse.Namespace, cfg: Config
+                  ) -> Tuple[List[dict], List[dict], List[dict], List[dict]]:
+    """The seeded training batches of the run.
+
+    Converged mode draws one batch of ``--fit-samples`` samples (the
+    objective's fixed batch, which the criteria score too). Steps mode
+    draws one seeded stream: scoring, then evaluation, then the ``R``
+    retraining steps (disjoint unless the data set is tiny).
+
+    Returns:
+        tuple: All batches, the scoring, the evaluation and the retraining
+        ones (the last two empty in converged mode).
+    """
+    if args.retrain == 'converged':
+        fit_cfg = copy.deepcopy(cfg)
+        fit_cfg.train_dataloader['batch_size'] = args.fit_samples
+        batches = draw_batches(fit_cfg, 1, args.seed)
+        return batches, batches, [], []
+    batches = draw_batches(
+        cfg, args.score_batches + args.eval_batches +
+        max(args.retrain_steps, 1), args.seed)
+    score_b = batches[:args.score_batches]
+    eval_b = batches[args.score_batches:args.score_batches +
+                     args.eval_batches]
+    train_b = batches[args.score_batches + args.eval_batches:]
+    return batches, score_b, eval_b, train_b
+
+
+def score_and_measure(args: argparse.Namespace, cfg: Config, criteria,
+                      algo, blocks: Sequence[Block], batches: List[dict],
+                      score_b: List[dict], eval_b: List[dict],
+                      train_b: List[dict]) -> Tuple[Dict, Dict, Dict,
+                                                    List[Dict], Dict]:
+    """Score every criterion, then measure every block's true change.
+
+    Converged mode first checks (or reaches, ``--converge-start``) the
+    converged ``w0`` and scores there; steps mode sets ``args.lr_used``.
+    Scoring restores BN buffers and masks itself, so it runs before the
+    measurement from the same ``w0``.
+
+    Returns:
+        tuple: Scores, seconds and notes per criterion (see
+        :func:`score_all`), the samples and the mode's extra JSON fields
+        (``objective``, ``control``, ``num_negative_delta`` or
+        ``baseline_loss``).
+    """
+    converged = args.retrain == 'converged'
+    extra = {}
+    if converged:
+        extra['objective'], meter = prepare_converged(args, cfg, algo,
+                                                      batches[0])
+    else:
+        lr = cfg.optim_wrapper.get('optimizer', {})['lr']
+        args.lr_used = args.lr if args.lr is not None else 0.1 * float(lr)
+    scores, seconds, notes = score_all(args, criteria, algo, score_b,
+                                       'eval' if converged else 'train')
+    if converged:
+        samples, control = measure_converged(args, algo, meter, blocks)
+        extra['control'] = control
+        deltas = [s['true_delta'] for s in samples]
+        extra['num_negative_delta'] = sum(d < 0 for d in deltas)
+    else:
+        samples, extra['baseline_loss'] = measure_steps(
+            args, algo, train_b, eval_b, blocks)
+    return scores, seconds, notes, samples, extra
+
+
 def run(args: argparse.Namespace) -> Dict:
     """Measure and write the JSON and the plots; returns the JSON dict."""
     from mmifso.utils import save_json
@@ -821,46 +898,15 @@ def run(args: argparse.Namespace) -> Dict:
     import mmifso  # noqa: F401
     args.optim_wrapper = cfg.optim_wrapper
     converged = args.retrain == 'converged'
-    if converged:
-        fit_cfg = copy.deepcopy(cfg)
-        fit_cfg.train_dataloader['batch_size'] = args.fit_samples
-        batches = draw_batches(fit_cfg, 1, args.seed)
-        score_b = batches
-    else:
-        # One seeded stream of training batches: scoring, then evaluation,
-        # then the R retraining steps (disjoint unless the data set is tiny).
-        batches = draw_batches(
-            cfg, args.score_batches + args.eval_batches +
-            max(args.retrain_steps, 1), args.seed)
-        score_b = batches[:args.score_batches]
-        eval_b = batches[args.score_batches:args.score_batches +
-                         args.eval_batches]
-        train_b = batches[args.score_batches + args.eval_batches:]
+    batches, score_b, eval_b, train_b = split_batches(args, cfg)
     algo = build_algorithm(cfg, args.checkpoint, batches[0])
     blocks = sample_blocks(algo.mutator, args.num_samples, args.seed)
     n = len(blocks)
     k = args.topk or max(1, round(0.1 * n))
     if k > n:
         raise ValueError(f'--topk {k} exceeds the {n} samples')
-    extra = {}
-    if converged:
-        extra['objective'], meter = prepare_converged(args, cfg, algo,
-                                                      batches[0])
-    else:
-        lr = cfg.optim_wrapper.get('optimizer', {})['lr']
-        args.lr_used = args.lr if args.lr is not None else 0.1 * float(lr)
-    # Criteria first (at the converged w0 in converged mode): scoring
-    # restores BN buffers and masks itself.
-    scores, seconds, notes = score_all(args, criteria, algo, score_b,
-                                       'eval' if converged else 'train')
-    if converged:
-        samples, control = measure_converged(args, algo, meter, blocks)
-        extra['control'] = control
-        deltas = [s['true_delta'] for s in samples]
-        extra['num_negative_delta'] = sum(d < 0 for d in deltas)
-    else:
-        samples, extra['baseline_loss'] = measure_steps(
-            args, algo, train_b, eval_b, blocks)
+    scores, seconds, notes, samples, extra = score_and_measure(
+        args, cfg, criteria, algo, blocks, batches, score_b, eval_b, train_b)
     out_dir = osp.dirname(osp.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     stem = osp.splitext(osp.basename(args.out))[0]
