@@ -14,16 +14,17 @@ the rest (BatchNorm, activations, additions, pooling, framework overhead):
 extrapolated below the narrowest), ``acts_ratio`` is the share of the
 conv/linear output activations that remain, ``a`` and ``b`` come from the
 whole model measured at full width and at half width (``b >= 0``: a
-negative slope is noise and is clamped; ``a`` may be negative, e.g. with ONNX
-Runtime, where each isolated layer pays a session call the fused whole model
-does not). The table of a unit
+negative slope is noise and is clamped; ``a`` may be negative: the whole
+model fuses what the isolated layers cannot). The table of a unit
 (``unit_curves`` in the JSON) is the latency of the layers it touches as a
 function of its alive channels, the other units at full width.
 
 Measurement: eval mode, ``torch.no_grad()`` (or ONNX Runtime with
-``backend='onnxruntime'``), untimed warm-up calls, each sample a loop long
-enough to be timed (>= ``min_sample_s``), the grid points of all layers
-interleaved in a shuffled order in every round, and the median over rounds.
+``backend='onnxruntime'``, one session per layer and grid point, worker
+threads not spinning: :data:`ORT_TIMING_CONFIG`), untimed warm-up calls,
+each sample a loop long enough to be timed (>= ``min_sample_s``), the grid
+points of all layers interleaved in a shuffled order in every round, and the
+median over rounds.
 
 Tables are cached as JSON keyed by the model (hash of its layer shapes and
 units), the input shape, the device, the thread count, the backend and the
@@ -49,7 +50,9 @@ from .resource import LayerRecord
 BACKENDS = ('torch', 'onnxruntime')
 #: Fractions of a layer's full width measured for each pruned dimension.
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
-TABLE_VERSION = 1
+#: 2: ONNX Runtime tables timed without spinning worker threads (those of
+#: version 1 summed the layers to 10-12x the whole model and are void).
+TABLE_VERSION = 2
 
 
 class LatencyTableMismatch(ValueError):
@@ -214,10 +217,53 @@ def time_interleaved(fns: Dict, rounds: int = 7, warmup: int = 2,
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
+#: Session config entries of every ONNX Runtime session timed here (layers
+#: and whole models). By default the worker threads of a session spin for a
+#: while after each call; the latency table keeps hundreds of one-layer
+#: sessions alive and calls them interleaved, so the threads of the sessions
+#: called just before spin on the cores the timed one needs: on ResNet-50
+#: (batch 1, 2 threads, 2 cores) the one-layer sessions summed to 10-12x the
+#: whole model (1007 vs 85 ms idle), so the calibrated rest was hugely
+#: negative; without spinning they sum to the whole model's magnitude.
+#: The whole models of the calibration, of ``check_latency_table`` and of
+#: ``benchmark.py --speed`` are timed with the same options (all through
+#: :func:`runner_for`), so table and measurements agree. The figures are
+#: those of sessions that do not spin; a deployment keeping the default
+#: spinning runs one session, which the interference does not touch (it may
+#: dispatch each op a little faster).
+ORT_TIMING_CONFIG = {
+    'session.intra_op.allow_spinning': '0',
+    'session.inter_op.allow_spinning': '0',
+}
+
+
+def ort_timing_options(threads: int):
+    """ONNX Runtime session options of every session timed here:
+    ``threads`` intra-op threads, one inter-op thread, no spinning (see
+    :data:`ORT_TIMING_CONFIG`).
+
+    Args:
+        threads (int): Intra-op threads.
+
+    Returns:
+        onnxruntime.SessionOptions: The options.
+    """
+    import onnxruntime as ort  # pinned in requirements/runtime.txt
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    for key, value in ORT_TIMING_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 def runner_for(module: nn.Module, x: torch.Tensor, backend: str,
                threads: int) -> Callable[[], None]:
     """A no-argument callable running ``module(x)`` in eval mode without
-    autograd (torch) or as an ONNX Runtime session of its export."""
+    autograd (torch) or as an ONNX Runtime session of its export (options:
+    :func:`ort_timing_options`; the session is the callable's ``session``
+    attribute)."""
     module.eval()
     if backend == 'torch':
 
@@ -234,14 +280,16 @@ def runner_for(module: nn.Module, x: torch.Tensor, backend: str,
     with torch.no_grad():
         torch.onnx.export(module, (x, ), buf, input_names=['input'],
                           opset_version=17, do_constant_folding=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(buf.getvalue(), sess_options=opts,
+    sess = ort.InferenceSession(buf.getvalue(),
+                                sess_options=ort_timing_options(threads),
                                 providers=['CPUExecutionProvider'])
     feed = {'input': x.cpu().numpy()}
-    return lambda: sess.run(None, feed)
+
+    def run_ort():
+        sess.run(None, feed)
+
+    run_ort.session = sess  # inspectable (tests, debugging)
+    return run_ort
 
 
 # --------------------------------------------------------------------------- #

@@ -18,7 +18,8 @@ from mmifso.models.mutators.latency import (build_model_latency_table,
                                             latency_ratio,
                                             predict_latency_ms,
                                             uniform_masks)
-from mmifso.models.task_modules.latency import (LatencyTable,
+from mmifso.models.task_modules.latency import (ORT_TIMING_CONFIG,
+                                                TABLE_VERSION, LatencyTable,
                                                 LatencyTableMismatch,
                                                 latency_key)
 
@@ -104,6 +105,44 @@ def test_table_of_another_setting_is_refused(table_path):
     with pytest.raises(LatencyTableMismatch,
                        match='model: table.*latency_table.py'):
         sel.select(wide.mutator, zeros, target_latency=0.5)
+
+
+def test_table_of_an_older_version_is_refused(table_path, tmp_path):
+    data = json.load(open(table_path))
+    old = str(tmp_path / 'old.json')
+    json.dump(dict(data, version=TABLE_VERSION - 1), open(old, 'w'))
+    with pytest.raises(LatencyTableMismatch, match='rebuild it'):
+        LatencyTable.load(old)
+
+
+def test_onnxruntime_sessions_do_not_spin(monkeypatch):
+    """Every ONNX Runtime session the table builds (one per layer, grid
+    point and call; the two whole models of the calibration) disables the
+    spinning of its worker threads: spinning threads of the sessions called
+    just before steal the cores of the one timed."""
+    import onnxruntime as ort
+    created = []
+    real = ort.InferenceSession
+
+    def session(*args, **kwargs):
+        created.append(kwargs['sess_options'])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, 'InferenceSession', session)
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    table = build_model_latency_table(
+        algo.architecture, algo.mutator, SHAPE, backend='onnxruntime',
+        threads=1, fractions=(0.5, 1.0), **FAST)
+    grid = sum(
+        len(lay['in_widths']) * len(lay['out_widths']) * lay['calls']
+        for lay in table.layers.values())
+    assert table.key['backend'] == 'onnxruntime'
+    assert len(created) == grid + 2  # + the whole model, full and half
+    assert ORT_TIMING_CONFIG['session.intra_op.allow_spinning'] == '0'
+    for opts in created:
+        assert opts.intra_op_num_threads == 1
+        for key, value in ORT_TIMING_CONFIG.items():
+            assert opts.get_session_config_entry(key) == value
 
 
 @pytest.mark.parametrize('round_to, target', [(1, 0.6), (4, 0.85)])
