@@ -501,7 +501,80 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def uninterrupted_run(cfg_path: str, work: str, max_iters: int,
+                      nproc: int) -> Tuple[Dict[str, dict], List[int]]:
+    """Train once without a kill: the reference every resumed run must
+    match.
+
+    Args:
+        cfg_path (str): The fuzz config (:func:`fuzz_config`).
+        work (str): Work folder; the run goes to ``WORK/full``.
+        max_iters (int): Iterations of the run.
+        nproc (int): Processes.
+
+    Returns:
+        tuple: The final state (:func:`final_state`) and the iterations of
+        its pruning steps (:func:`pruning_iterations`).
+
+    Raises:
+        SystemExit: when the run fails (with the end of its output).
+    """
+    start = time.time()
+    full_dir = osp.join(work, 'full')
+    proc = train(cfg_path, full_dir, nproc=nproc)
+    if proc.returncode != 0:
+        raise SystemExit(f'uninterrupted run failed:\n{proc.stdout[-4000:]}')
+    expected = final_state(full_dir, max_iters)
+    prune_iters = pruning_iterations(proc.stdout)
+    print(f'uninterrupted run: {time.time() - start:.0f} s, pruning steps at '
+          f'iterations {prune_iters}', flush=True)
+    return expected, prune_iters
+
+
+def fuzz_one(cfg_path: str, run_dir: str, point: str, variant: Optional[str],
+             expected: Dict[str, dict], args: argparse.Namespace) -> dict:
+    """Kill a run at ``point``, resume it and compare its final state with
+    the uninterrupted run's.
+
+    Args:
+        cfg_path (str): The fuzz config.
+        run_dir (str): Work folder of this run.
+        point (str): Kill point ``PHASE@ITER``.
+        variant (str, optional): What the resume restores
+            (``BISECT_VARIANTS``), None for everything (ExactResumeHook).
+        expected (dict): The uninterrupted run's final state.
+        args (argparse.Namespace): The parsed arguments.
+
+    Returns:
+        dict: The JSON entry of the run.
+    """
+    t0 = time.time()
+    fired, log = kill_and_resume(cfg_path, run_dir, [point], args.nproc,
+                                 bisect=variant)
+    diffs = differences(expected, final_state(run_dir, args.max_iters))
+    warned = [
+        line.strip() for line in log.splitlines()
+        if 'resume is not exact' in line
+    ]
+    return dict(
+        point=point,
+        restored=variant,
+        killed=fired[0],
+        identical=not diffs,
+        num_differences=len(diffs),
+        differences=diffs[:10],
+        warnings=warned,
+        seconds=round(time.time() - t0, 1))
+
+
 def main(argv=None) -> int:
+    """Run the fuzz: the uninterrupted reference, then one killed and
+    resumed run per (kill point, restore variant); writes the JSON.
+
+    Returns:
+        int: 0 when every killed run resumed bit-identical (always with
+        ``--bisect``, whose variants are expected to differ), else 1.
+    """
     args = parse_args(argv)
     if args.max_iters <= args.ckpt_interval:
         raise SystemExit('--max-iters must exceed --ckpt-interval')
@@ -519,14 +592,8 @@ def main(argv=None) -> int:
     variants: List[Optional[str]] = list(
         BISECT_VARIANTS) if args.bisect else [None]
     start = time.time()
-    full_dir = osp.join(work, 'full')
-    proc = train(cfg_path, full_dir, nproc=args.nproc)
-    if proc.returncode != 0:
-        raise SystemExit(f'uninterrupted run failed:\n{proc.stdout[-4000:]}')
-    expected = final_state(full_dir, args.max_iters)
-    prune_iters = pruning_iterations(proc.stdout)
-    print(f'uninterrupted run: {time.time() - start:.0f} s, pruning steps at '
-          f'iterations {prune_iters}', flush=True)
+    expected, prune_iters = uninterrupted_run(cfg_path, work, args.max_iters,
+                                              args.nproc)
     if args.points:
         points = list(args.points)
     else:
@@ -539,29 +606,14 @@ def main(argv=None) -> int:
     runs = [(v, p) for p in points for v in variants]
     for k, (variant, point) in enumerate(runs):
         t0 = time.time()
-        run_dir = osp.join(work, f'kill_{k:02d}')
-        fired, log = kill_and_resume(cfg_path, run_dir, [point], args.nproc,
-                                     bisect=variant)
-        diffs = differences(expected, final_state(run_dir, args.max_iters))
-        warned = [
-            line.strip() for line in log.splitlines()
-            if 'resume is not exact' in line
-        ]
-        results.append(
-            dict(
-                point=point,
-                restored=variant,
-                killed=fired[0],
-                identical=not diffs,
-                num_differences=len(diffs),
-                differences=diffs[:10],
-                warnings=warned,
-                seconds=round(time.time() - t0, 1)))
+        r = fuzz_one(cfg_path, osp.join(work, f'kill_{k:02d}'), point,
+                     variant, expected, args)
+        results.append(r)
         shown = f' restored={variant or "all (ExactResumeHook)"}'
         print(f'{k + 1:2d}/{len(runs)} {point:<16}{shown} '
-              f'killed={fired[0]!s:<5} identical={not diffs!s:<5} '
-              f'{len(diffs)} difference(s) ({time.time() - t0:.0f} s)',
-              flush=True)
+              f'killed={r["killed"]!s:<5} identical={r["identical"]!s:<5} '
+              f'{r["num_differences"]} difference(s) '
+              f'({time.time() - t0:.0f} s)', flush=True)
     n_same = sum(r['identical'] for r in results if r['killed'])
     n_killed = sum(r['killed'] for r in results)
     summary = dict(
