@@ -42,7 +42,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -561,6 +561,89 @@ def bench_latency(name: str, arch_cfg: dict, size: int,
 SPEED_TARGET = 0.5
 
 
+#: ``(label, ChannelSelector.select target)`` of the section's structures.
+SPEED_SELECTIONS = (
+    ('flops50', dict(target_flops=SPEED_TARGET)),
+    ('flops50_x8', dict(target_flops=SPEED_TARGET, round_to=8)),
+    ('latency50', dict(target_latency=SPEED_TARGET)),
+    ('latency50_x8', dict(target_latency=SPEED_TARGET, round_to=8)),
+)
+
+
+def select_speed_structures(mutator, scores: List[torch.Tensor], table,
+                            backend: str) -> Tuple[Dict, Dict]:
+    """The masks of every :data:`SPEED_SELECTIONS` entry, each selected
+    from the full model with the same scores (``acts`` cost for FLOPs
+    targets, the latency table for latency targets); the mutator is left
+    unmasked.
+
+    Returns:
+        tuple: ``{label: masks}`` (``unpruned`` first) and ``{label:
+        selection info}`` (selection seconds, selector, FLOPs ratio,
+        predicted latency, channel counts).
+    """
+    from mmifso.models.mutators import ChannelSelector
+    from mmifso.models.mutators.latency import predict_latency_ms
+    structures = dict(unpruned=[torch.ones_like(u.mask)
+                                for u in mutator.units])
+    info = {}
+    for label, target in SPEED_SELECTIONS:
+        kw = dict(target)
+        for u in mutator.units:
+            u.mask.fill_(1)
+        latency = 'target_latency' in kw
+        sel = ChannelSelector(
+            cost='latency' if latency else 'acts', cost_power=0.5,
+            round_to=kw.pop('round_to', 1),
+            latency_table=table)
+        t1 = time.perf_counter()
+        sel.select(mutator, scores, **kw)
+        info[label] = dict(
+            select_s=time.perf_counter() - t1,
+            selector=repr(sel),
+            flops_ratio=mutator.resources()['flops_ratio'],
+            predicted_ms=predict_latency_ms(table, mutator),
+            predicted_ratio=sel.ratio(mutator, 'latency'),
+            unit_channels=mutator.channel_counts())
+        structures[label] = [u.mask.clone() for u in mutator.units]
+        log(f'{backend} {label}: FLOPs {info[label]["flops_ratio"]:.3f}'
+            f', predicted latency ratio '
+            f'{info[label]["predicted_ratio"]:.3f}')
+    for u in mutator.units:
+        u.mask.fill_(1)
+    return structures, info
+
+
+def measure_speed_batch(algo, structures: Dict, info: Dict, n: int,
+                        size: int, backend: str, threads: int,
+                        rounds: int) -> Dict:
+    """Latency of every structure at batch ``n``, interleaved with the
+    unpruned model, against its FLOPs speed-up.
+
+    Returns:
+        dict: The batch's JSON entry.
+    """
+    from mmifso.models.mutators.latency import measure_structures_ms
+    wait_idle()
+    s0 = _cpu_sample()
+    ms = measure_structures_ms(
+        algo.architecture, algo.mutator, structures, (n, 3, size, size),
+        backend, threads, rounds=rounds)
+    cpu = foreign_share(s0, _cpu_sample())
+    rows = {}
+    for label in structures:
+        if label == 'unpruned':
+            continue
+        speedup = ms['unpruned'] / ms[label]
+        rows[label] = dict(
+            ms=ms[label], speedup=speedup,
+            measured_ratio=1 / speedup,
+            flops_speedup=1 / info[label]['flops_ratio'],
+            efficiency=speedup * info[label]['flops_ratio'])
+    return dict(batch=n, unpruned_ms=ms['unpruned'], foreign_share=cpu,
+                structures=rows)
+
+
 def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
                 threads: int, table_rounds: int, rounds: int,
                 backends: Sequence[str], work_dir: str) -> Dict:
@@ -570,16 +653,12 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
     :class:`~mmifso.models.mutators.ChannelSelector`, the exported models
     measured interleaved with the unpruned one at every batch size."""
     from mmifso.models.importance import MagnitudeImportance, ScoringContext
-    from mmifso.models.mutators import ChannelSelector
-    from mmifso.models.mutators.latency import (build_model_latency_table,
-                                                measure_structures_ms,
-                                                predict_latency_ms)
+    from mmifso.models.mutators.latency import build_model_latency_table
     torch.manual_seed(0)
     algo, _ = build_pair(arch_cfg, size)
     mutator = algo.mutator
     ctx = ScoringContext(algo.architecture, mutator)
     scores = MagnitudeImportance(p=1).score(ctx)
-    full = [torch.ones_like(u.mask) for u in mutator.units]
     out = dict(model=name, image_size=size, threads=threads,
                criterion='MagnitudeImportance(p=1), random initialisation',
                target=SPEED_TARGET, backends=[])
@@ -595,59 +674,15 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
         build_s = time.perf_counter() - t0
         table.save(os.path.join(work_dir, f'latency_{backend}.json'))
         table_cpu = foreign_share(s0, _cpu_sample())
-        structures, info = dict(unpruned=full), {}
-        for label, kw in [
-                ('flops50', dict(target_flops=SPEED_TARGET)),
-                ('flops50_x8', dict(target_flops=SPEED_TARGET, round_to=8)),
-                ('latency50', dict(target_latency=SPEED_TARGET)),
-                ('latency50_x8', dict(target_latency=SPEED_TARGET,
-                                      round_to=8))]:
-            for u in mutator.units:
-                u.mask.fill_(1)
-            latency = 'target_latency' in kw
-            sel = ChannelSelector(
-                cost='latency' if latency else 'acts', cost_power=0.5,
-                round_to=kw.pop('round_to', 1),
-                latency_table=table)
-            t1 = time.perf_counter()
-            sel.select(mutator, scores, **kw)
-            info[label] = dict(
-                select_s=time.perf_counter() - t1,
-                selector=repr(sel),
-                flops_ratio=mutator.resources()['flops_ratio'],
-                predicted_ms=predict_latency_ms(table, mutator),
-                predicted_ratio=sel.ratio(mutator, 'latency'),
-                unit_channels=mutator.channel_counts())
-            structures[label] = [u.mask.clone() for u in mutator.units]
-            log(f'{backend} {label}: FLOPs {info[label]["flops_ratio"]:.3f}'
-                f', predicted latency ratio '
-                f'{info[label]["predicted_ratio"]:.3f}')
-        for u in mutator.units:
-            u.mask.fill_(1)
+        structures, info = select_speed_structures(mutator, scores, table,
+                                                   backend)
         entry = dict(backend=backend, table_build_s=build_s,
                      table_foreign_share=table_cpu,
                      predicted_unpruned_ms=table.full_ms,
                      structures=info, batches=[])
         for n in batches:
-            wait_idle()
-            s0 = _cpu_sample()
-            ms = measure_structures_ms(
-                algo.architecture, mutator, structures, (n, 3, size, size),
-                backend, threads, rounds=rounds)
-            cpu = foreign_share(s0, _cpu_sample())
-            rows = {}
-            for label in structures:
-                if label == 'unpruned':
-                    continue
-                speedup = ms['unpruned'] / ms[label]
-                rows[label] = dict(
-                    ms=ms[label], speedup=speedup,
-                    measured_ratio=1 / speedup,
-                    flops_speedup=1 / info[label]['flops_ratio'],
-                    efficiency=speedup * info[label]['flops_ratio'])
-            entry['batches'].append(dict(batch=n, unpruned_ms=ms['unpruned'],
-                                         foreign_share=cpu,
-                                         structures=rows))
+            entry['batches'].append(measure_speed_batch(
+                algo, structures, info, n, size, backend, threads, rounds))
         out['backends'].append(entry)
     return out
 
@@ -1161,10 +1196,13 @@ def finish_section(result: Dict, start: float, out: Optional[str],
     return result
 
 
-def main(argv=None) -> Dict:
-    args = parse_args(argv)
-    warnings.filterwarnings('ignore')
-    start = time.perf_counter()
+def run_settings(args: argparse.Namespace) -> Tuple[int, Dict]:
+    """The torch threads and the section settings (``SETTINGS``, with the
+    ``--*repeats`` overrides); sets the threads and ``--wait-idle``.
+
+    Raises:
+        SystemExit: for a repeat count below 1.
+    """
     threads = args.threads or (1 if args.quick else os.cpu_count() or 1)
     torch.set_num_threads(threads)
     WAIT_IDLE['max_s'] = max(args.wait_idle, 0.0)
@@ -1174,6 +1212,73 @@ def main(argv=None) -> Dict:
             if getattr(args, key) < 1:
                 raise SystemExit(f'--{key.replace("_", "-")} must be >= 1')
             cfg[key] = getattr(args, key)
+    return threads, cfg
+
+
+def overhead_sections(inet: str, inet_cfg: dict, size: int,
+                      cfg: Dict) -> Dict:
+    """Sections 1-3 (the default run): gate overhead and IFSO scoring cost
+    on the ImageNet model and the CIFAR ResNet-20, then the pruned-model
+    latency.
+
+    Returns:
+        dict: ``gate_overhead``, ``ifso_scoring`` and ``latency``.
+    """
+    log(f'building {inet} ({size}x{size}) and CIFAR ResNet-20')
+    algo_i, plain_i = build_pair(inet_cfg, size)
+    algo_c, plain_c = build_pair(model_cfg(CIFAR_CFG), 32)
+    gate_overhead = [
+        bench_gate(inet, algo_i, plain_i, cfg['train_batch'], size, 1000,
+                   cfg['repeats'], cfg['warmup'],
+                   build_gated(inet_cfg, size, gate='input')),
+        bench_gate('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
+                   32, 10, cfg['repeats'], cfg['warmup'],
+                   build_gated(model_cfg(CIFAR_CFG), 32, gate='input')),
+    ]
+    ifso_scoring = [
+        bench_scoring(inet, algo_i, plain_i, cfg['score_batch'], size, 1000,
+                      cfg['score_repeats'], min(cfg['warmup'], 1)),
+        bench_scoring('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
+                      32, 10, cfg['repeats'], 1),
+    ]
+    del algo_i, plain_i, algo_c, plain_c  # free memory before section 3
+    latency = bench_latency(inet, inet_cfg, size, cfg['latency_batches'],
+                            cfg['latency_repeats'], cfg['warmup'])
+    return dict(gate_overhead=gate_overhead, ifso_scoring=ifso_scoring,
+                latency=latency)
+
+
+def goal_checks(result: Dict) -> List[Dict]:
+    """One ``name``/``value``/``goal``/``met`` entry per goal of sections
+    1-3 (the JSON's ``summary``)."""
+    checks = []
+    for e in result['gate_overhead']:
+        checks.append(dict(name=f'gate_overhead/{e["model"]}',
+                           value=e['ratio'], goal=e['goal'],
+                           met=e['goal_met']))
+    for e in result['ifso_scoring']:
+        checks.append(dict(name=f'ifso_exact/{e["model"]}',
+                           value=e['exact_ratio'], goal=e['goal'],
+                           met=e['goal_met']))
+    for s in result['latency']['structures']:
+        for b in s['batches']:
+            checks.append(dict(
+                name=f'latency_efficiency/{s["structure"]}/batch{b["batch"]}',
+                value=b['efficiency'], goal=b['goal'], met=b['goal_met']))
+    return checks
+
+
+def main(argv=None) -> Dict:
+    """Run the default sections 1-3, or only ``--speed`` / ``--prune-run``;
+    print the report and write the JSON.
+
+    Returns:
+        dict: The results (the JSON).
+    """
+    args = parse_args(argv)
+    warnings.filterwarnings('ignore')
+    start = time.perf_counter()
+    threads, cfg = run_settings(args)
 
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
@@ -1216,43 +1321,8 @@ def main(argv=None) -> Dict:
         return finish_section(result, start, args.out,
                               lambda: print_speed(result['speed']))
 
-    log(f'building {inet} ({size}x{size}) and CIFAR ResNet-20')
-    algo_i, plain_i = build_pair(inet_cfg, size)
-    algo_c, plain_c = build_pair(model_cfg(CIFAR_CFG), 32)
-
-    result['gate_overhead'] = [
-        bench_gate(inet, algo_i, plain_i, cfg['train_batch'], size, 1000,
-                   cfg['repeats'], cfg['warmup'],
-                   build_gated(inet_cfg, size, gate='input')),
-        bench_gate('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
-                   32, 10, cfg['repeats'], cfg['warmup'],
-                   build_gated(model_cfg(CIFAR_CFG), 32, gate='input')),
-    ]
-    result['ifso_scoring'] = [
-        bench_scoring(inet, algo_i, plain_i, cfg['score_batch'], size, 1000,
-                      cfg['score_repeats'], min(cfg['warmup'], 1)),
-        bench_scoring('cifar_resnet20', algo_c, plain_c, cfg['cifar_batch'],
-                      32, 10, cfg['repeats'], 1),
-    ]
-    del algo_i, plain_i, algo_c, plain_c
-    result['latency'] = bench_latency(inet, inet_cfg, size,
-                                      cfg['latency_batches'],
-                                      cfg['latency_repeats'], cfg['warmup'])
-
-    checks = []
-    for e in result['gate_overhead']:
-        checks.append(dict(name=f'gate_overhead/{e["model"]}',
-                           value=e['ratio'], goal=e['goal'],
-                           met=e['goal_met']))
-    for e in result['ifso_scoring']:
-        checks.append(dict(name=f'ifso_exact/{e["model"]}',
-                           value=e['exact_ratio'], goal=e['goal'],
-                           met=e['goal_met']))
-    for s in result['latency']['structures']:
-        for b in s['batches']:
-            checks.append(dict(
-                name=f'latency_efficiency/{s["structure"]}/batch{b["batch"]}',
-                value=b['efficiency'], goal=b['goal'], met=b['goal_met']))
+    result.update(overhead_sections(inet, inet_cfg, size, cfg))
+    checks = goal_checks(result)
     result['summary'] = checks
     result['total_time_s'] = time.perf_counter() - start
     result['loadavg_end'] = loadavg()
