@@ -25,6 +25,7 @@ import os.path as osp
 import sys
 import tempfile
 import time
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -62,7 +63,52 @@ def parse_args(argv=None):
     return args
 
 
-def check(config, args, work):
+def parse_config(config: str) -> Tuple[str, Optional[int]]:
+    """``NAME@SIZE`` (or ``NAME``) as the config name and the input size
+    (None: ``--cls-size`` / ``--det-size``)."""
+    if '@' in config:
+        name, size = config.rsplit('@', 1)
+        return name, int(size)
+    return config, None
+
+
+def ort_timings(paths: Dict[str, str], shape: Tuple[int, ...],
+                flops_ratio: float, args: argparse.Namespace) -> Dict:
+    """The pruned and unpruned ONNX models timed interleaved in ONNX
+    Runtime (``--time-rounds`` medians) and their speed-up next to the
+    FLOPs speed-up.
+
+    Args:
+        paths (dict): ``pruned`` and ``unpruned`` ONNX files.
+        shape (tuple): Input shape.
+        flops_ratio (float): Pruned / unpruned FLOPs.
+        args (argparse.Namespace): The parsed arguments.
+
+    Returns:
+        dict: The record's ``ort_*``, ``flops_speedup`` and ``threads``
+        fields.
+    """
+    from mmifso.models.task_modules.latency import time_interleaved
+    threads = args.threads or torch.get_num_threads()
+    x = torch.randn(shape)
+    fns = {k: runner_for_path(p, x, threads) for k, p in paths.items()}
+    med = time_interleaved(fns, args.time_rounds, 3, 5e-3, args.seed)
+    return dict(ort_unpruned_ms=med['unpruned'] * 1e3,
+                ort_pruned_ms=med['pruned'] * 1e3,
+                ort_speedup=med['unpruned'] / med['pruned'],
+                flops_speedup=1 / flops_ratio,
+                threads=threads)
+
+
+def check(config: str, args: argparse.Namespace, work: str) -> Dict:
+    """Build ``config`` without weights, prune a random ``--fraction`` of
+    every unit, export the pruned and the unpruned model to ONNX (parity
+    checked in ONNX Runtime) into ``work`` and, with ``--time-rounds``,
+    time them.
+
+    Returns:
+        dict: The config's record (``ok``, ``error``, errors, timings).
+    """
     from mmifso.apis.coverage import (build_model_without_weights,
                                       is_detector_config, load_config,
                                       randomise_norms, random_prune)
@@ -71,13 +117,8 @@ def check(config, args, work):
     from mmifso.models.mutators import (ChannelMutator, export_pruned_model,
                                         strip_gates)
     from mmifso.models.task_modules import DemoInput
-    from mmifso.models.task_modules.latency import time_interleaved
     rec = dict(config=config, ok=False, error=None)
-    size = None
-    name = config
-    if '@' in config:
-        name, size = config.rsplit('@', 1)
-        size = int(size)
+    name, size = parse_config(config)
     cfg = load_config(name)
     det = is_detector_config(cfg)
     if det and cfg.model.get('roi_head') is not None:
@@ -119,15 +160,7 @@ def check(config, args, work):
         rec[f'{label}_outputs'] = len(res['outputs'])
     rec['ok'] = True
     if args.time_rounds:
-        threads = args.threads or torch.get_num_threads()
-        x = torch.randn(shape)
-        fns = {k: runner_for_path(p, x, threads) for k, p in paths.items()}
-        med = time_interleaved(fns, args.time_rounds, 3, 5e-3, args.seed)
-        rec['ort_unpruned_ms'] = med['unpruned'] * 1e3
-        rec['ort_pruned_ms'] = med['pruned'] * 1e3
-        rec['ort_speedup'] = med['unpruned'] / med['pruned']
-        rec['flops_speedup'] = 1 / rec['flops_ratio']
-        rec['threads'] = threads
+        rec.update(ort_timings(paths, shape, rec['flops_ratio'], args))
     return rec
 
 
