@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from typing import Sequence
 
 import torch
 from mmengine.config import DictAction
@@ -56,12 +57,46 @@ def parse_args():
     return args
 
 
+def check_table(args: argparse.Namespace, model, mutator, table,
+                load: Sequence[float]) -> None:
+    """Time the pruned model at ``--check`` random structures and print the
+    table's prediction errors; the result, with the load averages, goes
+    into the table written to ``--out`` or, with ``--table``, to stdout.
+
+    Args:
+        args (argparse.Namespace): The parsed arguments.
+        model (nn.Module): The architecture.
+        mutator (ChannelMutator): Its mutator.
+        table (LatencyTable): The table to check.
+        load (Sequence[float]): Load averages before the timings.
+    """
+    from mmifso.models.mutators.latency import check_latency_table
+    res = check_latency_table(model, mutator, table, args.check,
+                              rounds=args.check_rounds, seed=args.seed)
+    for row in res['structures']:
+        print(f'{row["label"]:>9}: FLOPs {row["flops_ratio"]:.3f}, '
+              f'predicted {row["predicted_ms"]:8.2f} ms, measured '
+              f'{row["measured_ms"]:8.2f} ms, error '
+              f'{row["rel_err"]:+.1%}')
+    print(f'max |error| {res["max_abs_rel_err"]:.1%}, mean '
+          f'{res["mean_abs_rel_err"]:.1%} (goal: within 10 %)')
+    load_after = os.getloadavg()
+    res['loadavg_before'] = list(load)
+    res['loadavg_after'] = list(load_after)
+    if args.out:
+        table.data['check'] = res
+        table.save(args.out)
+    else:
+        print(json.dumps(res, indent=2))
+
+
 def main():
+    """Build (``--out``) or load (``--table``) the latency table, then
+    check it with ``--check``; prints the load averages around it."""
     args = parse_args()
     from mmifso.apis import load_config
     from mmifso.apis.export import build_from_config
-    from mmifso.models.mutators.latency import (build_model_latency_table,
-                                                check_latency_table)
+    from mmifso.models.mutators.latency import build_model_latency_table
     from mmifso.models.task_modules.latency import (LatencyTable,
                                                     LatencyTableMismatch,
                                                     latency_key)
@@ -98,23 +133,7 @@ def main():
               f'{table.full_ms:.2f} ms, built in {table.data["build_s"]:.1f}'
               ' s')
     if args.check:
-        res = check_latency_table(model, mutator, table, args.check,
-                                  rounds=args.check_rounds, seed=args.seed)
-        for row in res['structures']:
-            print(f'{row["label"]:>9}: FLOPs {row["flops_ratio"]:.3f}, '
-                  f'predicted {row["predicted_ms"]:8.2f} ms, measured '
-                  f'{row["measured_ms"]:8.2f} ms, error '
-                  f'{row["rel_err"]:+.1%}')
-        print(f'max |error| {res["max_abs_rel_err"]:.1%}, mean '
-              f'{res["mean_abs_rel_err"]:.1%} (goal: within 10 %)')
-        load_after = os.getloadavg()
-        res['loadavg_before'] = list(load)
-        res['loadavg_after'] = list(load_after)
-        if args.out:
-            table.data['check'] = res
-            table.save(args.out)
-        else:
-            print(json.dumps(res, indent=2))
+        check_table(args, model, mutator, table, load)
     load = os.getloadavg()
     print(f'load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; '
           f'{time.perf_counter() - t0:.1f} s')
