@@ -1268,6 +1268,16 @@ def goal_checks(result: Dict) -> List[Dict]:
     return checks
 
 
+def write_json(result: Dict, out: str) -> None:
+    """Write the results of sections 1-3 (one-space indent, numbers that
+    are not JSON types as floats), creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(result, f, indent=1, default=float)
+        f.write('\n')
+    log(f'wrote {out}')
+
+
 def main(argv=None) -> Dict:
     """Run the default sections 1-3, or only ``--speed`` / ``--prune-run``;
     print the report and write the JSON.
@@ -1329,11 +1339,7 @@ def main(argv=None) -> Dict:
 
     print_report(result)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(result, f, indent=1, default=float)
-            f.write('\n')
-        log(f'wrote {args.out}')
+        write_json(result, args.out)
     if any(not math.isfinite(c['value']) for c in checks):
         raise SystemExit('a measured ratio is not finite')
     return result
