@@ -531,6 +531,28 @@ def uninterrupted_run(cfg_path: str, work: str, max_iters: int,
     return expected, prune_iters
 
 
+def kill_points(args: argparse.Namespace,
+                prune_iters: Sequence[int]) -> List[str]:
+    """``--points`` as given, else ``--kills`` random ones (seeded with
+    ``--seed``; :func:`random_kill_point`).
+
+    Args:
+        args (argparse.Namespace): The parsed arguments.
+        prune_iters (Sequence[int]): Pruning iterations of the
+            uninterrupted run.
+
+    Returns:
+        list[str]: Kill points ``PHASE@ITER``.
+    """
+    if args.points:
+        return list(args.points)
+    rng = random.Random(args.seed)
+    return [
+        random_kill_point(rng, args.max_iters, args.ckpt_interval,
+                          prune_iters) for _ in range(args.kills)
+    ]
+
+
 def fuzz_one(cfg_path: str, run_dir: str, point: str, variant: Optional[str],
              expected: Dict[str, dict], args: argparse.Namespace) -> dict:
     """Kill a run at ``point``, resume it and compare its final state with
@@ -594,14 +616,7 @@ def main(argv=None) -> int:
     start = time.time()
     expected, prune_iters = uninterrupted_run(cfg_path, work, args.max_iters,
                                               args.nproc)
-    if args.points:
-        points = list(args.points)
-    else:
-        rng = random.Random(args.seed)
-        points = [
-            random_kill_point(rng, args.max_iters, args.ckpt_interval,
-                              prune_iters) for _ in range(args.kills)
-        ]
+    points = kill_points(args, prune_iters)
     results = []
     runs = [(v, p) for p in points for v in variants]
     for k, (variant, point) in enumerate(runs):
