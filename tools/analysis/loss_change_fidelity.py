@@ -624,7 +624,11 @@ def prepare_converged(args, cfg, algo,
 # ---------------------------------------------------------------------- #
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line: one ``add_argument`` per flag, then the range
-    checks of :func:`_check_args`."""
+    checks of :func:`_check_args`.
+
+    It stays one function, long as it is: a flat list of flags reads best
+    in one place.
+    """
     parser = argparse.ArgumentParser(
         description='Rank correlation of pruning criteria with the true '
         '(retrained) loss change of removing a channel')
