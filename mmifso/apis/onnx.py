@@ -29,6 +29,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from mmifso.models.task_modules.latency import (TensorModeWrapper,
+                                                ort_timing_options,
                                                 time_interleaved)
 from mmifso.utils import (atomic_write, check_checkpoint_matches_config,
                           checkpoint_kind, load_checkpoint_file,
@@ -104,14 +105,15 @@ def load_deploy_model(config: Union[str, Config], checkpoint: str
 
 def ort_session(path: str, threads: Optional[int] = None):
     """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op
-    threads (default: torch's thread count) and one inter-op thread."""
+    threads (default: torch's thread count), one inter-op thread and worker
+    threads that do not spin: the options of every session the latency table
+    times (:func:`ort_timing_options`), so ONNX Runtime figures compare, and
+    a session timed beside others does not steal their cores."""
     _, ort = _onnx_modules()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
     return ort.InferenceSession(
-        path, sess_options=opts, providers=['CPUExecutionProvider'])
+        path,
+        sess_options=ort_timing_options(threads or torch.get_num_threads()),
+        providers=['CPUExecutionProvider'])
 
 
 def relative_errors(expected: Sequence[torch.Tensor],

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import os.path as osp
-import sys
 import tempfile
 import time
 from typing import Dict, Optional, Tuple

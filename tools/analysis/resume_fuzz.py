@@ -43,7 +43,6 @@ environment variable ``MMIFSO_KILL_AT``.
 import argparse
 import contextlib
 import glob
-import json
 import os
 import os.path as osp
 import random

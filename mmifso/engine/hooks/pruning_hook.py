@@ -187,6 +187,11 @@ class PruningHook(Hook):
                  sync_scoring: bool = True,
                  target_latency: Optional[float] = None,
                  measure_latency: bool = False) -> None:
+        """Check and store the arguments (see the class docstring).
+
+        Long on purpose: one check per argument, each raising the error that
+        names the fix, before any state is set.
+        """
         if target_flops is not None and target_latency is not None:
             raise ValueError(
                 f'{type(self).__name__}: set target_flops or target_latency, '

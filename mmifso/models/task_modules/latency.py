@@ -485,6 +485,10 @@ def build_latency_table(model: nn.Module,
 
     Returns:
         LatencyTable: Save it with :meth:`LatencyTable.save`.
+
+    Long on purpose: the grid, its interleaved timing and the calibration
+    share the same per-layer bookkeeping (``layers``, ``fns``); split, each
+    part would pass all of it along.
     """
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got '
