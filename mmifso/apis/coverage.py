@@ -277,8 +277,9 @@ def check_config(config: str, fraction: float = 0.3, seed: int = 0,
         ``max_abs_diff``, ``error`` (the stage, module and op that blocked
         it; every failure is recorded, none raised), ``skipped`` (groups
         left out, with reasons), ``opaque_modules``, ``prunable_share``
-        (share of all conv/linear output channels in a prunable unit),
-        ``blocked_units``, ``flops_ratio`` (after the random pruning),
+        (share of the hidden conv/linear output channels in a prunable
+        unit, predictions left out), ``prunable_share_all`` (of all of
+        them), ``output_layers``, ``blocked_units``, ``flops_ratio`` (after the random pruning),
         ``output_scale``, ``input_shape`` and ``seconds``.
     """
     start = time.time()
@@ -376,10 +377,14 @@ def analysis_summary(mutator: ChannelMutator) -> Dict:
 
     Returns:
         dict: ``skipped``, ``opaque_modules``, ``units``,
-        ``prunable_channels``, ``prunable_share`` (share of the output
-        channels of all conv/linear layers that are in a prunable unit;
-        depthwise convs count with their input) and ``blocked_units`` (units
-        with tied channel blocks).
+        ``prunable_channels``, ``prunable_share`` (share of the *hidden*
+        conv/linear output channels that are in a prunable unit: layers
+        whose outputs are model outputs, ``analysis.output_layers``, are
+        left out, since predictions are never pruned; depthwise convs count
+        with their input), ``prunable_share_all`` (the same share of all
+        conv/linear output channels, predictions included),
+        ``output_layers`` (their number) and ``blocked_units`` (units with
+        tied channel blocks).
     """
     analysis = mutator.analysis
     layers = {n: r for n, r in mutator.layer_records.items() if r.spatial}
@@ -389,7 +394,15 @@ def analysis_summary(mutator: ChannelMutator) -> Dict:
         if s.module in layers and (s.role == 'out' or layers[s.module]
                                    .depthwise)
     }
-    total = sum(r.out_channels for r in layers.values())
+    outputs = set(analysis.output_layers)
+    hidden = [n for n in layers if n not in outputs]
+
+    def share(names) -> float:
+        total = sum(layers[n].out_channels for n in names)
+        return round(
+            sum(layers[n].out_channels
+                for n in names if n in covered) / max(total, 1), 3)
+
     return dict(
         skipped=[
             dict(name=s.name, channels=s.num_channels, reason=s.reason)
@@ -398,8 +411,9 @@ def analysis_summary(mutator: ChannelMutator) -> Dict:
         opaque_modules=list(analysis.opaque_modules),
         units=len(mutator.units),
         prunable_channels=sum(u.num_channels for u in mutator.units),
-        prunable_share=round(
-            sum(layers[n].out_channels for n in covered) / max(total, 1), 3),
+        prunable_share=share(hidden),
+        prunable_share_all=share(layers),
+        output_layers=len(outputs & set(layers)),
         blocked_units=sum(u.blocks is not None for u in mutator.units))
 
 

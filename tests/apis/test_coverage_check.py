@@ -43,7 +43,16 @@ def test_analysis_summary_of_a_resnet():
     assert summary['units'] == len(algo.mutator.units) > 0
     assert summary['prunable_channels'] == sum(
         u.num_channels for u in algo.mutator.units)
-    assert 0 < summary['prunable_share'] <= 1
+    # The share counts hidden layers only: every conv of the ResNet is in a
+    # unit, the classifier's fc (a model output) is not counted; the share
+    # of all layers counts its 10 output channels too.
+    assert summary['output_layers'] == 1
+    assert summary['prunable_share'] == 1.0
+    layers = {n: r for n, r in algo.mutator.layer_records.items()
+              if r.spatial}
+    total = sum(r.out_channels for r in layers.values())
+    assert summary['prunable_share_all'] == round(
+        (total - layers['head.fc'].out_channels) / total, 3)
     assert summary['blocked_units'] == 0
     # The classifier's output is left out, with its reason.
     assert any('outputs of the model' in s['reason']

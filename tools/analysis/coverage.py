@@ -27,8 +27,11 @@ removed channels are not zero before the gates.
 One JSON record per config: ``config``, ``units``, ``prunable_channels``,
 ``export_ok``, ``max_abs_diff``, ``error`` (the stage, module and op that
 blocked it), plus ``skipped`` (groups left out, with reasons),
-``prunable_share`` (share of all conv/linear output channels that are in a
-prunable unit), ``blocked_units`` (units with tied channel blocks),
+``prunable_share`` (share of the hidden conv/linear output channels that are
+in a prunable unit: layers whose outputs are model outputs, i.e. the
+predictions, which are never pruned, are not counted), ``prunable_share_all``
+(the same share of all conv/linear output channels), ``output_layers`` (how
+many layers were left out of ``prunable_share``), ``blocked_units`` (units with tied channel blocks),
 ``flops_ratio`` (after the random pruning), ``output_scale``, ``input_shape``
 and ``seconds``. The check itself is :func:`mmifso.apis.coverage.check_config`.
 """

@@ -70,6 +70,7 @@ class ChannelAnalyzer:
         finally:
             for h in handles:
                 h.remove()
+        self._model_outputs = outputs  # without the dead layers' outputs
         self._outputs = (outputs, captured) if dead else outputs
         return self._outputs
 
@@ -157,17 +158,30 @@ class ChannelAnalyzer:
         finally:
             for h in handles:
                 h.remove()
-        model_out_fns = {
-            t.grad_fn
-            for t in _tensors(getattr(self, '_outputs', None))
-            if t.grad_fn is not None
-        }
+        model_out_fns = _grad_fns(getattr(self, '_outputs', None))
         self._output_layers = {
             n for n, fns in out_fns.items() if fns & model_out_fns
         }
-        self._outputs = None
+        # The same without the outputs of dead layers (which are not
+        # predictions): for AnalysisResult.output_layers.
+        self._prediction_fns = _grad_fns(getattr(self, '_model_outputs',
+                                                 None))
+        self._prediction_layers = {
+            n for n, fns in out_fns.items() if fns & self._prediction_fns
+        }
+        self._outputs = self._model_outputs = None
+        result = self._collect_units(graph, names, model)
+        result.call_counts = call_counts
+        result.opaque_modules = self._opaque_modules(model, graph)
+        self._opaque_fns = {}
+        _warn_not_prunable(result.skipped, result.opaque_modules)
+        return result
 
-        units, skipped = [], []
+    def _collect_units(self, graph, names: Dict[nn.Module, str],
+                       model: nn.Module) -> AnalysisResult:
+        """Units, skipped groups and output layers of every group of
+        ``graph`` (``call_counts`` and ``opaque_modules`` left empty)."""
+        units, skipped, outputs = [], [], []
         for root, group in get_all_groups(
                 graph, (tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR)):
             if isinstance(group, GroupDivergedError):
@@ -176,16 +190,38 @@ class ChannelAnalyzer:
                     SkippedUnit(names.get(root, str(root)),
                                 pruner.get_out_channels(root), str(group)))
                 continue
+            outputs += self._predictions_of(graph, group, names)
             spec, reason = self._to_unit(graph, group, names, model)
             if reason is None:
                 units.append(spec)
             else:
                 skipped.append(
                     SkippedUnit(spec.name, spec.num_channels, reason))
-        opaque = self._opaque_modules(model, graph)
-        self._opaque_fns = {}
-        _warn_not_prunable(skipped, opaque)
-        return AnalysisResult(units, skipped, call_counts, opaque)
+        return AnalysisResult(units, skipped, {}, [],
+                              list(dict.fromkeys(outputs)))
+
+    def _predictions_of(self, graph, group,
+                        names: Dict[nn.Module, str]) -> List[str]:
+        """The conv/linear layers whose output channels are in ``group``
+        when the group's channels reach the model outputs (predictions, e.g.
+        a classifier's fc, a detector's per-level predictors, a conv whose
+        norm's output is returned); otherwise none."""
+        producers = [
+            names[item.dep.target.module] for item in group
+            if isinstance(item.dep.target.module, GATEABLE_TYPES)
+            and item.dep.target.module in names
+            and graph.is_out_channel_pruning_fn(item.dep.handler)
+        ]
+        # A node's grad_fn is its output's (also for a norm or an add whose
+        # output is returned; consumers are not asked: their outputs are
+        # other channels); a layer called several times is found through
+        # the grad_fns of all its calls.
+        reaches = any(
+            graph.is_out_channel_pruning_fn(item.dep.handler) and getattr(
+                item.dep.target, 'grad_fn', None) in self._prediction_fns
+            for item in group) or any(n in self._prediction_layers
+                                      for n in producers)
+        return producers if reaches else []
 
     # ------------------------------------------------------------------ #
     def _to_unit(self, graph, group, names: Dict[nn.Module, str],
@@ -367,6 +403,11 @@ def _channel_split(node) -> Optional[str]:
         if dim != channel_dim:
             return None  # spatial slicing (e.g. YOLOX's Focus)
     return kinds[node.type]
+
+
+def _grad_fns(x) -> set:
+    """The grad_fns of the tensors of a (nested) output."""
+    return {t.grad_fn for t in _tensors(x) if t.grad_fn is not None}
 
 
 def _tensors(x) -> List[torch.Tensor]:

@@ -62,3 +62,6 @@ class AnalysisResult:
     call_counts: Dict[str, int]
     #: Leaf modules with parameters that DepGraph does not understand.
     opaque_modules: List[str]
+    #: Conv/linear layers whose output channels reach the model outputs
+    #: (predictions; never prunable), in analysis order.
+    output_layers: List[str] = field(default_factory=list)

@@ -24,6 +24,7 @@ def test_residual_add_couples_two_producers():
     # The classifier's outputs are predictions: never a unit.
     assert [s.name for s in result.skipped] == ['fc']
     assert 'outputs of the model' in result.skipped[0].reason
+    assert result.output_layers == ['fc']
     assert result.call_counts == {'conv1': 1, 'conv2': 1, 'conv3': 1,
                                   'fc': 1}
 
@@ -55,3 +56,26 @@ def test_min_channels():
     assert [u.name for u in result.units] == ['conv2']  # 5 channels > 4
     assert any(s.name == 'conv3' and 'min_channels=4' in s.reason
                for s in result.skipped)
+
+
+def test_output_layers_follow_the_channels_to_the_outputs():
+    """A conv whose norm's output is returned produces predictions too; a
+    layer that runs but whose output is not used is no prediction."""
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(2, 4, 1)
+            self.pred = torch.nn.Conv2d(4, 3, 1)
+            self.bn = torch.nn.BatchNorm2d(3)
+            self.unused = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            self.unused(x)
+            return self.bn(self.pred(x))
+
+    model = Head().eval()
+    result = ChannelAnalyzer(demo).analyse(model)
+    assert result.output_layers == ['pred']
+    assert [u.name for u in result.units] == ['stem']
