@@ -1,11 +1,11 @@
 # Fine-tune the exported (physically pruned) digits model.
 _base_ = ['./resnet20_1xb64-30e_digits.py']
 
-architecture = _base_.model
+# The baseline's model with its channels cut as the structure says; its
+# fields stay where mmdet's init_detector / mmpretrain's get_model read them.
 model = dict(
-    _delete_=True,
     type='mmifso.PrunedModel',
-    architecture=architecture,
+    architecture_type=_base_.model.type,
     # Written by tools/export_pruned.py (tools/demo.py passes the real path).
     structure='work_dirs/demo/export/structure.json')
 load_from = 'work_dirs/demo/export/pruned.pth'

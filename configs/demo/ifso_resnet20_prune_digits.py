@@ -1,11 +1,10 @@
 # IFSO pruning of the digits baseline to 50% FLOPs while training continues.
 _base_ = ['./resnet20_1xb64-30e_digits.py']
 
-architecture = _base_.model
 model = dict(
     _delete_=True,
     type='mmifso.PruningAlgorithm',
-    architecture=architecture,
+    architecture=_base_.model,
     mutator=dict(
         type='mmifso.ChannelMutator',
         demo_input=dict(type='mmifso.DemoInput', input_shape=(1, 3, 32, 32))))

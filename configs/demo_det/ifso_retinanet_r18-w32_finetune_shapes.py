@@ -1,11 +1,11 @@
 # Fine-tune the exported (physically pruned) shapes RetinaNet.
 _base_ = ['./retinanet_r18-w32_fpn_1xb16-48e_shapes.py']
 
-architecture = _base_.model
+# The baseline's model with its channels cut as the structure says; its
+# fields stay where mmdet's init_detector / mmpretrain's get_model read them.
 model = dict(
-    _delete_=True,
     type='mmifso.PrunedModel',
-    architecture=architecture,
+    architecture_type=_base_.model.type,
     # Written by tools/export_pruned.py (tools/demo_det.py passes the paths).
     structure='work_dirs/demo_det/export/structure.json')
 load_from = 'work_dirs/demo_det/export/pruned.pth'

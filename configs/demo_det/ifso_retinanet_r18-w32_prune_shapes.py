@@ -2,11 +2,10 @@
 # keeps training (tools/demo_det.py passes the baseline checkpoint).
 _base_ = ['./retinanet_r18-w32_fpn_1xb16-48e_shapes.py']
 
-architecture = _base_.model
 model = dict(
     _delete_=True,
     type='mmifso.PruningAlgorithm',
-    architecture=architecture,
+    architecture=_base_.model,
     mutator=dict(
         type='mmifso.ChannelMutator',
         demo_input=dict(

@@ -125,8 +125,8 @@ def user_run(tmp_path_factory) -> dict:
     # A model trained for a few iterations scores every box below mmdet's
     # score_thr (0.05), and CocoMetric returns no mAP at all without boxes:
     # the evaluations and the fine-tuning's validation keep every box (the
-    # detector is model.architecture in the prune and fine-tune configs,
-    # model itself in the deploy config). One image per batch, as
+    # detector is model.architecture in the prune config, model itself in
+    # the deploy and fine-tune configs). One image per batch, as
     # inference_detector runs: the same computation, the same detections.
     out['masked'] = printed_metrics(
         run_tool(work, 'test.py', 'configs/' + PRUNE,
@@ -141,7 +141,7 @@ def user_run(tmp_path_factory) -> dict:
     run_tool(work, 'train.py', 'configs/' + FINETUNE, '--cfg-options',
              'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
              'default_hooks.checkpoint.interval=1',
-             'model.architecture.test_cfg.score_thr=0', *SMALL_BATCH)
+             'model.test_cfg.score_thr=0', *SMALL_BATCH)
     out['finetune_dir'] = osp.join(work, 'work_dirs',
                                    'ifso_retinanet_r18-w32_finetune_digits')
     return out

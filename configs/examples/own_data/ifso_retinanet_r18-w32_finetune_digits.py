@@ -15,14 +15,13 @@ load_from = export_dir + 'pruned.pth'
 
 # Nothing to edit below: every field follows from `own_data` (and
 # export_dir). They are set again because the shipped config substituted its
-# own data (the shapes) into them when it was read. The detector is
-# `model.architecture` here.
+# own data (the shapes) into them when it was read.
 image_size = _base_.own_data.image_size
 classes = _base_.own_data.classes
 data_root = _base_.own_data.data_root
 metainfo = dict(classes=classes, palette=_base_.own_data.palette)
 model = dict(
-    architecture=dict(bbox_head=dict(num_classes=len(classes))),
+    bbox_head=dict(num_classes=len(classes)),
     structure=export_dir + 'structure.json')
 train_pipeline = [
     dict(step, scale=(image_size, image_size))

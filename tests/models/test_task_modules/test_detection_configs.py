@@ -57,8 +57,8 @@ def test_every_detector_has_a_prune_config():
 def test_prune_config_builds_with_units(path):
     cfg = Config.fromfile(str(path))
     assert cfg.default_scope == 'mmdet'
-    assert cfg.custom_imports == dict(
-        imports=['mmifso'], allow_failed_imports=False)
+    assert cfg.custom_imports.imports[0] == 'mmifso'
+    assert cfg.custom_imports.allow_failed_imports is False
     assert cfg.model.type == 'mmifso.PruningAlgorithm'
     assert cfg.load_from == cfg.pretrained_ckpt
     assert cfg.load_from.startswith('https://download.openmmlab.com/')
