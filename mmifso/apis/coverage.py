@@ -279,8 +279,9 @@ def check_config(config: str, fraction: float = 0.3, seed: int = 0,
         left out, with reasons), ``opaque_modules``, ``prunable_share``
         (share of the hidden conv/linear output channels in a prunable
         unit, predictions left out), ``prunable_share_all`` (of all of
-        them), ``output_layers``, ``blocked_units``, ``flops_ratio`` (after the random pruning),
-        ``output_scale``, ``input_shape`` and ``seconds``.
+        them), ``output_layers``, ``blocked_units``, ``flops_ratio``
+        (after the random pruning), ``output_scale``, ``input_shape`` and
+        ``seconds``.
     """
     start = time.time()
     record = new_record(config)
