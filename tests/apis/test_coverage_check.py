@@ -76,3 +76,22 @@ def test_check_config_records_the_failing_stage(tmp_path):
     assert record['export_ok'] is False
     assert record['error'].startswith('build: FileNotFoundError')
     assert record['seconds'] is not None
+
+
+def test_cspnet_stages_cut_in_halves_export_exactly():
+    """CSPResNet cuts each stage's expanded channels in halves computed from
+    the size: those units are prunable with tied pairs, and the randomly
+    pruned model exports exactly. ShuffleNetV2's halves follow a channel
+    shuffle: those units stay skipped, with the reason."""
+    record = check_config('mmpretrain::cspnet/cspresnet50_8xb32_in1k.py@32',
+                          timeout=240)
+    assert record['export_ok'], record['error']
+    assert record['prunable_share'] == 1.0
+    assert record['blocked_units'] == 4  # one expand_conv per stage
+    assert [s['name'] for s in record['skipped']] == ['head.fc']
+    record = check_config(
+        'mmpretrain::shufflenet_v2/shufflenet-v2-1x_16xb64_in1k.py@32',
+        timeout=240)
+    assert record['export_ok'], record['error']
+    reasons = [s['reason'] for s in record['skipped'][1:]]
+    assert reasons and all('channel shuffle' in r for r in reasons)

@@ -11,6 +11,7 @@ they can only be removed together; see :mod:`.channel_ties`. The found units
 are described by the data classes of :mod:`.channel_units`; the Torch-Pruning
 adaptations the trace relies on are in :mod:`.tp_patches`.
 """
+import copy
 import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,13 +22,15 @@ from mmengine.logging import print_log
 from torch_pruning import ops as tp_ops
 
 from mmifso.utils import check_choice
-from ..utils import preserved_modes
+from ..utils import eval_mode, preserved_modes
 from .channel_ties import ChannelTies
 from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
-from .groups import GroupDivergedError, get_all_groups
+from .groups import (GroupDivergedError, get_all_groups,
+                     get_pruning_group)
 from .layer_types import (CROSS_CHANNEL_NORMS, GATEABLE_TYPES,
                           PER_CHANNEL_TYPES, is_depthwise, is_grouped)
-from .tp_patches import new_dependency_graph
+from .tp_patches import (cuts_channels, new_dependency_graph,
+                         record_split_readers, split_is_ambiguous)
 
 
 class FrozenUnitError(RuntimeError):
@@ -55,6 +58,8 @@ class ChannelAnalyzer:
         self.forward_fn = forward_fn
         self.frozen = frozen
         self.min_channels = min_channels
+        # {unit: its cuts into halves}, filled by analyse for _check_halves.
+        self._halves_units: Dict[str, str] = {}
 
     def _forward(self, model: nn.Module, dead: Sequence[nn.Module] = ()):
         """The demo forward; the outputs of ``dead`` layers are added to the
@@ -76,12 +81,30 @@ class ChannelAnalyzer:
 
     def _trace(self, model: nn.Module,
                dead: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
-        with preserved_modes(model), torch.enable_grad():
-            return new_dependency_graph().build_dependency(
-                model,
-                example_inputs=None,
-                forward_fn=lambda m, _: self._forward(m, dead),
-                verbose=False)
+        """DepGraph of one demo forward; which piece of a channel split each
+        layer reads is recorded from every call (see
+        :func:`.tp_patches.record_split_readers`)."""
+        fn2module: Dict[object, nn.Module] = {}
+
+        def record(module, args, output):
+            for t in _tensors(output):  # inner modules' hooks run first
+                if t.grad_fn is not None:
+                    fn2module.setdefault(t.grad_fn, module)
+
+        handles = [m.register_forward_hook(record) for m in model.modules()]
+        try:
+            with preserved_modes(model), torch.enable_grad():
+                graph = new_dependency_graph().build_dependency(
+                    model,
+                    example_inputs=None,
+                    forward_fn=lambda m, _: self._forward(m, dead),
+                    verbose=False)
+                record_split_readers(graph, _tensors(self._outputs),
+                                     fn2module)
+        finally:
+            for h in handles:
+                h.remove()
+        return graph
 
     def build_graph(self, model: nn.Module) -> tp.DependencyGraph:
         """Trace ``model`` with DepGraph; training flags are restored.
@@ -169,8 +192,11 @@ class ChannelAnalyzer:
         self._prediction_layers = {
             n for n, fns in out_fns.items() if fns & self._prediction_fns
         }
+        self._output_shapes = _shapes(self._model_outputs)
         self._outputs = self._model_outputs = None
+        self._halves_units = {}
         result = self._collect_units(graph, names, model)
+        self._check_halves(model, result)
         result.call_counts = call_counts
         result.opaque_modules = self._opaque_modules(model, graph)
         self._opaque_fns = {}
@@ -246,7 +272,7 @@ class ChannelAnalyzer:
             elif not isinstance(target.module, nn.Module) or \
                     target.module not in names:
                 # Pseudo-ops of DepGraph (add, concat, reshape, ...).
-                reasons.append(self._pseudo_op_reason(target))
+                reasons.append(self._pseudo_op_reason(target, group, ties))
             else:
                 site, reason = self._site(graph, item, names[target.module],
                                           root_name, num_channels, ties)
@@ -255,18 +281,82 @@ class ChannelAnalyzer:
         reason = next((r for r in reasons if r is not None), None)
         if reason is None:
             spec.blocks, reason = ties.blocks()
+        if ties.halves_cuts:
+            self._halves_units[spec.name] = ' and '.join(ties.halves_cuts)
         return spec, reason or self._size_reason(spec)
 
-    def _pseudo_op_reason(self, target) -> Optional[str]:
+    def _check_halves(self, model: nn.Module, result: AnalysisResult) -> None:
+        """Prune a copy of ``model``: one tied block of every unit cut into
+        halves. The graph shows two equal halves, not whether the model
+        computes the cut from the tensor's size or from a fixed number; a
+        fixed cut point hands the layers behind it the wrong number of
+        channels, so the copy's demo forward fails or changes the output
+        shapes. Units that fail (tried one by one) move to ``skipped``."""
+        units = [u for u in result.units if u.name in self._halves_units]
+        if not units or self._probe(model, units) is None:
+            return
+        for unit in units:
+            error = self._probe(model, [unit])
+            if error is not None:
+                result.units.remove(unit)
+                result.skipped.append(SkippedUnit(
+                    unit.name, unit.num_channels,
+                    f'its channels are cut by {self._halves_units[unit.name]}'
+                    ' into halves, but a copy of the model with one pair of '
+                    'them removed ' + error + ': the model cuts at a fixed '
+                    'number of channels, which removing channels would '
+                    'move'))
+
+    def _probe(self, model: nn.Module,
+               units: List[UnitSpec]) -> Optional[str]:
+        """Remove the first block of each unit from a copy of ``model`` and
+        run the demo forward; what went wrong, or ``None``."""
+        pruned = copy.deepcopy(model)
+        modules = dict(pruned.named_modules())
+        try:
+            graph = self.build_graph(pruned)
+            for unit in units:
+                module = modules[unit.name]
+                pruner = graph.get_pruner_of_module(module)
+                get_pruning_group(graph, module, pruner.prune_out_channels,
+                                  unit.blocks[0]).prune()
+            with eval_mode(pruned), torch.no_grad():
+                shapes = _shapes(self.forward_fn(pruned))
+        except Exception as e:  # any failure is the answer
+            return f'failed ({type(e).__name__}: {str(e)[:120]})'
+        finally:
+            self._outputs = self._model_outputs = None
+        if shapes != self._output_shapes:
+            return (f'gave outputs of shapes {shapes}, not '
+                    f'{self._output_shapes}')
+        return None
+
+    def _pseudo_op_reason(self, target, group,
+                          ties: ChannelTies) -> Optional[str]:
         """Why channels crossing a DepGraph pseudo-op (add, concat, split,
         reshape, a bare parameter, an opaque layer) cannot be pruned, or
-        ``None``."""
+        ``None``. A cut into two halves ties the channels of the halves
+        instead (see :mod:`.channel_ties`)."""
         split = _channel_split(target)
+        if split and split_is_ambiguous(target):
+            return (f'its channels are cut by {split}, and one layer or op '
+                    'reads several of the pieces, so the analysis cannot '
+                    'tell which channels it reads')
         if split:
+            half = _half_of(target)
+            if half is not None:
+                return _tie_halves(target, split, half, group, ties)
             return (f'its channels are cut by {split}; the model computes '
-                    'the cut points from fixed sizes or halves, which '
-                    'removing channels would move (the exported model '
-                    'would mix channels)')
+                    'the cut points from fixed sizes, which removing '
+                    'channels would move (the exported model would mix '
+                    'channels)')
+        groups = _channel_shuffle(target)
+        if groups:
+            return (f'its channels cross a channel shuffle (view into '
+                    f'{groups} groups, transpose, view): a permutation that '
+                    'DepGraph maps as the identity, and one that needs '
+                    'every group to lose the same channels, which ties '
+                    'channels of separately pruned layers')
         if isinstance(target.module, nn.Parameter):
             return ('it is coupled to an unwrapped nn.Parameter, which the '
                     'masked forward cannot gate')
@@ -395,14 +485,95 @@ def _channel_split(node) -> Optional[str]:
     }
     if getattr(node, 'type', None) not in kinds:
         return None
-    fn = getattr(node, 'grad_fn', None)
-    dim = getattr(fn, '_saved_dim', None)
-    sizes = getattr(fn, '_saved_self_sym_sizes', None)
-    if dim is not None and sizes is not None and 0 <= dim < len(sizes):
-        channel_dim = {4: 1, 3: 2, 2: 1, 5: 1}.get(len(sizes), 1)
-        if dim != channel_dim:
-            return None  # spatial slicing (e.g. YOLOX's Focus)
+    if not cuts_channels(getattr(node, 'grad_fn', None)):
+        return None  # spatial slicing (e.g. YOLOX's Focus)
     return kinds[node.type]
+
+
+def _half_of(node) -> Optional[int]:
+    """``C // 2`` when a channel slice or split cuts its input of ``C``
+    channels into two equal halves (``x[:, :C // 2]``, ``x[:, C // 2:]``,
+    ``x.chunk(2, 1)``, ``x.split(C // 2, 1)``); else ``None``."""
+    fn = getattr(node, 'grad_fn', None)
+    sizes = getattr(fn, '_saved_self_sym_sizes', None)
+    dim = getattr(fn, '_saved_dim', None)
+    if sizes is None or dim is None or not 0 <= dim < len(sizes):
+        return None
+    channels = int(sizes[dim])
+    half = channels // 2
+    if channels % 2 or not half:
+        return None
+    if node.type == tp_ops.OPTYPE.SLICE:
+        cut = (fn._saved_start, min(fn._saved_end, channels))
+        return half if fn._saved_step == 1 and cut in (
+            (0, half), (half, channels)) else None
+    if node.type == tp_ops.OPTYPE.SPLIT:
+        sizes = getattr(fn, '_saved_split_sizes', None) or (getattr(
+            fn, '_saved_split_size', None), ) * 2
+        return half if tuple(sizes) == (half, half) else None
+    return None
+
+
+def _channel_shuffle(node) -> Optional[int]:
+    """The number of groups when ``node`` is the transpose of a channel
+    shuffle: ``x.view(B, g, C // g, H, W).transpose(1, 2).view(B, C, H,
+    W)`` (ShuffleNet); else ``None``."""
+    fn = getattr(node, 'grad_fn', None)
+    if fn is None or 'TransposeBackward' not in fn.name() or {
+            getattr(fn, '_saved_dim0', None),
+            getattr(fn, '_saved_dim1', None)} != {1, 2}:
+        return None
+    before = [n for n in node.inputs if n.type == tp_ops.OPTYPE.RESHAPE]
+    after, todo = [], list(node.outputs)
+    for _ in range(16):  # past element-wise ops (the .contiguous() copy)
+        if not todo:
+            break
+        n = todo.pop()
+        if n.type == tp_ops.OPTYPE.RESHAPE:
+            after.append(n)
+        elif n.type == tp_ops.OPTYPE.ELEMENTWISE:
+            todo.extend(n.outputs)
+    split = [getattr(n.grad_fn, '_saved_self_sym_sizes', ()) for n in before]
+    merge = [getattr(n.grad_fn, '_saved_self_sym_sizes', ()) for n in after]
+    for a in split:
+        for b in merge:
+            if len(a) >= 2 and len(b) >= 3 and a[1] == b[1] * b[2]:
+                return int(b[2])
+    return None
+
+
+#: DepGraph nodes whose group indices are not those of their output
+#: tensor (a split's are its input's; reshapes change the channel count).
+_NOT_OUTPUT_INDEXED = (tp_ops.OPTYPE.SPLIT, tp_ops.OPTYPE.UNBIND,
+                       tp_ops.OPTYPE.RESHAPE, tp_ops.OPTYPE.EXPAND)
+
+
+def _tie_halves(node, cut: str, half: int, group,
+                ties: ChannelTies) -> Optional[str]:
+    """Tie the two halves of the tensor ``node`` cuts (a split's indices in
+    the group are its input's; a slice's are its output's, so its input
+    node's are used), or say why not."""
+    if node.type == tp_ops.OPTYPE.SLICE:
+        node = node.inputs[0] if len(node.inputs) == 1 else None
+        if node is None or node.type in _NOT_OUTPUT_INDEXED:
+            return (f'its channels are cut into halves by {cut}, of a '
+                    'tensor whose channels the analysis cannot follow')
+    idxs, roots = [], []
+    for item in group:
+        if item.dep.target is not node:
+            continue
+        if isinstance(node.module, GATEABLE_TYPES) and \
+                not is_depthwise(node.module) and \
+                not group._DG.is_out_channel_pruning_fn(item.dep.handler):
+            continue  # a layer's input channels: another tensor
+        idxs += list(item.idxs)
+        roots += list(item.root_idxs)
+    return ties.halves(cut, half, idxs, roots)
+
+
+def _shapes(x) -> List[Tuple[int, ...]]:
+    """The shapes of the tensors of a (nested) output."""
+    return [tuple(t.shape) for t in _tensors(x)]
 
 
 def _grad_fns(x) -> set:

@@ -12,6 +12,12 @@ an op between producer and consumer mixes them.
   channel at position ``j`` of every group is tied to position ``j`` of the
   others.
 
+* A cut of the channels into two halves whose cut point the model computes
+  from the tensor's size (``x[:, :C // 2]`` / ``x[:, C // 2:]``,
+  ``x.chunk(2, dim=1)``): after pruning the cut point stays between the
+  right channels only if both halves lose the same number of channels, so
+  channel ``i`` of the first half is tied to channel ``i`` of the second.
+
 The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
 channels); selection removes whole blocks.
 """
@@ -26,6 +32,8 @@ class ChannelTies:
     def __init__(self, num_channels: int) -> None:
         self.parent = list(range(num_channels))
         self.sources: List[str] = []
+        #: The cuts into halves that tied channels (see :meth:`halves`).
+        self.halves_cuts: List[str] = []
 
     def _find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -87,6 +95,30 @@ class ChannelTies:
         # and one weight slice per position.
         self._tie([int(i) % per_group for i in idxs], root_idxs)
         self.sources.append(f'{name} (groups={module.groups})')
+        return None
+
+    def halves(self, cut: str, half: int, idxs, root_idxs) -> Optional[str]:
+        """Tie channel ``i`` and ``i + half`` of a tensor cut into two halves
+        of ``half`` channels (``idxs``: its channels in the unit, ``root_idxs``
+        the unit's channels they carry).
+
+        Returns:
+            str, optional: Why the cut cannot be kept in the middle: the
+            unit holds channel ``i`` of one half but not channel ``i`` of the
+            other (each unit crossing the cut must lose pairs; channels of
+            the tensor in other units are their own pairs).
+        """
+        present = set(int(i) for i in idxs)
+        if any(not 0 <= i < 2 * half or (i + half) % (2 * half) not in present
+               for i in present):
+            return (f'its channels are cut into halves by {cut}, and the '
+                    'matching channel of the other half belongs to another '
+                    'unit, so the halves cannot lose the same channels')
+        self._tie([int(i) % half for i in idxs], root_idxs)
+        source = f'{cut} (halves of {2 * half} channels)'
+        if source not in self.sources:  # each slice of one tensor
+            self.sources.append(source)
+            self.halves_cuts.append(cut)
         return None
 
     def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:

@@ -140,15 +140,8 @@ def get_all_groups(graph: tp.DependencyGraph,
             continue
         if m in visited:
             continue
-        channels = pruner.get_out_channels(m)
         try:
-            group = get_pruning_group(
-                graph,
-                m,
-                pruner.prune_out_channels,
-                list(range(channels)),
-                budget=budget,
-                update_mapping=False)
+            m, group = _whole_group(graph, m, budget, visited)
         except GroupDivergedError as e:
             visited.add(m)
             yield m, e
@@ -157,3 +150,63 @@ def get_all_groups(graph: tp.DependencyGraph,
             if graph.is_out_channel_pruning_fn(dep.handler):
                 visited.add(dep.target.module)
         yield m, group
+
+
+def _whole_group(graph: tp.DependencyGraph, root: nn.Module, budget: int,
+                 visited: set) -> Tuple[nn.Module, Group]:
+    """The group of all output channels of ``root``, re-rooted where it
+    holds only part of another producer's output channels.
+
+    A layer behind a channel slice or split (``x[:, C // 2:]``, a chunk)
+    reaches only that part of the producer before the cut; rooted there, the
+    group would miss the producer's other channels (which then belong to no
+    group, the producer being visited). Rooted at the producer, the group
+    holds all of them, with the layers behind every part of the cut. A
+    re-rooted walk that diverges keeps the first group.
+
+    Returns:
+        tuple: The root and its group.
+    """
+    group = _group_of(graph, root, budget)
+    tried = {root}
+    while True:
+        partial = [
+            m for m in _partial_producers(graph, group)
+            if m not in tried and m not in visited
+        ]
+        if not partial:
+            return root, group
+        tried.add(partial[0])
+        try:
+            group, root = _group_of(graph, partial[0], budget), partial[0]
+        except GroupDivergedError:
+            return root, group
+
+
+def _group_of(graph: tp.DependencyGraph, module: nn.Module,
+              budget: int) -> Group:
+    """The group of all output channels of ``module``."""
+    pruner = graph.get_pruner_of_module(module)
+    return get_pruning_group(
+        graph,
+        module,
+        pruner.prune_out_channels,
+        list(range(pruner.get_out_channels(module))),
+        budget=budget,
+        update_mapping=False)
+
+
+def _partial_producers(graph: tp.DependencyGraph,
+                       group: Group) -> List[nn.Module]:
+    """Conv/linear layers of which ``group`` holds some, not all, output
+    channels."""
+    held = {}
+    for dep, idxs in group:
+        m = dep.target.module
+        if isinstance(m, (tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR)) and \
+                graph.is_out_channel_pruning_fn(dep.handler):
+            held.setdefault(m, set()).update(int(i) for i in idxs)
+    return [
+        m for m, idxs in held.items()
+        if len(idxs) < graph.get_pruner_of_module(m).get_out_channels(m)
+    ]

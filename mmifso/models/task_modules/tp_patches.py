@@ -4,12 +4,28 @@
   ``num_groups`` (Torch-Pruning keeps it, which changes the statistics).
 * Concatenations of inputs of unknown size get no index mapping instead of a
   ``TypeError`` (patched into Torch-Pruning once, at import).
+* Shape inference knows channel slices (``x[:, a:b]``): Torch-Pruning takes
+  a slice for an element-wise op, so a concatenation of a slice and another
+  tensor got the wrong input sizes, hence no index mapping at all, and the
+  channels behind it were mapped to the wrong inputs (CSPNet's stages). The
+  slice's length is computed from its input's channels (patched at import).
+* Channel splits (``torch.split``, ``chunk``) get their piece sizes from the
+  traced op, and each reader of a piece the offsets of *its* piece (autograd
+  records which output of the split a reader takes; :func:`record_split_
+  readers` collects them after the trace, over every call of a reused
+  layer). Torch-Pruning 1.6.1 infers the sizes from the readers (wrong when
+  a piece has several, or under torch 2.x, whose split records
+  ``_saved_self_sym_sizes``) and gives the i-th reader the i-th piece. A
+  reader of several pieces, or one that cannot be identified, makes the
+  split ambiguous (:func:`split_is_ambiguous`) and is cut off from it.
 * :func:`new_dependency_graph` is the DependencyGraph every analysis uses.
 """
+from typing import Dict, List, Optional, Set
+
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
-from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency import index_mapping, shape_infer
 
 
 class GroupNormBlockPruner(tp.pruner.function.GroupNormPruner):
@@ -68,7 +84,192 @@ def _patch_concat_index_mapping() -> None:
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
 
 
+def channel_dim(sizes) -> int:
+    """The dimension Torch-Pruning prunes in a tensor of ``len(sizes)``
+    dimensions: 1, but 2 for tokens ``(B, N, C)``."""
+    return 2 if len(sizes) == 3 else 1
+
+
+def cuts_channels(grad_fn) -> bool:
+    """Whether a slice or split (``grad_fn``) cuts the channel dimension
+    (True when unknown)."""
+    dim = getattr(grad_fn, '_saved_dim', None)
+    sizes = getattr(grad_fn, '_saved_self_sym_sizes', None)
+    if dim is None or sizes is None or not 0 <= dim < len(sizes):
+        return True
+    return dim == channel_dim(sizes)
+
+
+def _patch_slice_shape_inference() -> None:
+    """Torch-Pruning 1.6.1 infers a channel slice's output channels as its
+    input's (it passes unknown ops through). The slice's own length is
+    computed instead, from its (current) ``start``/``end``/``step`` and the
+    input's inferred channels, so concatenations of slices get their index
+    mapping."""
+    original = shape_infer.infer_out_channels_recursively
+    if getattr(original, '_mmifso_safe', False):
+        return
+
+    def infer_out_channels_recursively(graph, node, recursive_depth):
+        if node.type == tp_ops.OPTYPE.SLICE and cuts_channels(
+                node.grad_fn) and len(node.inputs) == 1:
+            recursive_depth[0] += 1
+            channels = infer_out_channels_recursively(
+                graph, node.inputs[0], recursive_depth)
+            if channels is None:
+                return None
+            op = node.module
+            return len(range(op.start, min(op.end, channels), op.step)) or \
+                None
+        return original(graph, node, recursive_depth)
+
+    infer_out_channels_recursively._mmifso_safe = True
+    shape_infer.infer_out_channels_recursively = \
+        infer_out_channels_recursively
+
+
+def _split_sizes(grad_fn) -> Optional[List[int]]:
+    """The piece sizes of a traced ``split``/``chunk`` (``None``:
+    unknown)."""
+    sizes = getattr(grad_fn, '_saved_split_sizes', None)
+    if sizes is not None:
+        return [int(s) for s in sizes]
+    size = getattr(grad_fn, '_saved_split_size', None)
+    shape = getattr(grad_fn, '_saved_self_sym_sizes', None)
+    dim = getattr(grad_fn, '_saved_dim', None)
+    if size is None or shape is None or dim is None or \
+            not 0 <= dim < len(shape) or int(size) <= 0:
+        return None
+    total, size = int(shape[dim]), int(size)
+    return [size] * (total // size) + ([total % size] if total % size else [])
+
+
+def _offsets(sizes: List[int]) -> List[int]:
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
+def record_split_readers(graph: tp.DependencyGraph, outputs: list,
+                         fn2module: Dict[object, nn.Module]) -> None:
+    """Which piece(s) of each channel split every reader takes.
+
+    Walks the autograd graph of the traced ``outputs`` (the tensors of the
+    trace's forward) and stores ``{split grad_fn: {reader node (None: not
+    identified): {piece numbers}}}`` as ``graph.mmifso_split_readers``, for
+    the split index mapping.
+
+    Args:
+        graph (DependencyGraph): The traced graph.
+        outputs (list[Tensor]): The tensors the traced forward returned.
+        fn2module (dict): ``{output grad_fn: module}`` of every module call
+            of the trace (the innermost module first), so that every call
+            of a reused layer is found.
+    """
+    nodes = list(graph.module2node.values())
+    splits = {n.grad_fn for n in nodes if n.type == tp_ops.OPTYPE.SPLIT}
+    readers: Dict[object, Dict[object, Set[int]]] = {}
+    graph.mmifso_split_readers = readers
+    if not splits:
+        return
+    by_fn = {n.grad_fn: n for n in nodes}
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen = set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        for prev, nr in getattr(fn, 'next_functions', ()):
+            if prev is None:
+                continue
+            if prev in splits:
+                node = by_fn.get(fn) or graph.module2node.get(
+                    fn2module.get(fn))
+                readers.setdefault(prev, {}).setdefault(node, set()).add(nr)
+            stack.append(prev)
+
+
+def _pieces_read(graph: tp.DependencyGraph, split_node,
+                 reader) -> Set[int]:
+    """The pieces of ``split_node`` that ``reader`` (a node) takes: as
+    recorded by :func:`record_split_readers`, or during the trace (before
+    that) from the reader's own grad_fn."""
+    recorded = getattr(graph, 'mmifso_split_readers', None)
+    if recorded is not None:
+        return set(recorded.get(split_node.grad_fn, {}).get(reader, ()))
+    return {
+        nr for fn, nr in getattr(reader.grad_fn, 'next_functions', ())
+        if fn is split_node.grad_fn
+    }
+
+
+def _drop_all(idxs):
+    """An index mapping that reaches nothing (an unidentified reader)."""
+    return []
+
+
+def split_is_ambiguous(node) -> bool:
+    """Whether a reader of a channel split takes several of its pieces, so
+    the split's index mapping is unknown."""
+    return bool(getattr(node.module, 'mmifso_ambiguous', False))
+
+
+def _patch_split_index_mapping() -> None:
+    """Exact piece sizes and per-reader piece offsets for channel splits
+    (see the module docstring)."""
+    original_init = shape_infer.init_shape_information
+    original_update = index_mapping.update_split_index_mapping
+    if getattr(original_update, '_mmifso_safe', False):
+        return
+
+    def init_shape_information(graph):
+        original_init(graph)
+        for node in graph.module2node.values():
+            sizes = _split_sizes(node.grad_fn) if (
+                node.type == tp_ops.OPTYPE.SPLIT
+                and cuts_channels(node.grad_fn)) else None
+            if sizes:
+                node.module.split_sizes = sizes
+                node.module.offsets = _offsets(sizes)
+
+    def update_split_index_mapping(graph, split_node):
+        op = split_node.module
+        if split_node.type != tp_ops.OPTYPE.SPLIT or not cuts_channels(
+                split_node.grad_fn) or op.split_sizes is None or \
+                _split_sizes(split_node.grad_fn) is None:
+            return original_update(graph, split_node)
+        # The current sizes: SplitPruner keeps them up to date.
+        offsets = op.offsets = _offsets(op.split_sizes)
+        recorded = getattr(graph, 'mmifso_split_readers', {})
+        op.mmifso_ambiguous = None in recorded.get(split_node.grad_fn, {})
+        for reader in split_node.outputs:
+            pieces = _pieces_read(graph, split_node, reader)
+            forward = backward = _drop_all
+            if len(pieces) == 1:
+                k = pieces.pop()
+                forward = index_mapping._SplitIndexMapping(
+                    offset=offsets[k:k + 2], reverse=False)
+                backward = index_mapping._SplitIndexMapping(
+                    offset=offsets[k:k + 2], reverse=True)
+            else:
+                op.mmifso_ambiguous = True
+            for dep in split_node.dependencies:
+                if dep.target is reader:
+                    dep.index_mapping[0] = forward
+            for dep in reader.dependencies:
+                if dep.target is split_node:
+                    dep.index_mapping[0] = backward
+
+    update_split_index_mapping._mmifso_safe = True
+    shape_infer.init_shape_information = init_shape_information
+    index_mapping.update_split_index_mapping = update_split_index_mapping
+
+
 _patch_concat_index_mapping()
+_patch_slice_shape_inference()
+_patch_split_index_mapping()
 
 
 def new_dependency_graph() -> tp.DependencyGraph:
