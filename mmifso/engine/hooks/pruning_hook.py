@@ -591,15 +591,20 @@ class PruningHook(Hook):
         return copies
 
     @torch.no_grad()
-    def _sync_averaged_masks(self, runner) -> None:
-        """Copy the model's masks into its averaged copies."""
+    def _sync_averaged_masks(self, runner) -> bool:
+        """Copy the model's masks into its averaged copies.
+
+        Returns:
+            bool: Whether the model has averaged copies.
+        """
         copies = self._averaged_models(runner)
         if not copies:
-            return
+            return False
         algo = self._algorithm(runner)
         for copy_ in copies:
             for src, dst in zip(algo.mutator.units, copy_.mutator.units):
                 dst.mask.copy_(src.mask.to(dst.mask.device))
+        return True
 
     def before_val_epoch(self, runner) -> None:
         self._sync_averaged_masks(runner)
@@ -625,9 +630,8 @@ class PruningHook(Hook):
         """The model's masks in the averaged copies and in both state dicts
         of ``checkpoint``: EMAHook may already have put its copy's tensors
         into ``state_dict`` (and ``ema_state_dict``) when this hook runs."""
-        if not self._averaged_models(runner):
+        if not self._sync_averaged_masks(runner):
             return
-        self._sync_averaged_masks(runner)
         masks = {
             f'{MUTATOR_KEY}{i}.mask': u.mask
             for i, u in enumerate(self._algorithm(runner).mutator.units)
