@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import ROOT, load_tool
 
@@ -136,8 +137,15 @@ def test_speed_section_on_a_tiny_model(tmp_path):
     arch = dict(TINY_CLASSIFIER,
                 backbone=dict(TINY_CLASSIFIER['backbone'], base_channels=16),
                 head=dict(TINY_CLASSIFIER['head'], in_channels=64))
-    res = bench.bench_speed('tiny', arch, 16, [1, 2], 1, 1, 1, ['torch'],
-                            str(tmp_path))
+    # The table times with torch's own pool: one thread, as the call says
+    # (whatever OMP_NUM_THREADS and earlier tests left).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = bench.bench_speed('tiny', arch, 16, [1, 2], 1, 1, 1,
+                                ['torch'], str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
     assert os.path.isfile(tmp_path / 'latency_torch.json')
     (entry, ) = res['backends']
     info = entry['structures']

@@ -218,8 +218,12 @@ def model_cfg(cfg_name: str) -> dict:
     """The model of a config (a file or ``pkg::path``), with the config's
     top-level ``data_preprocessor`` inside it where it has none (as the
     Runner does)."""
+    from mmengine.registry import init_default_scope
+
     from mmifso.apis import load_config
     full = load_config(cfg_name)
+    # mmdet configs name their types in the mmdet scope.
+    init_default_scope(full.get('default_scope', 'mmpretrain'))
     model = full.model.to_dict()
     if 'data_preprocessor' not in model and \
             full.get('data_preprocessor') is not None:
@@ -571,11 +575,17 @@ SPEED_SELECTIONS = (
 
 
 def select_speed_structures(mutator, scores: List[torch.Tensor], table,
-                            backend: str) -> Tuple[Dict, Dict]:
+                            backend: str,
+                            max_prune_ratio: Optional[float] = None
+                            ) -> Tuple[Dict, Dict]:
     """The masks of every :data:`SPEED_SELECTIONS` entry, each selected
     from the full model with the same scores (``acts`` cost for FLOPs
     targets, the latency table for latency targets); the mutator is left
     unmasked.
+
+    Args:
+        max_prune_ratio (float, optional): No unit loses more than this
+            share (keeps random-weight magnitude shapes realistic).
 
     Returns:
         tuple: ``{label: masks}`` (``unpruned`` first) and ``{label:
@@ -595,6 +605,7 @@ def select_speed_structures(mutator, scores: List[torch.Tensor], table,
         sel = ChannelSelector(
             cost='latency' if latency else 'acts', cost_power=0.5,
             round_to=kw.pop('round_to', 1),
+            max_prune_ratio=max_prune_ratio,
             latency_table=table)
         t1 = time.perf_counter()
         sel.select(mutator, scores, **kw)
@@ -646,7 +657,8 @@ def measure_speed_batch(algo, structures: Dict, info: Dict, n: int,
 
 def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
                 threads: int, table_rounds: int, rounds: int,
-                backends: Sequence[str], work_dir: str) -> Dict:
+                backends: Sequence[str], work_dir: str,
+                max_prune_ratio: Optional[float] = None) -> Dict:
     """``target_latency=0.5`` against ``target_flops=0.5`` (same scores),
     with and without ``round_to=8``, per backend: latency table built here
     (batch ``batches[0]``), structures selected with
@@ -661,6 +673,7 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
     scores = MagnitudeImportance(p=1).score(ctx)
     out = dict(model=name, image_size=size, threads=threads,
                criterion='MagnitudeImportance(p=1), random initialisation',
+               max_prune_ratio=max_prune_ratio,
                target=SPEED_TARGET, backends=[])
     os.makedirs(work_dir, exist_ok=True)
     for backend in backends:
@@ -674,8 +687,8 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
         build_s = time.perf_counter() - t0
         table.save(os.path.join(work_dir, f'latency_{backend}.json'))
         table_cpu = foreign_share(s0, _cpu_sample())
-        structures, info = select_speed_structures(mutator, scores, table,
-                                                   backend)
+        structures, info = select_speed_structures(
+            mutator, scores, table, backend, max_prune_ratio)
         entry = dict(backend=backend, table_build_s=build_s,
                      table_foreign_share=table_cpu,
                      predicted_unpruned_ms=table.full_ms,
@@ -1166,6 +1179,22 @@ def parse_args(argv=None):
     parser.add_argument(
         '--speed-dir', default='work_dirs/benchmark_speed',
         help='where section 4 writes its latency tables')
+    parser.add_argument(
+        '--speed-config', default=None,
+        help='section 4 on this config\'s model instead of ResNet-50 (a '
+        'file or pkg::path, e.g. mmdet::retinanet/retinanet_r50_fpn_1x_'
+        'coco.py; detectors run in tensor mode, their raw head outputs)')
+    parser.add_argument(
+        '--speed-size', type=int, default=None,
+        help='square input size of section 4 (default: 224, quick 64)')
+    parser.add_argument(
+        '--speed-max-prune-ratio', type=float, default=None,
+        help='section 4: no unit loses more than this share of its channels '
+        '(random weights otherwise let magnitude scores empty whole stages)')
+    parser.add_argument(
+        '--speed-batches', type=int, nargs='+', default=None,
+        help='batch sizes of section 4 (default 1 8; the table is built at '
+        'the first)')
     return parser.parse_args(argv)
 
 
@@ -1324,10 +1353,14 @@ def main(argv=None) -> Dict:
                               lambda: print_prune_run(result['prune_run']))
 
     if args.speed:
+        if args.speed_config:
+            inet = os.path.splitext(os.path.basename(args.speed_config))[0]
+            inet_cfg = model_cfg(args.speed_config)
         result['speed'] = bench_speed(
-            inet, inet_cfg, size, cfg['latency_batches'], threads,
+            inet, inet_cfg, args.speed_size or size,
+            args.speed_batches or cfg['latency_batches'], threads,
             1 if args.quick else 7, cfg['latency_repeats'],
-            args.speed_backends, args.speed_dir)
+            args.speed_backends, args.speed_dir, args.speed_max_prune_ratio)
         return finish_section(result, start, args.out,
                               lambda: print_speed(result['speed']))
 

@@ -145,6 +145,16 @@ class PruningHook(Hook):
     reach (every unit at its floor) stops at the best reachable point with a
     warning.
 
+    ``score_window`` (int, optional, last argument): score only in the last
+    ``score_window`` iterations before each pruning step, instead of in all
+    ``interval`` of them (None, the default). Scoring is what the pruning
+    phase costs (an exact IFSO batch costs about 5-6 training steps on a
+    CPU, docs/benchmarks.md), so ``score_window=1, interval=12,
+    score_batches=1`` costs about ``1 + 6 / 12 = 1.5`` plain iterations per
+    iteration where scoring every iteration costs about 7. The scores then
+    come from fewer batches (``score_window x score_batches`` per step),
+    all taken from the weights just before the step.
+
     ``measure_latency`` (bool, last argument, default False): with a latency
     table, also time the exported structure against the unpruned model at
     every saved threshold (the table's input shape, backend and threads, on
@@ -186,7 +196,8 @@ class PruningHook(Hook):
                  check_checkpoint_shapes: bool = True,
                  sync_scoring: bool = True,
                  target_latency: Optional[float] = None,
-                 measure_latency: bool = False) -> None:
+                 measure_latency: bool = False,
+                 score_window: Optional[int] = None) -> None:
         """Check and store the arguments (see the class docstring).
 
         Long on purpose: one check per argument, each raising the error that
@@ -215,6 +226,14 @@ class PruningHook(Hook):
         _check_int('score_batches', score_batches, 0,
                    'batches scored per iteration')
         _check_int('start_iter', start_iter, 0, 'first iteration that scores')
+        if score_window is not None:
+            _check_int('score_window', score_window, 1,
+                       'iterations scored before each pruning step')
+            if score_window > interval:
+                raise ValueError(
+                    f'{type(self).__name__}: score_window={score_window} is '
+                    f'longer than interval={interval}; set score_window <= '
+                    'interval, or None to score every iteration')
         self.selector = ChannelSelector(
             cost=cost, cost_power=cost_power, **(selection or {}))
         if self.metric == 'latency' and self.selector.latency_table is None:
@@ -240,6 +259,7 @@ class PruningHook(Hook):
         self.interval = interval
         self.channels_per_step = channels_per_step
         self.score_batches = score_batches
+        self.score_window = score_window
         self.thresholds = sorted(
             {t
              for t in thresholds if target < t} | {target},
@@ -358,11 +378,21 @@ class PruningHook(Hook):
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
         if self.done or runner.iter < self.start_iter or \
-                not self.importance.requires_data:
+                not self.importance.requires_data or \
+                not self.scores_at(runner.iter):
             return
         for _ in range(self.score_batches):
             batch = self._next_scoring_batch(runner)
             self.importance.update(self.ctx, batch, self._batch_seed(runner))
+
+    def scores_at(self, it: int) -> bool:
+        """Whether iteration ``it`` (0-based, ``>= start_iter``) scores: it
+        lies in the last ``score_window`` iterations before a pruning step
+        (every iteration when ``score_window`` is None)."""
+        if self.score_window is None:
+            return True
+        position = (it - self.start_iter) % self.interval  # step at last
+        return position >= self.interval - self.score_window
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:

@@ -60,6 +60,11 @@ class ScheduledPruningHook(PruningHook):
                  scoring_dataloader: Optional[dict] = None,
                  target_latency: Optional[float] = None,
                  **kwargs) -> None:
+        if kwargs.get('score_window') is not None:
+            raise ValueError(
+                f'{type(self).__name__}: score_window is a PruningHook '
+                'setting; a schedule scores score_batches batches at each '
+                'of its pruning steps only, remove score_window')
         super().__init__(
             importance=importance,
             target_flops=target_flops,

@@ -185,10 +185,13 @@ def build_model_latency_table(model: nn.Module,
 def check_latency_table(model: nn.Module, mutator: ChannelMutator,
                         table: LatencyTable, num_structures: int = 5,
                         keep_range=(0.3, 1.0), rounds: int = 15,
-                        device: str = 'cpu', seed: int = 0) -> Dict:
+                        device: str = 'cpu', seed: int = 0,
+                        round_to: int = 1) -> Dict:
     """Compare the table's predictions with measured latency at random
     structures (each unit keeps a random share in ``keep_range`` of its
-    channels, a random subset), all measured interleaved.
+    channels, a random subset; with ``round_to`` > 1 a multiple of
+    ``round_to`` channels where the unit has more), all measured
+    interleaved.
 
     The table's key must match the model (the input shape, backend and
     threads of the measurement are the table's).
@@ -207,6 +210,9 @@ def check_latency_table(model: nn.Module, mutator: ChannelMutator,
     def draw():
         for u in mutator.units:
             keep = rng.uniform(*keep_range)
+            if round_to > 1 and u.num_channels > round_to:
+                keep = max(1, round(keep * u.num_channels / round_to)) * \
+                    round_to / u.num_channels
             blocks = list(u.blocks or [[c] for c in range(u.num_channels)])
             rng.shuffle(blocks)
             set_uniform(u, keep, blocks)
@@ -225,11 +231,21 @@ def check_latency_table(model: nn.Module, mutator: ChannelMutator,
     rows = []
     for label in structures:
         err = predicted[label] / measured[label] - 1
+        # What a latency target uses: the share of the unpruned latency,
+        # both sides against the unpruned model of their own (the table's
+        # calibration, this interleaved run).
+        ratio_err = (predicted[label] / predicted['full']) / (
+            measured[label] / measured['full']) - 1
         ratio = _with_masks(mutator, structures[label],
                             lambda: mutator.resources()['flops_ratio'])
         rows.append(dict(label=label, flops_ratio=ratio,
                          predicted_ms=predicted[label],
-                         measured_ms=measured[label], rel_err=err))
+                         measured_ms=measured[label], rel_err=err,
+                         ratio_err=ratio_err))
     errs = [abs(r['rel_err']) for r in rows]
+    ratio_errs = [abs(r['ratio_err']) for r in rows if r['label'] != 'full']
     return dict(structures=rows, max_abs_rel_err=max(errs),
-                mean_abs_rel_err=float(np.mean(errs)))
+                mean_abs_rel_err=float(np.mean(errs)),
+                max_abs_ratio_err=max(ratio_errs, default=0.0),
+                mean_abs_ratio_err=float(np.mean(ratio_errs or [0.0])),
+                round_to=round_to)

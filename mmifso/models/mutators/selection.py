@@ -9,7 +9,7 @@ import torch
 from mmengine.logging import print_log
 
 from mmifso.utils import check_choice
-from ..task_modules.latency import LatencyTable, latency_key
+from ..task_modules.latency import GRID_MULTIPLE, LatencyTable, latency_key
 from .channel_mutator import ChannelMutator
 from .latency import (latency_ratio, predict_latency_ms,
                       unit_latency_costs)
@@ -292,6 +292,18 @@ class ChannelSelector:
         self.max_prune_ratio = None if max_prune_ratio is None else float(
             max_prune_ratio)
         self._checked: set = set()
+        if cost == 'latency' and self.round_to % GRID_MULTIPLE:
+            # The table's grid widths are multiples of 8; other widths run
+            # off the blocked kernels (docs/benchmarks.md).
+            print_log(
+                f'[mmifso] cost=\'latency\' with round_to={self.round_to}: '
+                f'the latency table is measured at multiples of '
+                f'{GRID_MULTIPLE} channels, and other widths ran slower than '
+                'it predicts (ResNet-50, batch 1: latency ratio under-'
+                'predicted by 7-16 % with torch, 26-32 % with ONNX Runtime; '
+                f'within 4 % at multiples of 8 or 16); set round_to='
+                f'{GRID_MULTIPLE} (or 16) for a latency target',
+                logger='current', level=logging.WARNING)
 
     def check_units(self, mutator: ChannelMutator) -> List[str]:
         """Units that ``round_to`` keeps whole (fewer channels than it).

@@ -50,9 +50,16 @@ from .resource import LayerRecord
 BACKENDS = ('torch', 'onnxruntime')
 #: Fractions of a layer's full width measured for each pruned dimension.
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
+#: Grid widths from 16 channels on are multiples of this: the widths the
+#: blocked conv kernels of oneDNN and ONNX Runtime run fastest, so the table
+#: predicts structures of such widths (``round_to``) best.
+GRID_MULTIPLE = 8
 #: 2: ONNX Runtime tables timed without spinning worker threads (those of
 #: version 1 summed the layers to 10-12x the whole model and are void).
-TABLE_VERSION = 2
+#: 3: a layer scale in the calibration (``scale``, see
+#: :func:`calibrate`); version-2 ONNX Runtime tables fitted a negative
+#: constant rest and under-predicted pruned models by 30-40 %.
+TABLE_VERSION = 3
 
 
 class LatencyTableMismatch(ValueError):
@@ -301,8 +308,9 @@ def _widths(full: int, fractions: Sequence[float], multiple: int) -> List[int]:
     out = set()
     for f in fractions:
         w = max(multiple, int(round(full * f / multiple)) * multiple)
-        if w >= 16 and multiple == 1:
-            w = max(8, int(round(w / 8)) * 8)
+        if w >= 2 * GRID_MULTIPLE and multiple == 1:
+            w = max(GRID_MULTIPLE,
+                    int(round(w / GRID_MULTIPLE)) * GRID_MULTIPLE)
         out.add(min(w, full))
     out.add(full)
     return sorted(out)
@@ -423,7 +431,8 @@ class LatencyTable:
                 name, lay['out_widths'][-1])
             total += self.layer_ms(name, ci, co)
         cal = self.calibration
-        return total + cal['a_ms'] + cal['b_ms'] * acts_ratio
+        return (cal.get('scale', 1.0) * total + cal['a_ms'] +
+                cal['b_ms'] * acts_ratio)
 
     @property
     def full_ms(self) -> float:
@@ -562,23 +571,61 @@ def build_latency_table(model: nn.Module,
     r_half = acts_ratio(mutator.layer_records, alive_out, alive_in)
     t_half = whole_model_ms(0.5)
     half_layers = table.predict_ms(alive_in, alive_out, 0.0)
-    rest_full, rest_half = t_full - full_layers, t_half - half_layers
-    b_raw = (rest_full - rest_half) / max(1 - r_half, 1e-9)
-    # The rest cannot grow when activations shrink: a negative slope is
-    # noise (then a constant rest, fitted to the full model).
-    b = max(b_raw, 0.0)
-    a = rest_full - b  # negative when isolated layers pay more overhead
     table.calibration.update(
-        a_ms=a, b_ms=b, b_raw_ms=b_raw, whole_full_ms=t_full,
-        whole_half_ms=t_half,
+        calibrate(t_full, t_half, full_layers, half_layers, r_half),
+        whole_full_ms=t_full, whole_half_ms=t_half,
         layers_full_ms=full_layers, layers_half_ms=half_layers,
         acts_ratio_half=r_half)
+    cal = table.calibration
     table.data['unit_curves'] = unit_curves(table, mutator)
     table.data['build_s'] = time.perf_counter() - t_start
     log(f'[latency] whole model {t_full:.2f} ms (layers {full_layers:.2f} '
         f'ms), half width {t_half:.2f} ms (layers {half_layers:.2f} ms); '
-        f'rest = {a:.2f} + {b:.2f} x acts ratio ms')
+        f'whole = {cal["scale"]:.3f} x layers + {cal["a_ms"]:.2f} + '
+        f'{cal["b_ms"]:.2f} x acts ratio ms')
     return table
+
+
+def calibrate(t_full: float, t_half: float, layers_full: float,
+              layers_half: float, acts_half: float) -> Dict[str, float]:
+    """Fit the whole model's latency to the sum of its layers' isolated
+    timings through two measured points (unpruned and uniform half width).
+
+    Two cases, told apart by the sign of the rest's slope ``b_raw`` (ms
+    per unit of the activations ratio):
+
+    * ``b_raw >= 0``, the whole model pays more than its layers, more so
+      with more activations (torch eager: BatchNorm, ReLU, additions run
+      as their own ops): ``whole = layers + a + b * acts``.
+    * ``b_raw < 0``, the isolated layers pay more than they cost inside the
+      model (ONNX Runtime: each one-layer session reorders its input and
+      output into the blocked layout that the whole graph keeps between
+      layers, measured 78 ms of layers against a 58 ms ResNet-50): the
+      excess grows with the layers, so they are scaled, ``whole = scale *
+      layers + a``. A negative activation slope instead would make
+      removing channels look slower, and a constant negative rest
+      under-predicted pruned ResNet-50s by 30-40 %.
+
+    Args:
+        t_full (float): Measured ms of the unpruned model.
+        t_half (float): Measured ms at uniform half width.
+        layers_full (float): Sum of the layers' table entries, unpruned.
+        layers_half (float): The same at half width.
+        acts_half (float): Activations ratio at half width.
+
+    Returns:
+        dict: ``scale``, ``a_ms``, ``b_ms`` and ``b_raw_ms``.
+    """
+    rest_full, rest_half = t_full - layers_full, t_half - layers_half
+    b_raw = (rest_full - rest_half) / max(1 - acts_half, 1e-9)
+    if b_raw >= 0:
+        return dict(scale=1.0, a_ms=rest_full - b_raw, b_ms=b_raw,
+                    b_raw_ms=b_raw)
+    # Both points fitted unless that needs a non-positive scale (noise).
+    scale = (t_full - t_half) / max(layers_full - layers_half, 1e-9)
+    scale = scale if scale > 0 else t_full / max(layers_full, 1e-9)
+    return dict(scale=scale, a_ms=t_full - scale * layers_full, b_ms=0.0,
+                b_raw_ms=b_raw)
 
 
 def uniform_alive(mutator, keep: float) -> Tuple[Dict, Dict]:
@@ -620,8 +667,9 @@ def set_uniform(unit, keep: float,
 def unit_curves(table: LatencyTable, mutator,
                 fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0)
                 ) -> Dict[str, Dict]:
-    """Per unit: predicted ms of the layers it touches at a few widths, the
-    other units at full width (a readable view of the table)."""
+    """Per unit: isolated ms of the layers it touches at a few widths (the
+    table's entries, before the calibration's ``scale``), the other units
+    at full width (a readable view of the table)."""
     curves = {}
     for unit in mutator.units:
         touched = sorted({

@@ -130,6 +130,48 @@ def test_score_batches():
     hook(importance=dict(type='mmifso.MagnitudeImportance'), score_batches=0)
 
 
+@pytest.mark.parametrize('window', [0, -1, 2.5])
+def test_score_window_must_be_positive_integer(window):
+    with pytest.raises(ValueError, match=r'score_window must be an integer '
+                       r'>= 1 \(iterations scored before each pruning step'):
+        hook(score_window=window)
+
+
+def test_score_window_longer_than_interval():
+    with pytest.raises(ValueError, match=r'score_window=5 is longer than '
+                       r'interval=4; set score_window <= interval'):
+        hook(interval=4, score_window=5)
+
+
+def test_score_window_is_not_a_schedule_setting():
+    with pytest.raises(ValueError, match='score_window is a PruningHook '
+                       'setting'):
+        HOOKS.build(dict(type='mmifso.OneShotPruningHook', score_window=1))
+
+
+@pytest.mark.parametrize('window,scored', [(None, list(range(1, 10))),
+                                           (1, [4, 8]), (2, [3, 4, 7, 8]),
+                                           (4, list(range(1, 10)))])
+def test_score_window_scores_before_each_step(tmp_path, window, scored):
+    # start_iter=1, interval=4: pruning steps after iterations 4 and 8
+    # (0-based), each scored by the last `window` iterations up to it.
+    cfg = small(runner_cfg(tmp_path, target=0.3), max_iters=10)
+    cfg.custom_hooks[0].update(interval=4, start_iter=1, score_window=window)
+    runner = Runner.from_cfg(cfg)
+    pruning = pruning_hook_of(runner)
+    seen = []
+    update = pruning.importance.update
+
+    def spy(ctx, batch, seed):
+        seen.append(runner.iter)
+        return update(ctx, batch, seed)
+
+    pruning.importance.update = spy
+    runner.train()
+    assert seen == scored
+    assert pruning._steps == 2 and pruning._consumed == len(scored)
+
+
 def test_bogus_cost():
     with pytest.raises(ValueError, match="cost must be 'acts', 'flops', "
                        "'none' or 'latency', got 'bogus'"):

@@ -21,7 +21,7 @@ from mmifso.models.mutators.latency import (build_model_latency_table,
 from mmifso.models.task_modules.latency import (ORT_TIMING_CONFIG,
                                                 TABLE_VERSION, LatencyTable,
                                                 LatencyTableMismatch,
-                                                latency_key)
+                                                calibrate, latency_key)
 
 SHAPE = (2, 3, 16, 16)
 FAST = dict(rounds=1, whole_rounds=1, warmup=0, min_sample_s=0.0,
@@ -79,13 +79,36 @@ def test_table_contents_and_calibration(table_path):
     assert table.full_ms == pytest.approx(cal['whole_full_ms'], rel=1e-9)
     for u, m in zip(algo.mutator.units, uniform_masks(algo.mutator, 0.5)):
         u.mask.copy_(m)
-    if cal['b_raw_ms'] >= 0:
+    # Both measured points are fitted (rest slope >= 0: additive rest;
+    # otherwise scaled layers), unless noise made the fitted scale <= 0.
+    if cal['b_raw_ms'] >= 0 or cal['whole_full_ms'] > cal['whole_half_ms']:
         assert predict_latency_ms(table, algo.mutator) == pytest.approx(
             cal['whole_half_ms'], rel=1e-9)
-    else:  # clamped: the rest is constant
-        assert cal['b_ms'] == 0 and cal['a_ms'] == pytest.approx(
-            cal['whole_full_ms'] - cal['layers_full_ms'])
+    assert cal['scale'] > 0 and (cal['b_raw_ms'] < 0 or cal['scale'] == 1)
     assert set(data['unit_curves']) == {u.name for u in algo.mutator.units}
+
+
+def test_calibration_forms():
+    # Rest growing with the activations (torch eager): additive rest.
+    cal = calibrate(t_full=110, t_half=40, layers_full=100, layers_half=35,
+                    acts_half=0.5)
+    assert cal['scale'] == 1 and cal['b_ms'] == pytest.approx(10)
+    assert 100 + cal['a_ms'] + cal['b_ms'] == pytest.approx(110)
+    assert 35 + cal['a_ms'] + 0.5 * cal['b_ms'] == pytest.approx(40)
+    # Isolated layers over-counting (ONNX Runtime): the layers are scaled,
+    # both points fitted, marginal costs stay positive.
+    cal = calibrate(t_full=58, t_half=16, layers_full=78, layers_half=24,
+                    acts_half=0.5)
+    assert cal['b_raw_ms'] < 0 and cal['b_ms'] == 0
+    assert cal['scale'] == pytest.approx(42 / 54)
+    assert cal['scale'] * 78 + cal['a_ms'] == pytest.approx(58)
+    assert cal['scale'] * 24 + cal['a_ms'] == pytest.approx(16)
+    # Noise making the half-width model the slower one: one scale through
+    # the unpruned model.
+    cal = calibrate(t_full=50, t_half=52, layers_full=78, layers_half=24,
+                    acts_half=0.5)
+    assert cal['scale'] == pytest.approx(50 / 78)
+    assert cal['a_ms'] == pytest.approx(0, abs=1e-9)
 
 
 def test_table_of_another_setting_is_refused(table_path):
