@@ -197,6 +197,22 @@ def test_prune_run_configs_differ_only_by_the_hook(tmp_path):
     assert not a.default_hooks.checkpoint.save_last
 
 
+def test_prune_run_variant_arm(tmp_path):
+    """A third arm with other hook settings: its config carries them,
+    and the section reports its own ratio (3 iterations, real Runners)."""
+    bench = load_tool('analysis', 'benchmark.py')
+    cfg = os.path.join(ROOT, bench.PRUNE_RUN_CONFIGS['digits'])
+    variant = dict(interval=3, score_window=1)
+    c = bench.prune_run_cfg(cfg, True, 3, str(tmp_path / 'c'), None, variant)
+    (hook, ) = [h for h in c.custom_hooks if h['type'] == 'mmifso.PruningHook']
+    assert hook['interval'] == 3 and hook['score_window'] == 1
+    res = bench.bench_prune_run('digits', cfg, 2, 1, 1, str(tmp_path),
+                                variant=variant)
+    v = res['variant']
+    assert v['hook_options'] == variant
+    assert positive_finite(v['ratio']) and len(v['variant_s']['times']) == 1
+
+
 def test_coco_projection_scales_with_scored_batches():
     bench = load_tool('analysis', 'benchmark.py')
     run = dict(ratio=3.0, hook=dict(score_batches=1))

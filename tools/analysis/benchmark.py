@@ -232,7 +232,9 @@ def model_cfg(cfg_name: str) -> dict:
 
 
 def build_gated(arch_cfg: dict, size: int, gate: str = 'weight'):
-    """The gated model (all masks 1) with the mutator's ``gate`` mode."""
+    """The gated model (all masks 1) with the mutator's ``gate`` mode;
+    units with frozen parameters (a detector's first backbone stage) are
+    left out, as the detection prune configs do."""
     from mmifso.registry import MODELS
     return MODELS.build(
         dict(
@@ -241,6 +243,7 @@ def build_gated(arch_cfg: dict, size: int, gate: str = 'weight'):
             mutator=dict(
                 type='mmifso.ChannelMutator',
                 gate=gate,
+                frozen='skip',
                 demo_input=dict(
                     type='mmifso.DemoInput', input_shape=(1, 3, size,
                                                           size)))))
@@ -834,14 +837,16 @@ class IterTimer(Hook):
 
 
 def prune_run_cfg(cfg_file: str, with_hook: bool, iters: int, work_dir: str,
-                  data_root: Optional[str]):
+                  data_root: Optional[str],
+                  hook_options: Optional[Dict] = None):
     """The prune config as a fixed-length run, with or without its hook.
 
     Iteration-based for ``iters`` iterations, no validation, no checkpoint,
     no ``load_from`` (the timings do not depend on the weights, and a
     masked model costs what the full one costs), fixed seed so both runs
     see the same batches. Without the hook it is the plain training of the
-    same model (the gates stay, all ones).
+    same model (the gates stay, all ones). ``hook_options`` override the
+    hook's settings (e.g. ``score_window``).
     """
     from mmengine.config import Config
     cfg = Config.fromfile(cfg_file)
@@ -865,6 +870,7 @@ def prune_run_cfg(cfg_file: str, with_hook: bool, iters: int, work_dir: str,
     if with_hook:
         hook = copy.deepcopy(pruning_hook_cfg(cfg))
         hook['save_thresholds'] = []  # no checkpoint IO in the timing
+        hook.update(hook_options or {})
         hooks.append(hook)
     cfg.custom_hooks = hooks
     if data_root is not None:
@@ -874,26 +880,31 @@ def prune_run_cfg(cfg_file: str, with_hook: bool, iters: int, work_dir: str,
 
 def bench_prune_run(name: str, cfg_file: str, iters: int, warmup: int,
                     rounds: int, work_dir: str,
-                    data_root: Optional[str] = None) -> Dict:
+                    data_root: Optional[str] = None,
+                    variant: Optional[Dict] = None) -> Dict:
     """Wall time of a prune config's iterations with / without the hook.
 
     ``rounds`` pairs of runs (pruned, plain, pruned, plain, ...), each a
     fresh mmengine Runner of ``warmup + iters`` iterations; the first
     ``warmup`` iterations of each run are not timed. The ratio of the summed
     iteration times is the factor a user pays for the pruning phase over
-    the plain training of the same iterations.
+    the plain training of the same iterations. With ``variant`` (hook
+    settings, e.g. ``dict(interval=12, score_window=1)``) a third run,
+    ``variant``, the hook with those settings, joins every round.
     """
     from mmengine.runner import Runner
     log(f'pruning run: {name}, {rounds} x ({warmup} + {iters} iterations) '
         'with and without the PruningHook')
     idle = wait_idle()
-    totals: Dict[str, List[float]] = dict(pruned=[], plain=[])
+    labels = ('pruned', 'plain') + (('variant', ) if variant else ())
+    totals: Dict[str, List[float]] = {label: [] for label in labels}
     s0 = _cpu_sample()
     for r in range(rounds):
-        for label in ('pruned', 'plain'):
-            cfg = prune_run_cfg(cfg_file, label == 'pruned', warmup + iters,
+        for label in labels:
+            cfg = prune_run_cfg(cfg_file, label != 'plain', warmup + iters,
                                 os.path.join(work_dir, name, label),
-                                data_root)
+                                data_root,
+                                variant if label == 'variant' else None)
             runner = Runner.from_cfg(cfg)
             timer = IterTimer()
             runner.register_hook(timer, priority='VERY_HIGH')
@@ -904,7 +915,7 @@ def bench_prune_run(name: str, cfg_file: str, iters: int, warmup: int,
     from mmengine.config import Config
     hook = pruning_hook_cfg(Config.fromfile(cfg_file))
     per_round = [a / b for a, b in zip(totals['pruned'], totals['plain'])]
-    return dict(
+    out = dict(
         model=name,
         config=cfg_file,
         hook=dict(hook),
@@ -919,12 +930,24 @@ def bench_prune_run(name: str, cfg_file: str, iters: int, warmup: int,
         goal_met=sum(totals['pruned']) / sum(totals['plain']) <=
         GOAL_PRUNE_RUN,
         cpu=dict(foreign_share=foreign_share(s0, s1), **idle))
+    if variant:
+        ratio = sum(totals['variant']) / sum(totals['plain'])
+        out['variant'] = dict(
+            hook_options=dict(variant), variant_s=stats(totals['variant']),
+            ratio=ratio, ratio_paired_median=statistics.median(
+                [a / b for a, b in zip(totals['variant'], totals['plain'])]),
+            goal_met=ratio <= GOAL_PRUNE_RUN)
+    return out
 
 
 def prune_run_section(iters: int, warmup: int, rounds: int, work_dir: str,
-                      shapes_train: int, all_configs: bool) -> Dict:
-    """Section 5: both A/B runs, the iterations every shipped prune config
-    needs, and the projected pruning-phase cost of RetinaNet on COCO."""
+                      shapes_train: int, all_configs: bool,
+                      variant: Optional[Dict] = None,
+                      count: bool = True) -> Dict:
+    """Section 5: both A/B runs (with a third, ``variant`` hook settings,
+    where given), the iterations every shipped prune config needs (unless
+    ``count`` is False), and the projected pruning-phase cost of RetinaNet
+    on COCO."""
     import glob
 
     from mmifso.datasets.shapes import make_shapes_coco, shapes_coco_exists
@@ -934,11 +957,13 @@ def prune_run_section(iters: int, warmup: int, rounds: int, work_dir: str,
         make_shapes_coco(data_root, shapes_train, 1, 160, 0)
     out = dict(runs=[
         bench_prune_run('digits', PRUNE_RUN_CONFIGS['digits'], iters,
-                        warmup, rounds, work_dir),
+                        warmup, rounds, work_dir, variant=variant),
         bench_prune_run('shapes_retinanet',
                         PRUNE_RUN_CONFIGS['shapes_retinanet'], iters, warmup,
-                        rounds, work_dir, data_root),
+                        rounds, work_dir, data_root, variant=variant),
     ])
+    if not count:
+        return out
     files = list(PRUNE_RUN_CONFIGS.values())
     if all_configs:
         files += sorted(
@@ -998,6 +1023,12 @@ def print_prune_run(section: Dict) -> None:
               f'median {e["ratio_paired_median"]:.2f}), goal '
               f'{e["goal"]}: {yes(e["goal_met"])}; other processes used '
               f'{e["cpu"]["foreign_share"]:.0%} of the CPUs')
+        v = e.get('variant')
+        if v:
+            print(f'  {"":18s} variant {v["hook_options"]}: '
+                  f'{fmt_s(v["variant_s"])}, ratio {v["ratio"]:.2f} (paired '
+                  f'median {v["ratio_paired_median"]:.2f}), goal '
+                  f'{e["goal"]}: {yes(v["goal_met"])}')
     for e in section.get('iterations_to_target', []):
         if 'skipped' in e:
             print(f'  {e["config"]}: skipped ({e["skipped"]})')
@@ -1126,6 +1157,7 @@ def print_report(result: Dict) -> None:
 
 
 def parse_args(argv=None):
+    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(
         description='Time mmifso gate overhead, IFSO scoring and pruned '
         'model latency on the CPU.')
@@ -1170,6 +1202,15 @@ def parse_args(argv=None):
     parser.add_argument(
         '--prune-rounds', type=int, default=None,
         help='A/B pairs of runs (default 3, quick 1)')
+    parser.add_argument(
+        '--prune-variant', nargs='+', action=DictAction, default=None,
+        metavar='KEY=VALUE',
+        help='section 5: a third run per round, the PruningHook with these '
+        'settings (e.g. interval=12 score_window=1)')
+    parser.add_argument(
+        '--no-prune-count', action='store_true',
+        help='section 5 without counting the iterations of every shipped '
+        'prune config (about 20 minutes)')
     parser.add_argument(
         '--prune-dir', default='work_dirs/benchmark_prune_run',
         help='work dirs and shapes data of section 5')
@@ -1348,7 +1389,9 @@ def main(argv=None) -> Dict:
             args.prune_warmup if args.prune_warmup is not None else
             (1 if quick else 4),
             args.prune_rounds or (1 if quick else 3), args.prune_dir,
-            32 if quick else 400, all_configs=not quick)
+            32 if quick else 400, all_configs=not quick,
+            variant=args.prune_variant,
+            count=not args.no_prune_count)
         return finish_section(result, start, args.out,
                               lambda: print_prune_run(result['prune_run']))
 
