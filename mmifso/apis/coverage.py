@@ -122,7 +122,8 @@ def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
             m.momentum = momentum
 
 
-def random_prune(mutator: ChannelMutator, fraction: float, seed: int) -> None:
+def random_prune(mutator: ChannelMutator, fraction: float, seed: int,
+                 round_to: int = 1) -> None:
     """Remove about ``fraction`` of every unit's channels at random.
 
     Tied channels (``unit.blocks``, e.g. GroupNorm groups) go as whole
@@ -132,11 +133,20 @@ def random_prune(mutator: ChannelMutator, fraction: float, seed: int) -> None:
         mutator (ChannelMutator): A prepared mutator; its units are pruned.
         fraction (float): Share of each unit's channels to remove.
         seed (int): Seed of the choice.
+        round_to (int): Every unit keeps a multiple of ``round_to``
+            channels (the nearest to ``1 - fraction``; blocks larger than
+            one channel may leave a few more); a unit of at most
+            ``round_to`` channels stays whole, as
+            :class:`~mmifso.models.mutators.ChannelSelector` keeps it.
     """
     g = torch.Generator().manual_seed(seed)
     for unit in mutator.units:
         blocks = unit.blocks or [[c] for c in range(unit.num_channels)]
         want = int(round(unit.num_channels * fraction))
+        if round_to > 1:
+            keep = max(round_to, int(round(
+                (unit.num_channels - want) / round_to)) * round_to)
+            want = max(unit.num_channels - keep, 0)
         removed: List[int] = []
         for k in torch.randperm(len(blocks), generator=g).tolist():
             b = blocks[k]

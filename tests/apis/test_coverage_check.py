@@ -25,6 +25,20 @@ def test_random_prune_is_seeded_and_keeps_channels():
         torch.equal(a, u.mask) for a, u in zip(masks[0], other.mutator.units))
 
 
+def test_random_prune_round_to():
+    # TINY_CLASSIFIER's units have 4, 8 and 16 channels: with round_to=4
+    # the 8- and 16-channel units keep a multiple of 4 (about 0.6 of them),
+    # the 4-channel ones stay whole.
+    algo = build_algorithm()
+    random_prune(algo.mutator, 0.4, seed=0, round_to=4)
+    for unit in algo.mutator.units:
+        alive = int(unit.mask.sum())
+        if unit.num_channels > 4:
+            assert alive % 4 == 0 and alive < unit.num_channels
+        else:
+            assert alive == unit.num_channels
+
+
 def test_random_prune_removes_whole_blocks():
     algo = build_algorithm()
     unit = algo.mutator.units[0]

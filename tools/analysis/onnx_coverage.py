@@ -51,6 +51,10 @@ def parse_args(argv=None):
     parser.add_argument('--cls-size', type=int, default=224)
     parser.add_argument('--det-size', type=int, default=320)
     parser.add_argument('--rtol', type=float, default=1e-4)
+    parser.add_argument(
+        '--round-to', type=int, default=1,
+        help='pruned units keep multiples of this many channels (8: the '
+        'widths the blocked kernels run fastest, docs/benchmarks.md)')
     parser.add_argument('--time-rounds', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--seed', type=int, default=0)
@@ -136,7 +140,7 @@ def check(config: str, args: argparse.Namespace, work: str) -> Dict:
         mutator=ChannelMutator(demo_input=demo, frozen='skip'))
     arch = algo.architecture.eval()
     randomise_norms(arch, demo, args.seed)
-    random_prune(algo.mutator, args.fraction, args.seed)
+    random_prune(algo.mutator, args.fraction, args.seed, args.round_to)
     rec['flops_ratio'] = algo.mutator.resources()['flops_ratio']
     pruned, _ = export_pruned_model(arch, algo.mutator)
     unpruned = arch
@@ -226,7 +230,8 @@ def main(argv=None):
         records.append(rec)
         print(json.dumps(rec), flush=True)
     out = dict(loadavg_start=list(load), loadavg_end=list(os.getloadavg()),
-               rtol=args.rtol, fraction=args.fraction, records=records)
+               rtol=args.rtol, fraction=args.fraction,
+               round_to=args.round_to, records=records)
     save_json(out, args.out)
     if args.markdown:
         save_text(markdown(records), args.markdown)
