@@ -9,7 +9,8 @@ from .pruning import (analyse_model, export_model, prune_to_target,
 from .runner import (RunnerSetupError, add_pruning_arguments,
                      add_runner_arguments, build_runner, build_tool_runner,
                      checkpoint_to_load, default_work_dir, flops_checkpoint,
-                     load_config, run_config, set_local_rank)
+                     load_config, pruning_hook_index, run_config,
+                     set_local_rank)
 
 __all__ = [
     'CheckpointConfigMismatch', 'check_checkpoint_matches_config',
@@ -17,6 +18,6 @@ __all__ = [
     'export_model', 'prune_to_target', 'score_channels', 'RunnerSetupError',
     'add_pruning_arguments', 'add_runner_arguments', 'build_runner', 'build_tool_runner',
     'checkpoint_to_load', 'default_work_dir', 'flops_checkpoint',
-    'load_config', 'run_config', 'set_local_rank', 'OnnxExportError',
+    'load_config', 'pruning_hook_index', 'run_config', 'set_local_rank', 'OnnxExportError',
     'export_onnx', 'time_onnx'
 ]

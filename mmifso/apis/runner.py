@@ -205,6 +205,27 @@ def run_config(cfg: Config,
     return runner, runner.test()
 
 
+def pruning_hook_index(cfg: Config) -> int:
+    """Index of the one pruning hook in ``cfg.custom_hooks``.
+
+    Args:
+        cfg (Config): A prune config.
+
+    Returns:
+        int: The index, so that dotted overrides
+        (``custom_hooks.{i}.score_window``) and in-place edits reach it.
+
+    Raises:
+        ValueError: the config has no pruning hook, or several.
+    """
+    hooks = [i for i, h in enumerate(cfg.get('custom_hooks', None) or [])
+             if str(h.get('type', '')).endswith('PruningHook')]
+    if len(hooks) != 1:
+        raise ValueError(f'{cfg.filename}: expected one PruningHook in '
+                         f'custom_hooks, found {len(hooks)}')
+    return hooks[0]
+
+
 def flops_checkpoint(work_dir: str, flops_ratio: float) -> str:
     """The ``flops_XX.pth`` a pruning run saved at ``flops_ratio``.
 

@@ -6,12 +6,13 @@ import os
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 from helpers import DEMO_BASELINE, build_algorithm, random_prune, runner_cfg
 from mmifso.apis import (RunnerSetupError, add_runner_arguments,
                          build_runner, checkpoint_to_load, default_work_dir,
-                         flops_checkpoint, load_config)
+                         flops_checkpoint, load_config, pruning_hook_index)
 
 
 def test_checkpoint_to_load(tmp_path):
@@ -123,3 +124,13 @@ def test_pruning_arguments_are_checked_when_parsed(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
         assert message in capsys.readouterr().err
+
+
+def test_pruning_hook_index():
+    cfg = Config(dict(custom_hooks=[
+        dict(type='EMAHook'), dict(type='mmifso.PruningHook')]))
+    assert pruning_hook_index(cfg) == 1
+    for hooks in ([], [dict(type='mmifso.PruningHook')] * 2):
+        with pytest.raises(ValueError, match='expected one PruningHook in '
+                           f'custom_hooks, found {len(hooks)}'):
+            pruning_hook_index(Config(dict(custom_hooks=hooks)))

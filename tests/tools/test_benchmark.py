@@ -222,3 +222,13 @@ def test_coco_projection_scales_with_scored_batches():
     assert p['pruning_phase_epochs'] == pytest.approx(2.0)
     # One scored batch costs 2 plain iterations; 2 per iteration: 4 x 2.
     assert p['extra_cost_epochs'] == pytest.approx(8.0)
+    # A scoring window: 1 batch in the last of every 4 iterations of the
+    # run (one scored batch then costs 8 plain iterations), 2 in the last 2
+    # of every 10 of the COCO config (0.4 per iteration): 2 x 8 x 0.4.
+    run = dict(ratio=3.0, hook=dict(score_batches=1, interval=4,
+                                    score_window=1))
+    coco = dict(config='c.py', iterations=7393 * 2, score_batches=2,
+                interval=10, score_window=2)
+    p = bench.coco_projection(run, coco)
+    assert p['extra_per_scored_batch'] == pytest.approx(8.0)
+    assert p['extra_cost_epochs'] == pytest.approx(6.4)

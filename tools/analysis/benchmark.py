@@ -736,14 +736,25 @@ COCO_TRAIN_IMAGES = 118287
 COCO_GLOBAL_BATCH = 16
 
 
+def scored_per_iteration(hook: Dict) -> float:
+    """Batches a ``PruningHook`` scores per iteration on average:
+    ``score_batches``, times ``score_window / interval`` with a window.
+
+    Args:
+        hook (dict): The hook's config, or a :func:`prune_iterations`
+            entry (same keys; the hook's defaults where missing).
+    """
+    batches = hook.get('score_batches', 2)
+    window = hook.get('score_window')
+    if window is None:
+        return float(batches)
+    return batches * window / hook.get('interval', 10)
+
+
 def pruning_hook_cfg(cfg) -> Dict:
     """The ``PruningHook`` entry of a config's ``custom_hooks``."""
-    hooks = [h for h in cfg.get('custom_hooks', [])
-             if str(h.get('type', '')).endswith('PruningHook')]
-    if len(hooks) != 1:
-        raise ValueError(f'{cfg.filename}: expected one PruningHook in '
-                         f'custom_hooks, found {len(hooks)}')
-    return hooks[0]
+    from mmifso.apis import pruning_hook_index
+    return cfg.custom_hooks[pruning_hook_index(cfg)]
 
 
 def prune_iterations(cfg_file: str) -> Dict:
@@ -800,6 +811,7 @@ def prune_iterations(cfg_file: str) -> Dict:
         interval=interval,
         channels_per_step=per_step,
         score_batches=hook.get('score_batches', 2),
+        score_window=hook.get('score_window'),
         start_iter=hook.get('start_iter', 0),
         channels_to_remove=len(removed),
         steps=steps,
@@ -914,7 +926,14 @@ def bench_prune_run(name: str, cfg_file: str, iters: int, warmup: int,
     s1 = _cpu_sample()
     from mmengine.config import Config
     hook = pruning_hook_cfg(Config.fromfile(cfg_file))
-    per_round = [a / b for a, b in zip(totals['pruned'], totals['plain'])]
+
+    def vs_plain(label: str) -> Dict:
+        # Ratio of the summed times (the headline), paired median, goal.
+        r = sum(totals[label]) / sum(totals['plain'])
+        per_round = [a / b for a, b in zip(totals[label], totals['plain'])]
+        return dict(ratio=r, ratio_paired_median=statistics.median(per_round),
+                    goal_met=r <= GOAL_PRUNE_RUN)
+
     out = dict(
         model=name,
         config=cfg_file,
@@ -924,19 +943,13 @@ def bench_prune_run(name: str, cfg_file: str, iters: int, warmup: int,
         rounds=rounds,
         pruned_s=stats(totals['pruned']),
         plain_s=stats(totals['plain']),
-        ratio=sum(totals['pruned']) / sum(totals['plain']),
-        ratio_paired_median=statistics.median(per_round),
         goal=f'ratio <= {GOAL_PRUNE_RUN}',
-        goal_met=sum(totals['pruned']) / sum(totals['plain']) <=
-        GOAL_PRUNE_RUN,
-        cpu=dict(foreign_share=foreign_share(s0, s1), **idle))
+        cpu=dict(foreign_share=foreign_share(s0, s1), **idle),
+        **vs_plain('pruned'))
     if variant:
-        ratio = sum(totals['variant']) / sum(totals['plain'])
-        out['variant'] = dict(
-            hook_options=dict(variant), variant_s=stats(totals['variant']),
-            ratio=ratio, ratio_paired_median=statistics.median(
-                [a / b for a, b in zip(totals['variant'], totals['plain'])]),
-            goal_met=ratio <= GOAL_PRUNE_RUN)
+        out['variant'] = dict(hook_options=dict(variant),
+                              variant_s=stats(totals['variant']),
+                              **vs_plain('variant'))
     return out
 
 
@@ -985,18 +998,18 @@ def coco_projection(run: Dict, coco: Dict) -> Dict:
 
     Args:
         run (dict): A :func:`bench_prune_run` result (the shapes-COCO
-            RetinaNet): ``(ratio - 1) / score_batches`` is the extra cost of
+            RetinaNet): ``(ratio - 1) /`` the batches its hook scores per
+            iteration (:func:`scored_per_iteration`) is the extra cost of
             one scored batch in plain iterations.
         coco (dict): The :func:`prune_iterations` entry of the COCO config.
 
     Returns:
         dict: Iterations, epochs of the pruning phase and its extra cost
-        ``iterations x score_batches x per-batch cost / iterations per
-        epoch``, in plain epochs of ``COCO_GLOBAL_BATCH`` images per
-        iteration.
+        ``iterations x scored batches per iteration x per-batch cost /
+        iterations per epoch``, in plain epochs of ``COCO_GLOBAL_BATCH``
+        images per iteration.
     """
-    per_batch = (run['ratio'] - 1) / max(run['hook'].get('score_batches', 2),
-                                         1)
+    per_batch = (run['ratio'] - 1) / (scored_per_iteration(run['hook']) or 1)
     per_epoch = math.ceil(COCO_TRAIN_IMAGES / COCO_GLOBAL_BATCH)
     n = coco['iterations']
     return dict(
@@ -1008,7 +1021,8 @@ def coco_projection(run: Dict, coco: Dict) -> Dict:
         measured_ratio=run['ratio'],
         extra_per_scored_batch=per_batch,
         pruning_phase_epochs=n / per_epoch,
-        extra_cost_epochs=n * per_batch * coco['score_batches'] / per_epoch,
+        extra_cost_epochs=n * per_batch * scored_per_iteration(coco) /
+        per_epoch,
         note='measured at 160 px on this machine; at 1333x800 on a GPU the '
         'cost of a scored batch may differ')
 

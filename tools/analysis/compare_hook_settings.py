@@ -40,7 +40,8 @@ sys.path.insert(0, ROOT)
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from mmifso.apis import export_checkpoint, run_config  # noqa: E402
+from mmifso.apis import (export_checkpoint, pruning_hook_index,  # noqa: E402
+                         run_config)
 from mmifso.engine.hooks import PruningHook  # noqa: E402
 from mmifso.engine.hooks.pruning_hook import \
     threshold_checkpoint_name  # noqa: E402
@@ -66,21 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, *options in args.variant:
         if name in variants:
             parser.error(f'variant {name!r} given twice')
+        bad = [o for o in options if '=' not in o]
+        if bad:
+            parser.error(f'variant {name!r}: hook settings are KEY=VALUE, '
+                         f'got {bad}')
         action = DictAction(option_strings=[], dest='options')
         ns = argparse.Namespace()
         action(parser, ns, options)
         variants[name] = getattr(ns, 'options', None) or {}
     args.variants = variants
     return args
-
-
-def _hook_index(cfg: Config) -> int:
-    hooks = [i for i, h in enumerate(cfg.get('custom_hooks', []))
-             if str(h.get('type', '')).endswith('PruningHook')]
-    if len(hooks) != 1:
-        raise SystemExit(f'{cfg.filename}: expected one PruningHook in '
-                         f'custom_hooks, found {len(hooks)}')
-    return hooks[0]
 
 
 def _metric(metrics: Dict, name: Optional[str]) -> float:
@@ -105,7 +101,7 @@ def run_variant(args: argparse.Namespace, name: str, options: Dict,
     cfg.load_from = args.checkpoint
     cfg.randomness = dict(seed=seed)
     # Dotted keys reach nested settings (selection.round_to=8).
-    index = _hook_index(cfg)
+    index = pruning_hook_index(cfg)
     cfg.merge_from_dict(
         {f'custom_hooks.{index}.{k}': v for k, v in options.items()})
     t0 = time.perf_counter()
