@@ -3,11 +3,18 @@ import contextlib
 import copy
 import importlib.util
 import logging
+import os
 import os.path as osp
+import signal
+import socket
+import subprocess
+import time
 from types import ModuleType
-from typing import List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
+import pytest
 import torch
+import torch.multiprocessing as mp
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
@@ -232,3 +239,55 @@ def load_tool(*parts: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+#: Seconds a multi-process test may run before it fails (a rendezvous or
+#: collective that never completes must fail the test, not stall CI).
+PROCESS_TIMEOUT = 600
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for a rendezvous)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_command(cmd: Sequence[str], env: dict,
+                timeout: float = PROCESS_TIMEOUT
+                ) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group
+    (torchrun and its ranks) and fail the test with the output so far.
+
+    Returns:
+        subprocess.CompletedProcess: With ``returncode``, ``stdout`` and
+        ``stderr`` (text).
+    """
+    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f'{cmd[:4]}... did not finish in {timeout:g} s (killed '
+                    f'with its process group):\n{out[-2000:]}{err[-3000:]}')
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_ranks(fn: Callable, args: tuple, world: int,
+              timeout: float = PROCESS_TIMEOUT) -> None:
+    """``fn(rank, *args)`` in ``world`` spawned processes; a rank that
+    raises fails the test, and ranks still running after ``timeout``
+    seconds are killed and fail it too (never a hang)."""
+    ctx = mp.start_processes(fn, args=args, nprocs=world, join=False,
+                             start_method='spawn')
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f'{world} ranks of {fn.__name__} did not finish in '
+                        f'{timeout:g} s (killed)')

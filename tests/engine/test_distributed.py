@@ -1,20 +1,12 @@
 """Pruning with 2 real torchrun processes (gloo on CPU)."""
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from engine.test_hooks.test_pruning_hook import runner_cfg
-from helpers import ROOT
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from helpers import ROOT, free_port, run_command
 
 
 def _train(cfg, tmp_path, name, nproc):
@@ -38,8 +30,7 @@ def _train(cfg, tmp_path, name, nproc):
         ]
     else:
         cmd = [sys.executable, train, path]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_command(cmd, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

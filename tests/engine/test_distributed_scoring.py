@@ -2,14 +2,12 @@
 batch, BatchNorm): every criterion built on ScoringContext's reduced
 primitives computes the global batch's scores."""
 import os
-import socket
 import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from helpers import criterion_examples
+from helpers import criterion_examples, free_port, run_ranks
 from mmifso.registry import TASK_UTILS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,12 +67,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def max_relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max |a - b| / max |b|`` (relative to the largest score)."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
@@ -83,9 +75,7 @@ def max_relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('dist_scores'))
-    mp.start_processes(
-        _worker, args=(WORLD, free_port(), out), nprocs=WORLD, join=True,
-        start_method='spawn')
+    run_ranks(_worker, (WORLD, free_port(), out), WORLD)
     _scores(0, 1, False, os.path.join(out, 'single.pt'))
     load = lambda n: torch.load(os.path.join(out, n))  # noqa: E731
     return load('rank0.pt'), load('rank1.pt'), load('single.pt')
