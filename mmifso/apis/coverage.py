@@ -57,16 +57,24 @@ def build_model_without_weights(cfg: Config, unfreeze: bool) -> nn.Module:
     """
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    model_cfg = copy.deepcopy(cfg.model)
-    if str(model_cfg.get('type', '')).endswith('PruningAlgorithm'):
-        model_cfg = model_cfg['architecture']
-    if unfreeze and 'frozen_stages' in model_cfg.get('backbone', {}):
-        model_cfg['backbone']['frozen_stages'] = -1
+    model_cfg = architecture_config(cfg, unfreeze)
     model = build_architecture(model_cfg, cfg.get('data_preprocessor'))
     if unfreeze:
         for p in model.parameters():
             p.requires_grad_(True)
     return model
+
+
+def architecture_config(cfg: Config, unfreeze: bool) -> Dict:
+    """The model config :func:`build_model_without_weights` builds: the
+    config's model (the architecture of a prune config), with frozen
+    backbone stages unfrozen when ``unfreeze``."""
+    model_cfg = copy.deepcopy(cfg.model)
+    if str(model_cfg.get('type', '')).endswith('PruningAlgorithm'):
+        model_cfg = model_cfg['architecture']
+    if unfreeze and 'frozen_stages' in model_cfg.get('backbone', {}):
+        model_cfg['backbone']['frozen_stages'] = -1
+    return model_cfg
 
 
 def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
@@ -262,7 +270,8 @@ def check_config(config: str, fraction: float = 0.3, seed: int = 0,
                  cls_size: Optional[int] = None,
                  det_size: Optional[int] = None,
                  num_proposals: int = 32, atol: float = 1e-4,
-                 timeout: int = 300, frozen: str = 'unfreeze') -> Dict:
+                 timeout: int = 300, frozen: str = 'unfreeze',
+                 check_apis: bool = False) -> Dict:
     """Analyse, randomly prune, export and compare one config.
 
     Args:
@@ -281,6 +290,11 @@ def check_config(config: str, fraction: float = 0.3, seed: int = 0,
         frozen (str): ``'unfreeze'``: every parameter trainable first;
             ``'skip'``: keep the config's frozen layers, leave their units
             out.
+        check_apis (bool): Also write the export as
+            ``tools/export_pruned.py`` does and use it through mmdet's /
+            mmpretrain's own inference APIs
+            (:func:`mmifso.apis.api_check.check_upstream_apis`; the result
+            is the record's ``apis``).
 
     Returns:
         dict: ``config``, ``units``, ``prunable_channels``, ``export_ok``,
@@ -291,14 +305,14 @@ def check_config(config: str, fraction: float = 0.3, seed: int = 0,
         unit, predictions left out), ``prunable_share_all`` (of all of
         them), ``output_layers``, ``blocked_units``, ``flops_ratio``
         (after the random pruning), ``output_scale``, ``input_shape`` and
-        ``seconds``.
+        ``seconds``; with ``check_apis``, ``apis``.
     """
     start = time.time()
     record = new_record(config)
     try:
         with time_limit(timeout):
             _run_check(record, config, fraction, seed, cls_size, det_size,
-                       num_proposals, atol, frozen)
+                       num_proposals, atol, frozen, check_apis)
     except Exception as e:  # every failure becomes part of the record
         record['error'] = record['error'] or describe(e)
         if os.environ.get('MMIFSO_COVERAGE_DEBUG'):
@@ -327,7 +341,7 @@ def _stage(record: Dict,
 
 def _run_check(record: Dict, config: str, fraction: float, seed: int,
                cls_size: Optional[int], det_size: Optional[int], num_proposals: int, atol: float,
-               frozen: str) -> None:
+               frozen: str, check_apis: bool = False) -> None:
     """The steps of :func:`check_config`; fills ``record``."""
     size = None
     if '@' in config:
@@ -352,11 +366,40 @@ def _run_check(record: Dict, config: str, fraction: float, seed: int,
     arch.eval()
     res = mutator.resources()
     record['flops_ratio'] = round(res['flops_ratio'], 4)
-    expected, actual, pruned = _masked_and_exported_outputs(
+    expected, actual, pruned, structure = _masked_and_exported_outputs(
         record, arch, mutator, demo, seed)
     record['error'] = _export_error(record, expected, actual, pruned, demo,
                                     res['flops'], atol)
     record['export_ok'] = record['error'] is None
+    if check_apis:
+        record['apis'] = _api_record(record, cfg, frozen, det, shape,
+                                     num_proposals, arch, mutator, pruned,
+                                     structure, seed, atol)
+
+
+def _api_record(record: Dict, cfg: Config, frozen: str, det: bool,
+                shape: Tuple[int, ...], num_proposals: int, arch: nn.Module,
+                mutator: ChannelMutator, pruned: nn.Module, structure: Dict,
+                seed: int, atol: float) -> Dict:
+    """:func:`~mmifso.apis.api_check.check_upstream_apis` on the export
+    (not run when the export check failed)."""
+    from .api_check import check_upstream_apis
+    if not record['export_ok']:
+        return dict(ok=False, works={}, mismatch={},
+                    error='not run: the export check failed')
+    demo_cfg = dict(type='mmifso.DemoInput', input_shape=shape)
+    if det:
+        demo_cfg.update(type='mmifso.DetDemoInput',
+                        num_proposals=num_proposals)
+    summary = dict(
+        flops=mutator.resources()['flops'],
+        params=sum(p.numel() for p in pruned.parameters()),
+        flops_unpruned=count_resources(mutator.layer_records)['flops'],
+        params_unpruned=sum(p.numel() for p in arch.parameters()),
+        max_abs_diff=record['max_abs_diff'])
+    return check_upstream_apis(
+        cfg, architecture_config(cfg, frozen == 'unfreeze'), demo_cfg, arch,
+        pruned, structure, summary, tuple(shape[2:]), seed=seed, atol=atol)
 
 
 def demo_size(cfg: Config, size: Optional[int],
@@ -430,21 +473,23 @@ def analysis_summary(mutator: ChannelMutator) -> Dict:
 
 def _masked_and_exported_outputs(
         record: Dict, arch: nn.Module, mutator: ChannelMutator,
-        demo: DemoInput, seed: int) -> Tuple[object, object, nn.Module]:
+        demo: DemoInput,
+        seed: int) -> Tuple[object, object, nn.Module, Dict]:
     """Run the masked model, export it, run the exported one (same input);
-    a failing stage is recorded with the module that raised."""
+    a failing stage is recorded with the module that raised. Returns both
+    outputs, the exported model and its structure."""
     tracker = ModuleTracker(arch)
     with torch.no_grad(), _stage(record, 'masked forward', tracker):
         torch.manual_seed(seed)
         expected = demo(arch)
     with _stage(record, 'export', tracker):
-        pruned, _ = export_pruned_model(arch, mutator)
+        pruned, structure = export_pruned_model(arch, mutator)
     pruned.eval()
     with torch.no_grad(), _stage(record, 'exported forward',
                                  ModuleTracker(pruned)):
         torch.manual_seed(seed)
         actual = demo(pruned)
-    return expected, actual, pruned
+    return expected, actual, pruned, structure
 
 
 def _export_error(record: Dict, expected, actual, pruned: nn.Module,

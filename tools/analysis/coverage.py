@@ -4,7 +4,7 @@ Usage:
     python tools/analysis/coverage.py CONFIG [CONFIG ...] --out FILE.json
         [--targets] [--fraction 0.3] [--seed 0] [--cls-size SIZE]
         [--det-size SIZE] [--num-proposals 32] [--timeout 300]
-        [--frozen unfreeze|skip] [--markdown FILE.md]
+        [--frozen unfreeze|skip] [--markdown FILE.md] [--check-apis]
 
 ``CONFIG`` is a config file or an upstream config such as
 ``mmdet::retinanet/retinanet_r50_fpn_1x_coco.py`` or
@@ -34,6 +34,18 @@ predictions, which are never pruned, are not counted), ``prunable_share_all``
 many layers were left out of ``prunable_share``), ``blocked_units`` (units with tied channel blocks),
 ``flops_ratio`` (after the random pruning), ``output_scale``, ``input_shape``
 and ``seconds``. The check itself is :func:`mmifso.apis.coverage.check_config`.
+
+``--check-apis`` also writes each export as ``tools/export_pruned.py`` does
+(``pruned.pth`` with generated class names in its ``dataset_meta``,
+``deploy_config.py``) and uses it only through the upstream APIs on a
+generated image: ``init_detector`` + ``inference_detector`` and
+``DetInferencer`` for detectors, ``get_model``,
+``ImageClassificationInferencer`` and ``inference_model`` for classifiers
+(the predictions must equal the exported model's own, the class names the
+checkpoint's); the unpruned weights with the deploy config must be refused
+by each of them, by mmengine's non-strict ``load_checkpoint`` and by its
+``Runner``. The record's ``apis`` holds the result per entry point
+(:func:`mmifso.apis.api_check.check_upstream_apis`).
 """
 import argparse
 import os.path as osp
@@ -111,6 +123,11 @@ def parse_args(argv=None):
         "and leave their units out (what a prune config with "
         "frozen='skip' gets)")
     parser.add_argument('--markdown', help='also write a markdown table')
+    parser.add_argument(
+        '--check-apis', action='store_true',
+        help='also use each export through mmdet\'s / mmpretrain\'s own '
+        'inference APIs and check that they refuse the unpruned checkpoint '
+        'with the deploy config (the record\'s "apis")')
     args = parser.parse_args(argv)
     if args.targets:
         args.configs = list(args.configs) + [
@@ -142,6 +159,38 @@ def markdown_table(records: List[Dict]) -> str:
     return '\n'.join(rows) + '\n'
 
 
+def api_table(records: List[Dict]) -> str:
+    """The markdown table of the ``--check-apis`` results: per config, the
+    entry points that work (of those run), the largest difference of their
+    predictions from the exported model's, the entry points that refuse the
+    unpruned checkpoint, and the first failure."""
+    rows = [
+        '| config | works | unsupported | max rel. diff | mismatched '
+        'checkpoint refused | result |',
+        '|---|---|---|---|---|---|'
+    ]
+    for r in records:
+        apis = r.get('apis')
+        if apis is None:
+            continue
+        name = r['config'].split('::')[-1].split('/')[-1].replace('.py', '')
+        works = apis.get('works', {})
+        ok = [k for k, v in works.items() if v == 'works']
+        unsupported = [k for k, v in works.items()
+                       if v.startswith('unsupported')]
+        run = len(works) - len(unsupported)
+        refused = apis.get('mismatch', {})
+        n_refused = sum(v == 'refused' for v in refused.values())
+        diff = apis.get('max_diff')
+        diff = '' if diff is None else f'{diff:.1e}'
+        result = 'works' if apis.get('ok') else \
+            '**fails**: ' + (apis.get('error') or '').replace('|', '/')[:200]
+        rows.append(
+            f'| {name} | {len(ok)}/{run} | {", ".join(unsupported) or "-"} '
+            f'| {diff} | {n_refused}/{len(refused)} | {result} |')
+    return '\n'.join(rows) + '\n'
+
+
 def main(argv=None) -> List[Dict]:
     args = parse_args(argv)
     import logging
@@ -162,7 +211,8 @@ def main(argv=None) -> List[Dict]:
             num_proposals=args.num_proposals,
             atol=args.atol,
             timeout=args.timeout,
-            frozen=args.frozen)
+            frozen=args.frozen,
+            check_apis=args.check_apis)
         records.append(record)
         status = 'ok ' if record['export_ok'] else 'FAIL'
         print(f'[{status}] {config}: {record["units"]} units, '
@@ -170,11 +220,25 @@ def main(argv=None) -> List[Dict]:
               f'{record["max_abs_diff"]}, {record["seconds"]} s'
               + (f'\n       {record["error"]}' if record['error'] else ''),
               flush=True)
+        if 'apis' in record:
+            apis = record['apis']
+            print(f'       upstream APIs: '
+                  f'{"ok" if apis["ok"] else "FAIL"} '
+                  f'({apis.get("seconds")} s)'
+                  + (f': {apis["error"]}' if apis['error'] else ''),
+                  flush=True)
         save_json(records, args.out)  # after every config: partial runs
     if args.markdown:
-        save_text(markdown_table(records), args.markdown)
+        text = markdown_table(records)
+        if args.check_apis:
+            text += '\n' + api_table(records)
+        save_text(text, args.markdown)
     passed = sum(r['export_ok'] for r in records)
     print(f'{passed}/{len(records)} configs export exactly; wrote {args.out}')
+    if args.check_apis:
+        apis_ok = sum(r['apis']['ok'] for r in records)
+        print(f'{apis_ok}/{len(records)} exports work through the upstream '
+              'APIs and refuse the unpruned checkpoint')
     return records
 
 
