@@ -47,9 +47,10 @@ def problem():
     return model, obj, x, y, lam
 
 
-def test_converged_retrain_is_the_ridge_solution(problem):
+@pytest.mark.parametrize('method', ['newton', 'lbfgs'])
+def test_converged_retrain_is_the_ridge_solution(problem, method):
     model, obj, x, y, lam = problem
-    res = converge(obj, tol=1e-10)
+    res = converge(obj, tol=1e-10, method=method)
     w, j, loss = ridge(x, y, lam, list(range(6)))
     assert res.converged and res.grad_norm <= 1e-10
     assert torch.allclose(model.weight.detach(), w, atol=1e-9)
@@ -66,23 +67,76 @@ def test_converged_retrain_is_the_ridge_solution(problem):
         def set_mask(value):
             model.mask[4] = value
 
-        out = retrain_masked(obj, set_mask, steps, tol=1e-8)
+        out = retrain_masked(obj, set_mask, steps, tol=1e-8, method=method)
         assert len(out) == steps and all(r.converged for r in out)
-        assert torch.allclose(model.weight.detach(), w_cut, atol=1e-7)
+        # The removed weight's gradient is lam * w_4 <= tol: |w_4| <= tol/lam.
+        assert torch.allclose(model.weight.detach(), w_cut, atol=1e-8 / lam)
         assert out[-1].objective == pytest.approx(j_cut, rel=1e-10)
         assert out[-1].objective - j > 0.5  # a real change was measured
 
 
-def test_budget_too_small_is_reported_not_converged(problem):
+@pytest.mark.parametrize('method', ['newton', 'lbfgs'])
+def test_budget_too_small_is_reported_not_converged(problem, method):
     model, obj, x, y, lam = problem
-    res = converge(obj, tol=1e-14, max_iter=1, chunk=1)
+    res = converge(obj, tol=1e-14, max_iter=1, chunk=1, method=method)
     assert not res.converged and res.grad_norm > 1e-14
     assert res.iterations <= 2
+    with pytest.raises(ValueError, match="method must be 'newton'"):
+        converge(obj, method='adam')
     with pytest.raises(ValueError, match='lam must be >= 0'):
         RegularisedObjective(model, [], [model.weight], -1.0)
     with pytest.raises(ValueError, match='nothing to retrain'):
         RegularisedObjective(model, [], [], 1.0)
     assert issubclass(NotConvergedError, RuntimeError)
+
+
+def test_newton_uses_exact_curvature_on_a_nonconvex_start():
+    """A logistic model started where the Hessian has a negative
+    eigenvalue (``w = 0`` of ``J = mean softplus(-y x.w) - c/2 ||w||^2 +
+    d/4 ||w||^4`` is a saddle): the trust region leaves it and reaches
+    ``||grad J|| <= 1e-10``, and the Hessian-vector product equals the
+    explicit Hessian."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    y = torch.sign(x[:, 0] + 0.3 * torch.randn(32, generator=g,
+                                               dtype=torch.float64))
+
+    class Quartic(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(
+                torch.tensor([0., 1e-3, 0.], dtype=torch.float64))
+
+        def forward(self, inputs, data_samples=None, mode='loss'):
+            w = self.weight
+            fit = torch.nn.functional.softplus(-data_samples *
+                                               (inputs @ w)).mean()
+            return dict(loss=fit - 0.5 * w.pow(2).sum() +
+                        0.25 * w.pow(2).sum().pow(2))
+
+    model = Quartic()
+    obj = RegularisedObjective(model, [dict(inputs=x, data_samples=y)],
+                               [model.weight], 0.1)
+    hvp = obj.hvp_at_current()
+    w0 = model.weight.detach().clone()
+
+    def j_of(w):
+        m = model.weight
+        fit = torch.nn.functional.softplus(-y * (x @ w)).mean()
+        return fit - 0.5 * w.pow(2).sum() + 0.25 * w.pow(2).sum().pow(2) \
+            + 0.05 * w.pow(2).sum() + 0 * m.sum()
+
+    hess = torch.autograd.functional.hessian(j_of, w0)
+    assert torch.linalg.eigvalsh(hess)[0] < 0  # a saddle region
+    for v in torch.eye(3, dtype=torch.float64):
+        assert torch.allclose(hvp(v), hess @ v, atol=1e-12)
+    res = converge(obj, tol=1e-10, method='newton')
+    assert res.converged
+    hess_end = torch.autograd.functional.hessian(
+        j_of, model.weight.detach().clone())
+    assert torch.linalg.eigvalsh(hess_end)[0] > 0  # a minimum, not a saddle
+    assert res.objective < float(j_of(w0))
 
 
 def test_rank_metrics_and_paired_difference():

@@ -56,8 +56,9 @@ IFSO's (the weight decay of those weights in the config's optimizer, or
 ``--lam``). BatchNorm runs in **eval mode** (running statistics): in train
 mode it makes the preceding conv weights scale-invariant, so ``lam/2
 ||w||^2`` has no minimiser. Everything is float64; each retrain is
-full-batch L-BFGS with a strong-Wolfe line search from ``w0`` until
-``||grad_w J||_2 <= --grad-tol``, and every retrain's final gradient norm is
+full-batch, from ``w0`` until ``||grad_w J||_2 <= --grad-tol``, by a
+trust-region Newton-Krylov method on exact Hessian-vector products
+(``--optimizer newton``, the default) or L-BFGS (``--optimizer lbfgs``), and every retrain's final gradient norm is
 in the JSON. A run where any retrain missed the tolerance is refused
 (nothing written). ``w0`` must be a converged point of ``J``: pass
 ``--converge-start`` to converge the unmasked model first (criteria are
@@ -440,26 +441,31 @@ class ConvergedMeter:
     The objective is :class:`mmifso.apis.fidelity.RegularisedObjective`:
     the data loss over one fixed batch (eval mode: BatchNorm running
     statistics fixed) plus ``lam/2 ||w||^2`` over the criteria's ``w`` (the
-    conv/linear weights of :class:`ScoringContext`), in float64; L-BFGS with
-    a strong-Wolfe line search until ``||grad J|| <= tol``.
+    conv/linear weights of :class:`ScoringContext`), in float64; Newton-Krylov (or
+    L-BFGS) until ``||grad J|| <= tol``.
 
     Args:
         algo (PruningAlgorithm): The gated model (float64) at ``w0``.
         fit_data (dict): The pre-processed batch of the objective.
         lam (float): Weight decay of the objective.
         tol (float): Gradient-norm tolerance.
-        max_iter (int): L-BFGS iterations per retrain.
+        max_iter (int): Newton steps (L-BFGS iterations) per retrain.
         mask_steps (int): Continuation steps from mask 1 to 0.
+        method (str): ``'newton'`` (trust-region Newton-Krylov on exact
+            Hessian-vector products) or ``'lbfgs'``
+            (:func:`mmifso.apis.fidelity.converge`).
     """
 
     def __init__(self, algo, fit_data: dict, lam: float, tol: float,
-                 max_iter: int, mask_steps: int = 1) -> None:
+                 max_iter: int, mask_steps: int = 1,
+                 method: str = 'newton') -> None:
         from mmifso.apis.fidelity import RegularisedObjective
         from mmifso.models.importance import ScoringContext
         self.algo = algo
         weights = ScoringContext(algo.architecture, algo.mutator).weights
         self.objective = RegularisedObjective(algo, [fit_data], weights, lam)
         self.tol, self.max_iter, self.mask_steps = tol, max_iter, mask_steps
+        self.method = method
         self.state = copy.deepcopy(algo.state_dict())
 
     def reset(self) -> None:
@@ -476,7 +482,7 @@ class ConvergedMeter:
                       f'{value:.8g}, ||grad J|| {norm:.3g}', logger='current')
 
         res = converge(self.objective, self.tol, self.max_iter,
-                       callback=log)
+                       method=self.method, callback=log)
         self.state = copy.deepcopy(self.algo.state_dict())
         return res.to_dict()
 
@@ -493,7 +499,8 @@ class ConvergedMeter:
             self.algo.mutator.units[block[0]].prune(block[1])
         r0 = self.objective.value()
         if block is None:
-            steps = [converge(self.objective, self.tol, self.max_iter)]
+            steps = [converge(self.objective, self.tol, self.max_iter,
+                              method=self.method)]
         else:
             unit, channels = self.algo.mutator.units[block[0]], block[1]
 
@@ -502,7 +509,8 @@ class ConvergedMeter:
                     unit.mask[channels] = value
 
             steps = retrain_masked(self.objective, set_mask, self.mask_steps,
-                                   tol=self.tol, max_iter=self.max_iter)
+                                   tol=self.tol, max_iter=self.max_iter,
+                                   method=self.method)
         last = steps[-1]
         return dict(objective_r0=r0['objective'], data_loss_r0=r0['data_loss'],
                     objective=last.objective, data_loss=last.data_loss,
@@ -511,7 +519,7 @@ class ConvergedMeter:
 
 def as_float64(algo) -> None:
     """Cast the model to float64 and its inputs with it (a forward pre-hook
-    on the architecture), so L-BFGS can reach tight tolerances."""
+    on the architecture), so retraining can reach tight tolerances."""
     algo.double()
 
     def cast(module, args, kwargs):
@@ -599,7 +607,7 @@ def prepare_converged(args, cfg, algo,
     with torch.no_grad():
         fit_data = algo.data_preprocessor(copy.deepcopy(fit_batch), False)
     meter = ConvergedMeter(algo, fit_data, lam, args.grad_tol,
-                           args.max_iter, args.mask_steps)
+                           args.max_iter, args.mask_steps, args.optimizer)
     start = dict(lam=lam, grad_norm_checkpoint=meter.objective.grad_norm())
     if args.converge_start:
         res = meter.converge_start()
@@ -647,8 +655,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--retrain', choices=['steps', 'converged'], default='steps',
         help='steps: R SGD steps (--retrain-steps), data loss; converged: '
-        'L-BFGS to ||grad J|| <= --grad-tol on J = data loss + lam/2 ||w||^2 '
-        '(one fixed batch, BN in eval mode, float64)')
+        '--optimizer to ||grad J|| <= --grad-tol on J = data loss + '
+        'lam/2 ||w||^2 (one fixed batch, BN in eval mode, float64)')
     parser.add_argument('--retrain-steps', type=int, default=10,
                         help='R: training steps after masking (0: none)')
     parser.add_argument(
@@ -666,7 +674,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--grad-tol', type=float, default=1e-6,
                         help='converged: tolerance on ||grad J||_2')
     parser.add_argument('--max-iter', type=int, default=3000,
-                        help='converged: L-BFGS iterations per retrain')
+                        help='converged: Newton steps (L-BFGS iterations) '
+                        'per retrain')
+    parser.add_argument(
+        '--optimizer', choices=['newton', 'lbfgs'], default='newton',
+        help='converged: trust-region Newton-Krylov on exact '
+        'Hessian-vector products (quadratic convergence near the optimum) '
+        'or L-BFGS (strong Wolfe)')
     parser.add_argument('--mask-steps', type=int, default=1,
                         help='converged: lower the mask to 0 in this many '
                         'steps, re-converging after each (continuation)')

@@ -10,7 +10,7 @@ from mmengine.dist import all_reduce, get_world_size
 from mmifso.registry import TASK_UTILS
 from ..mutators import ChannelMutator
 from ..utils import (DifferentiableSyncBatchNorm,
-                     TwiceDifferentiableHardsigmoid)
+                     TwiceDifferentiableHardsigmoid, dot)
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm,
                nn.modules.instancenorm._InstanceNorm)
@@ -307,11 +307,6 @@ def grad_or_zeros(outputs: torch.Tensor,
     return [
         torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)
     ]
-
-
-def dot(xs: Iterable[torch.Tensor], ys: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Sum of elementwise products over lists of tensors."""
-    return sum((x * y).sum() for x, y in zip(xs, ys))
 
 
 class BaseImportance:

@@ -28,6 +28,7 @@ from mmengine.logging import print_log
 
 from mmifso.registry import TASK_UTILS
 from mmifso.utils import check_choice
+from ..utils import conjugate_gradient
 from .base import (BaseImportance, ScoringContext, dot, grad_or_zeros,
                    weight_decay_of)
 
@@ -250,24 +251,7 @@ class IFSOImportance(BaseImportance):
                         'or neumann_order=0')
             return u
         # Conjugate gradient on the damped system.
-        u = [torch.zeros_like(x) for x in v]
-        r = [x.clone() for x in v]
-        p = [x.clone() for x in v]
-        rr = dot(r, r)
-        stop = max(self.cg_tol * float(rr.sqrt()), 1e-30)
-        for _ in range(self.cg_iters):
-            ap = [h + lam * x for h, x in zip(hvp_ww(p), p)]
-            pap = dot(p, ap)
-            if pap <= 0:  # negative curvature: stop with the current iterate
-                break
-            alpha = rr / pap
-            u = [a + alpha * b for a, b in zip(u, p)]
-            r = [a - alpha * b for a, b in zip(r, ap)]
-            rr_new = dot(r, r)
-            if rr_new.sqrt() < stop:
-                break
-            p = [a + (rr_new / rr) * b for a, b in zip(r, p)]
-            rr = rr_new
+        u, _ = conjugate_gradient(hvp_ww, v, lam, self.cg_tol, self.cg_iters)
         self.last_residual = self._residual(hvp_ww, u, v)
         return u
 

@@ -1,9 +1,10 @@
 from .activations import TwiceDifferentiableHardsigmoid
+from .linalg import CGInfo, conjugate_gradient, dot
 from .modes import eval_mode, forward_with_pre_hooks, preserved_modes
 from .sync_bn import DifferentiableSyncBatchNorm, make_sync_bn_differentiable
 
 __all__ = [
     'DifferentiableSyncBatchNorm', 'make_sync_bn_differentiable', 'eval_mode',
     'preserved_modes', 'forward_with_pre_hooks',
-    'TwiceDifferentiableHardsigmoid'
+    'TwiceDifferentiableHardsigmoid', 'CGInfo', 'conjugate_gradient', 'dot'
 ]
