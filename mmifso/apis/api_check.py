@@ -14,7 +14,10 @@ used only through the upstream entry points, on a generated image:
   ``ImageClassificationInferencer`` (which also draws) and
   ``inference_model`` (which needs a model of mmpretrain's model zoo: a
   model built from a config, pruned or not, has no inferencer there, so it
-  is recorded as unsupported).
+  is recorded as unsupported);
+* both: mmengine's ``Runner`` with ``load_from`` (how ``tools/test.py`` of
+  mmdet and mmpretrain load a checkpoint; an ``EMAHook``'s averaged copy
+  must hold the exported weights too).
 
 An entry point works when it builds the model from the deploy config, loads
 exactly the exported weights, names the classes of the checkpoint (not the
@@ -25,7 +28,9 @@ config (a mismatched checkpoint) must be refused with
 :class:`~mmifso.models.PrunedModel`'s error ("does not fit this pruned
 model") by every entry point that loads a checkpoint: the APIs above,
 mmengine's non-strict ``load_checkpoint`` and mmengine's ``Runner``
-(``load_from``, as ``tools/test.py`` of mmdet and mmpretrain load it).
+(``load_from``). The other way round, ``pruned.pth`` with the unpruned
+upstream config, is recorded but not counted: that model is upstream's, and
+mmengine's loaders only warn about the size mismatches.
 """
 import contextlib
 import copy
@@ -43,7 +48,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from mmifso.utils import save_torch
-from .export import max_abs_diff, max_abs_value, write_export
+from .export import write_export
 
 #: What :class:`~mmifso.models.PrunedModel` says when it refuses a state
 #: dict of other shapes.
@@ -159,11 +164,38 @@ def _instances(sample) -> Dict[str, torch.Tensor]:
                                                         'labels')}
 
 
-def _relative_diff(a, b) -> float:
-    """Largest difference of two (nested) tensor results, divided by the
-    largest absolute value of ``b`` when that exceeds 1; inf when the
-    shapes differ (e.g. another number of detections)."""
-    return max_abs_diff(a, b) / max(1.0, max_abs_value(b))
+def _relative_diff(a: Dict[str, torch.Tensor],
+                   b: Dict[str, torch.Tensor]) -> float:
+    """Largest difference of two results (name -> tensor), divided by the
+    largest finite absolute value of ``b`` when that exceeds 1; inf when a
+    name is missing or the shapes differ (e.g. another number of
+    detections).
+
+    Non-finite values count as equal where both results have the same one
+    at the same place (random weights can overflow a box decoding; the
+    exported model's own result has them too), as different elsewhere.
+    """
+    worst, scale = 0.0, 1.0
+    for k, y in b.items():
+        x = a.get(k)
+        if x is None or x.shape != y.shape:
+            return float('inf')
+        x, y = x.double(), y.double()
+        same = (x == y) | (torch.isnan(x) & torch.isnan(y))
+        if not same.all():
+            diff = (x - y)[~same].abs()
+            if not torch.isfinite(diff).all():  # a value finite in one only
+                return float('inf')
+            worst = max(worst, float(diff.max()))
+        finite = y[torch.isfinite(y)]
+        if finite.numel():
+            scale = max(scale, float(finite.abs().max()))
+    return worst / scale
+
+
+def _non_finite(result: Dict[str, torch.Tensor]) -> int:
+    """How many values of a result (name -> tensor) are inf or NaN."""
+    return sum(int((~torch.isfinite(v)).sum()) for v in result.values())
 
 
 def _refusal(load: Callable[[], object]) -> str:
@@ -197,10 +229,16 @@ def _upstream_config_load(load: Callable[[], object]) -> str:
     return 'loaded without a warning'
 
 
-def _runner_load(config: str, checkpoint: str, work_dir: str) -> None:
+def _runner_load(config: str, checkpoint: str, work_dir: str):
     """Build mmengine's Runner from ``config`` with ``load_from=checkpoint``
-    and load it, as ``tools/test.py`` of mmdet and mmpretrain do (no data is
-    built)."""
+    and load it as ``Runner.test()`` (``tools/test.py`` of mmdet and
+    mmpretrain) does: the ``before_run`` hooks first (an ``EMAHook`` makes
+    its averaged copy there and loads the checkpoint into it too), then
+    ``load_or_resume``. No data is built.
+
+    Returns:
+        Runner: The runner.
+    """
     from mmengine.runner import Runner
     cfg = Config.fromfile(config)
     cfg.work_dir = work_dir
@@ -209,7 +247,25 @@ def _runner_load(config: str, checkpoint: str, work_dir: str) -> None:
     cfg.log_level = 'ERROR'
     cfg.experiment_name = f'mmifso_api_check_{time.time_ns()}'
     cfg.launcher = 'none'
-    Runner.from_cfg(cfg).load_or_resume()
+    runner = Runner.from_cfg(cfg)
+    runner.call_hook('before_run')
+    runner.load_or_resume()
+    return runner
+
+
+def _runner_loads(config: str, checkpoint: str, state: Dict,
+                  work_dir: str) -> Optional[str]:
+    """What is wrong when mmengine's Runner loads the exported checkpoint
+    (:func:`_runner_load`), or None."""
+    runner = _runner_load(config, checkpoint, work_dir)
+    if not _weights_equal(runner.model, state):
+        return 'the loaded weights are not the exported ones'
+    for hook in runner.hooks:  # EMAHook's averaged copy loads them too
+        ema = getattr(hook, 'ema_model', None)
+        if ema is not None and not _weights_equal(ema.module, state):
+            return (f'the averaged copy of {type(hook).__name__} does not '
+                    'hold the exported weights')
+    return None
 
 
 def _non_strict_load(build: Callable[[], nn.Module],
@@ -225,13 +281,15 @@ def _detector_checks(paths: Dict[str, str], ref: nn.Module,
                      state: Dict, classes: tuple, work_dir: str,
                      atol: float) -> Tuple[Dict, Dict, List[float]]:
     """The mmdet entry points (see :func:`check_upstream_apis`); the list
-    holds the exported model's number of detections, then the differences
-    of each entry point's predictions from its."""
+    holds the exported model's number of detections and of non-finite
+    values in them, then the differences of each entry point's predictions
+    from its."""
     from mmdet.apis import DetInferencer, inference_detector, init_detector
     deploy, ckpt, image = paths['config'], paths['checkpoint'], paths['image']
     ref.cfg = Config.fromfile(deploy)
     expected = _instances(inference_detector(ref, image))
-    diffs: List[float] = [len(expected['scores'])]  # detections first
+    # The number of detections and of non-finite values first.
+    diffs: List[float] = [len(expected['scores']), _non_finite(expected)]
 
     def check(model: nn.Module, sample) -> Optional[str]:
         names = tuple(model.dataset_meta.get('classes', ()))
@@ -269,6 +327,8 @@ def _detector_checks(paths: Dict[str, str], ref: nn.Module,
     works = {
         'init_detector + inference_detector': _run(init_and_infer),
         'DetInferencer (with drawing)': _run(inferencer),
+        'Runner (load_from)': _run(lambda: _runner_loads(
+            deploy, ckpt, state, osp.join(work_dir, 'runner_ok'))),
     }
 
     def build() -> nn.Module:
@@ -318,8 +378,9 @@ def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
         if result.get('pred_class') != classes[result['pred_label']]:
             return (f'predicted class {result.get("pred_class")!r} is not '
                     f'the name of label {result["pred_label"]}')
-        diff = _relative_diff(torch.as_tensor(result['pred_scores']),
-                              torch.as_tensor(expected['pred_scores']))
+        diff = _relative_diff(
+            dict(scores=torch.as_tensor(result['pred_scores'])),
+            dict(scores=torch.as_tensor(expected['pred_scores'])))
         diffs.append(diff)
         if not diff <= atol:
             return f'scores differ from the exported model\'s by {diff:.3g}'
@@ -351,6 +412,8 @@ def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
         'get_model': _run(from_get_model),
         'ImageClassificationInferencer (with drawing)': _run(inferencer),
         'inference_model': _run(inference),
+        'Runner (load_from)': _run(lambda: _runner_loads(
+            deploy, ckpt, state, osp.join(work_dir, 'runner_ok'))),
     }
 
     def build() -> nn.Module:
@@ -422,9 +485,11 @@ def check_upstream_apis(cfg: Config, architecture: Dict, demo_input: Dict,
         ``'works'`` / ``'unsupported: ...'`` / ``'FAILS: ...'``),
         ``mismatch`` (entry point -> ``'refused'`` or what happened),
         ``num_classes``, ``max_diff`` (largest relative difference of the
-        predictions from the exported model's), ``detections`` (detectors:
-        how many the exported model found on the image), ``error`` (the
-        first failure, or None) and ``seconds``.
+        predictions from the exported model's), ``detections`` and
+        ``non_finite`` (detectors: how many detections the exported model
+        made on the image, and how many inf/NaN values they hold, which the
+        APIs must reproduce), ``error`` (the first failure, or None) and
+        ``seconds``.
     """
     start = time.time()
     det = cfg.get('default_scope') == 'mmdet'
@@ -480,6 +545,7 @@ def _check(record: Dict, cfg: Config, architecture: Dict, demo_input: Dict,
     record['works'], record['mismatch'] = works, refused
     if det:
         record['detections'] = int(diffs.pop(0))
+        record['non_finite'] = int(diffs.pop(0))
     record['max_diff'] = float(f'{max(diffs):.3g}') if diffs else None
     failures = [f'{k}: {v}' for k, v in works.items()
                 if not v.startswith(('works', 'unsupported'))]

@@ -5,6 +5,9 @@ downloads), and the check catches the defects it is there for."""
 import json
 import os
 
+import pytest
+import torch
+
 from helpers import ROOT, load_tool
 from mmifso.apis import api_check
 from mmifso.apis.coverage import check_config
@@ -42,18 +45,20 @@ def test_check_apis_on_a_classifier_and_a_detector(tmp_path):
         'ImageClassificationInferencer (with drawing)': 'works',
         'inference_model': 'unsupported: NotImplementedError: No available '
         'inferencer for the model',
+        'Runner (load_from)': 'works',
     }
     assert det['apis']['num_classes'] == 5
     assert set(det['apis']['works'].values()) == {'works'}
     assert det['apis']['detections'] > 0  # the comparison compares boxes
+    assert det['apis']['non_finite'] == 0
     # The other way round (pruned.pth into the unpruned upstream config) is
     # upstream's loader: recorded, not counted.
     [reverse] = [v for k, v in cls['apis']['mismatch'].items()
                  if k.startswith('(')]
     assert reverse.startswith('loaded with a warning of')
     table = md.read_text()
-    assert '| resnet18_8xb32_in1k@32 | 2/2 | inference_model |' in table
-    assert '| retinanet_r18-w32_fpn_1xb16-48e_shapes@64 | 2/2 | - |' in \
+    assert '| resnet18_8xb32_in1k@32 | 3/3 | inference_model |' in table
+    assert '| retinanet_r18-w32_fpn_1xb16-48e_shapes@64 | 3/3 | - |' in \
         table
 
 
@@ -94,3 +99,19 @@ def test_num_classes_of_a_two_stage_detector():
     assert meta['classes'] == ('mmifso_class_0', 'mmifso_class_1',
                                'mmifso_class_2')
     assert len(meta['palette']) == 3
+
+
+def test_results_compare_non_finite_values_by_place():
+    nan, inf = float('nan'), float('inf')
+    a = dict(bboxes=torch.tensor([[1., nan, inf, 4.]]),
+             scores=torch.tensor([0.5]))
+    assert api_check._relative_diff(a, a) == 0
+    assert api_check._non_finite(a) == 2
+    b = dict(bboxes=torch.tensor([[1., 2., inf, 4.]]),
+             scores=torch.tensor([0.5]))
+    assert api_check._relative_diff(a, b) == inf
+    c = dict(bboxes=torch.tensor([[1., nan, inf, 4.5]]),
+             scores=torch.tensor([0.5]))
+    # 0.5 off, relative to the largest finite value (4.5).
+    assert api_check._relative_diff(a, c) == pytest.approx(0.5 / 4.5)
+    assert api_check._relative_diff(a, dict(scores=torch.ones(2))) == inf
