@@ -18,10 +18,9 @@ import argparse
 import json
 import sys
 
-from mmengine.config import DictAction
-
 
 def parse_args():
+    from mmifso.utils import KeyValueAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the pruning config')
     parser.add_argument('checkpoint', help='masked checkpoint (flops_XX.pth)')
@@ -31,7 +30,7 @@ def parse_args():
         type=float,
         default=1e-4,
         help='largest allowed masked/exported output difference')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=KeyValueAction)
     return parser.parse_args()
 
 

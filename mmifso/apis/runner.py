@@ -20,7 +20,7 @@ import os
 import os.path as osp
 from typing import Dict, Optional, Tuple
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
@@ -29,6 +29,7 @@ from mmifso.engine.hooks.pruning_hook import threshold_checkpoint_name
 from mmifso.models.importance import registered_criteria
 from mmifso.utils.io import (TRUST_CHECKPOINT_HELP, TRUST_ENV,
                              install_safe_checkpoint_loader)
+from mmifso.utils.options import KeyValueAction
 from .checks import CheckpointConfigMismatch, check_checkpoint_matches_config
 
 
@@ -41,8 +42,9 @@ class RunnerSetupError(RuntimeError):
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options every Runner tool shares to ``parser``.
 
-    ``--cfg-options`` (mmengine's ``key=value`` overrides), ``--launcher``,
-    ``--trust-checkpoint`` and ``--local-rank`` (passed by
+    ``--cfg-options`` (mmengine's ``key=value`` overrides; an item without
+    ``=`` is a usage error, see :class:`~mmifso.utils.KeyValueAction`),
+    ``--launcher``, ``--trust-checkpoint`` and ``--local-rank`` (passed by
     ``torch.distributed.launch``; see :func:`set_local_rank`).
 
     Args:
@@ -51,7 +53,7 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=KeyValueAction,
         help='override some settings in the used config, the key-value pair '
         'in xxx=yyy format will be merged into config file. If the value to '
         'be overwritten is a list, it should be like key="[a,b]" or key=a,b '

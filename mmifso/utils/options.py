@@ -1,5 +1,8 @@
 """Validation of string (or small enumerated) options."""
-from typing import Any, Sequence
+from argparse import ArgumentParser, Namespace
+from typing import Any, Optional, Sequence
+
+from mmengine.config import DictAction
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
@@ -25,3 +28,42 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     allowed = names[0] if len(names) == 1 else \
         ', '.join(names[:-1]) + ' or ' + names[-1]
     raise ValueError(f'{name} must be {allowed}, got {value!r}')
+
+
+class KeyValueAction(DictAction):
+    """mmengine's ``DictAction`` that refuses an item without ``=``.
+
+    ``DictAction`` splits every item at its first ``=``, so ``key`` alone
+    ends in a ``not enough values to unpack`` traceback. This action stops
+    argparse instead, with the usage line and
+    ``argument --cfg-options: expected KEY=VALUE, got 'key'``; well-formed
+    items are parsed by ``DictAction`` unchanged.
+
+    Use it wherever a tool takes ``KEY=VALUE`` items::
+
+        parser.add_argument('--cfg-options', nargs='+',
+                            action=KeyValueAction)
+    """
+
+    def __call__(self,
+                 parser: ArgumentParser,
+                 namespace: Namespace,
+                 values: Optional[Sequence[str]],
+                 option_string: Optional[str] = None) -> None:
+        """Check every item, then parse them as ``DictAction`` does.
+
+        Args:
+            parser (ArgumentParser): The parser; its ``error`` exits (status
+                2) naming the first item without ``=``.
+            namespace (Namespace): Receives the dict at ``self.dest``.
+            values (Sequence[str], optional): The ``KEY=VALUE`` items.
+            option_string (str, optional): The option as given on the
+                command line; the error message names it.
+        """
+        for item in values or ():
+            if '=' not in item:
+                name = option_string or '/'.join(
+                    self.option_strings) or self.dest
+                parser.error(
+                    f'argument {name}: expected KEY=VALUE, got {item!r}')
+        super().__call__(parser, namespace, values, option_string)

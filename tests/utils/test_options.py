@@ -1,8 +1,14 @@
-"""``check_choice``: one wording for every enumerated option."""
-import pytest
+"""``check_choice``: one wording for every enumerated option;
+``KeyValueAction``: KEY=VALUE items that stop with a usage error when
+malformed, in every tool that takes them."""
+import argparse
 
+import pytest
+from mmengine.config import DictAction
+
+from helpers import load_tool
 from mmifso.models import ChannelMutator
-from mmifso.utils import check_choice
+from mmifso.utils import KeyValueAction, check_choice
 
 
 def test_check_choice_returns_a_valid_value():
@@ -24,3 +30,92 @@ def test_an_option_of_the_package_uses_it():
     with pytest.raises(ValueError, match="gate must be 'weight' or 'input', "
                        "got 'output'"):
         ChannelMutator(gate='output')
+
+
+# ---------------------------------------------------------------------------
+# KeyValueAction: KEY=VALUE items of --cfg-options and the tools' settings.
+
+ITEMS = ['model.head.num_classes=5', 'lrs=[0.1,0.01]', 'name=a=b', 'empty=']
+
+
+def _parse_with(action, items):
+    parser = argparse.ArgumentParser(prog='tool')
+    parser.add_argument('--cfg-options', nargs='+', action=action)
+    return parser.parse_args(['--cfg-options', *items]).cfg_options
+
+
+def test_key_value_action_parses_as_dict_action():
+    parsed = _parse_with(KeyValueAction, ITEMS)
+    assert parsed == _parse_with(DictAction, ITEMS)
+    assert parsed == {
+        'model.head.num_classes': 5,
+        'lrs': [0.1, 0.01],
+        'name': 'a=b',
+        'empty': ''
+    }
+
+
+def test_dict_action_alone_fails_with_a_traceback():
+    """What the tools did before: an unpacking error, not a usage error."""
+    with pytest.raises(ValueError, match='not enough values to unpack'):
+        _parse_with(DictAction, ['a=1', 'key'])
+
+
+def test_key_value_action_names_the_bad_item(capsys):
+    with pytest.raises(SystemExit) as err:
+        _parse_with(KeyValueAction, ['a=1', 'key'])
+    assert err.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith('usage: tool')
+    assert stderr.rstrip().endswith(
+        "tool: error: argument --cfg-options: expected KEY=VALUE, got 'key'")
+
+
+@pytest.fixture
+def train_tool(monkeypatch):
+    # parse_args exports --local-rank unless the launcher did.
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    return load_tool('train.py')
+
+
+def test_train_tool_refuses_cfg_option_without_value(train_tool, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_tool.parse_args(['cfg.py', '--cfg-options', 'a=1', 'key'])
+    assert err.value.code == 2
+    assert ("error: argument --cfg-options: expected KEY=VALUE, got 'key'"
+            in capsys.readouterr().err)
+
+
+def test_train_tool_parses_good_cfg_options_as_before(train_tool):
+    args = train_tool.parse_args(['cfg.py', '--cfg-options', *ITEMS])
+    assert args.cfg_options == _parse_with(DictAction, ITEMS)
+
+
+def test_benchmark_refuses_prune_variant_without_value(capsys):
+    benchmark = load_tool('analysis', 'benchmark.py')
+    args = benchmark.parse_args(['--prune-variant', 'interval=12'])
+    assert args.prune_variant == {'interval': 12}
+    with pytest.raises(SystemExit) as err:
+        benchmark.parse_args(['--prune-variant', 'interval'])
+    assert err.value.code == 2
+    assert ("error: argument --prune-variant: expected KEY=VALUE, got "
+            "'interval'" in capsys.readouterr().err)
+
+
+def test_compare_hook_settings_names_the_variant(capsys):
+    tool = load_tool('analysis', 'compare_hook_settings.py')
+    argv = [
+        'prune.py', 'finetune.py', 'ckpt.pth', '--variant', 'base',
+        '--variant', 'fast', 'interval=12', 'selection.round_to=8'
+    ]
+    assert tool.parse_args(argv).variants == {
+        'base': {},
+        'fast': {
+            'interval': 12,
+            'selection.round_to': 8
+        }
+    }
+    with pytest.raises(SystemExit):
+        tool.parse_args(argv + ['--variant', 'slow', 'interval'])
+    assert ("error: argument --variant slow: expected KEY=VALUE, got "
+            "'interval'" in capsys.readouterr().err)

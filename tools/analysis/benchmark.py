@@ -1171,7 +1171,7 @@ def print_report(result: Dict) -> None:
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from mmifso.utils import KeyValueAction
     parser = argparse.ArgumentParser(
         description='Time mmifso gate overhead, IFSO scoring and pruned '
         'model latency on the CPU.')
@@ -1217,7 +1217,7 @@ def parse_args(argv=None):
         '--prune-rounds', type=int, default=None,
         help='A/B pairs of runs (default 3, quick 1)')
     parser.add_argument(
-        '--prune-variant', nargs='+', action=DictAction, default=None,
+        '--prune-variant', nargs='+', action=KeyValueAction, default=None,
         metavar='KEY=VALUE',
         help='section 5: a third run per round, the PruningHook with these '
         'settings (e.g. interval=12 score_window=1)')

@@ -38,14 +38,14 @@ from typing import Dict, List, Optional
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
 from mmifso.apis import (export_checkpoint, pruning_hook_index,  # noqa: E402
                          run_config)
 from mmifso.engine.hooks import PruningHook  # noqa: E402
 from mmifso.engine.hooks.pruning_hook import \
     threshold_checkpoint_name  # noqa: E402
-from mmifso.utils import save_json  # noqa: E402
+from mmifso.utils import KeyValueAction, save_json  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,13 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, *options in args.variant:
         if name in variants:
             parser.error(f'variant {name!r} given twice')
-        bad = [o for o in options if '=' not in o]
-        if bad:
-            parser.error(f'variant {name!r}: hook settings are KEY=VALUE, '
-                         f'got {bad}')
-        action = DictAction(option_strings=[], dest='options')
+        # Hook settings are KEY=VALUE items, parsed (and refused when
+        # malformed) as every tool's --cfg-options.
+        action = KeyValueAction(option_strings=['--variant'], dest='options')
         ns = argparse.Namespace()
-        action(parser, ns, options)
+        action(parser, ns, options, f'--variant {name}')
         variants[name] = getattr(ns, 'options', None) or {}
     args.variants = variants
     return args

@@ -30,9 +30,7 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmengine.config import DictAction  # noqa: E402
-
-from mmifso.utils import pipeline_input_size  # noqa: E402
+from mmifso.utils import KeyValueAction, pipeline_input_size  # noqa: E402
 
 DEFAULT_SHAPE = (224, 224)
 
@@ -55,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=KeyValueAction,
         help='override some settings in the used config, the key-value pair '
         'in xxx=yyy format will be merged into config file.')
     args = parser.parse_args(argv)

@@ -27,10 +27,10 @@ import time
 from typing import Sequence
 
 import torch
-from mmengine.config import DictAction
 
 
 def parse_args():
+    from mmifso.utils import KeyValueAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the pruning config')
     parser.add_argument('--shape', type=int, nargs=4, required=True,
@@ -53,7 +53,7 @@ def parse_args():
         'a selection with round_to=K does; ONNX Runtime runs other widths '
         'off its blocked-layout kernels)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=KeyValueAction)
     args = parser.parse_args()
     if bool(args.out) == bool(args.table):
         parser.error('give --out (build a table) or --table (check one)')
