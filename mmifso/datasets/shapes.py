@@ -12,13 +12,15 @@ SHAPES_CLASSES)``.
 """
 import json
 import math
-import os
 import os.path as osp
 import zlib
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from .coco_files import write_coco_split
 
 #: Category names, ids 1..5 in the annotation files.
 SHAPES_CLASSES = ('circle', 'square', 'triangle', 'cross', 'star')
@@ -179,45 +181,23 @@ def make_shapes_coco(out: str,
         dict: Per split, the number of images and of objects.
     """
     splits = splits or dict(train=num_train, val=num_val)
-    os.makedirs(osp.join(out, 'annotations'), exist_ok=True)
-    stats = {}
     categories = [
         dict(id=i + 1, name=name, supercategory='shape')
         for i, name in enumerate(SHAPES_CLASSES)
     ]
-    for split, num in splits.items():
-        folder = osp.join(out, split)
-        os.makedirs(folder, exist_ok=True)
-        images, annotations = [], []
-        for i in range(num):
-            img, objects = make_image(seed, split, i, size, max_objects)
-            name = f'{i:06d}.png'
-            cv2.imwrite(osp.join(folder, name), img)
-            images.append(
-                dict(id=i + 1, file_name=name, width=size, height=size))
-            for obj in objects:
-                annotations.append(
-                    dict(
-                        id=len(annotations) + 1,
-                        image_id=i + 1,
-                        iscrowd=0,
-                        **obj))
-        coco = dict(
-            info=dict(
-                description='mmifso synthetic shapes',
-                version='1.0',
-                seed=seed,
-                size=size),
-            images=images,
-            annotations=annotations,
-            categories=categories)
-        path = osp.join(out, 'annotations', f'instances_{split}.json')
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(coco, f)
-        os.replace(tmp, path)  # the annotation file marks a complete split
-        stats[split] = dict(images=num, objects=len(annotations))
-    return stats
+    # shapes_coco_exists compares info.size with the size asked for.
+    info = dict(
+        description='mmifso synthetic shapes',
+        version='1.0',
+        seed=seed,
+        size=size)
+    return {
+        split: write_coco_split(
+            out, split, num,
+            partial(make_image, seed, split, size=size,
+                    max_objects=max_objects), categories, info)
+        for split, num in splits.items()
+    }
 
 
 def shapes_coco_exists(out: str, splits: Sequence[str] = ('train', 'val'),

@@ -28,14 +28,20 @@ of a split depends only on ``(seed, split, i, size)``, so a larger set starts
 with the images of a smaller one.
 """
 import argparse
-import json
-import os
 import os.path as osp
+import sys
 import time
+from functools import partial
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from mmifso.datasets.coco_files import (describe_coco_stats,  # noqa: E402
+                                        write_coco_split)
 
 #: Class names; category ``k + 1`` is the digit ``k``.
 CLASSES = tuple(str(i) for i in range(10))
@@ -193,30 +199,14 @@ def make_digits_coco(out: str,
         dict: ``split -> dict(images, objects)``.
     """
     pools = source_digits(seed)
-    os.makedirs(osp.join(out, 'annotations'), exist_ok=True)
     categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
-    stats = {}
-    for split, count in num.items():
-        os.makedirs(osp.join(out, split), exist_ok=True)
-        images, annotations = [], []
-        for i in range(count):
-            img, objects = make_image(seed, split, i, pools[split], size,
-                                      max_objects)
-            name = f'{i:06d}.png'
-            cv2.imwrite(osp.join(out, split, name), img)
-            images.append(dict(id=i + 1, file_name=name, width=size,
-                               height=size))
-            for obj in objects:
-                annotations.append(
-                    dict(id=len(annotations) + 1, image_id=i + 1,
-                         iscrowd=0, **obj))
-        with open(osp.join(out, 'annotations', f'instances_{split}.json'),
-                  'w') as f:
-            json.dump(
-                dict(images=images, annotations=annotations,
-                     categories=categories), f)
-        stats[split] = dict(images=len(images), objects=len(annotations))
-    return stats
+    return {
+        split: write_coco_split(
+            out, split, count,
+            partial(make_image, seed, split, pool=pools[split], size=size,
+                    max_objects=max_objects), categories)
+        for split, count in num.items()
+    }
 
 
 def main(argv=None):
@@ -228,9 +218,8 @@ def main(argv=None):
         size=args.size,
         seed=args.seed,
         max_objects=args.max_objects)
-    print(f'wrote {args.out}: ' + ', '.join(
-        f'{split} {s["images"]} images / {s["objects"]} digits'
-        for split, s in stats.items()) + f' in {time.time() - start:.1f} s')
+    print(f'{describe_coco_stats(args.out, stats, "digits")} in '
+          f'{time.time() - start:.1f} s')
     return stats
 
 

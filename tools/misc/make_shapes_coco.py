@@ -20,6 +20,7 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from mmifso.datasets.coco_files import describe_coco_stats  # noqa: E402
 from mmifso.datasets.shapes import COCO_SPLITS, make_shapes_coco  # noqa: E402,E501
 
 
@@ -58,9 +59,8 @@ def main(argv=None):
         seed=args.seed,
         max_objects=args.max_objects,
         splits=splits)
-    print(f'wrote {args.out}: ' + ', '.join(
-        f'{split} {s["images"]} images / {s["objects"]} objects'
-        for split, s in stats.items()) + f' in {time.time() - start:.1f} s')
+    print(f'{describe_coco_stats(args.out, stats)} in '
+          f'{time.time() - start:.1f} s')
     return stats
 
 
