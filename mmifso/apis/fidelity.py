@@ -6,10 +6,10 @@ The reusable maths of ``tools/analysis/loss_change_fidelity.py``:
   mean data loss over fixed pre-processed batches plus weight decay over the
   retrained weights, with the model in a fixed (eval) mode, so ``J`` is a
   deterministic function of the weights.
-* :func:`converge` -- minimises ``J`` until ``||grad J||_2 <= tol``: a
-  Newton trust-region method whose subproblems are solved by a Krylov method
-  on exact Hessian-vector products (``method='newton'``, the default), or
-  L-BFGS with a strong-Wolfe line search (``method='lbfgs'``); returns the
+* :func:`converge` -- minimises ``J`` until ``||grad J||_2 <= tol``: L-BFGS
+  with a strong-Wolfe line search (``method='lbfgs'``) or a trust-region
+  Newton-Krylov method on exact Hessian-vector products
+  (``method='newton'``), each finished by Newton polishing; returns the
   evidence (gradient norm, iterations).
 * :func:`rank_metrics` -- Spearman (with a bootstrap interval), Kendall and
   top-k overlap of a prediction against a measured change.
@@ -156,7 +156,7 @@ class ConvergeResult:
 def converge(objective: RegularisedObjective,
              tol: float = 1e-6,
              max_iter: int = 2000,
-             method: str = 'newton',
+             method: str = 'lbfgs',
              history_size: int = 50,
              chunk: int = 50,
              callback: Optional[Callable[[int, float, float], None]] = None
@@ -165,23 +165,24 @@ def converge(objective: RegularisedObjective,
 
     Deterministic: full-batch objective, fixed model mode, no randomness.
 
-    ``method='newton'``: a trust-region Newton method (SciPy's
-    ``trust-krylov``, float64 on the host) whose subproblems use exact
-    Hessian-vector products of ``J``. Near a minimiser it converges
-    quadratically, which first-order quasi-Newton does not do on this
-    ill-conditioned objective (its smallest curvature is about ``lam``):
-    L-BFGS needed thousands of iterations for ``||grad J|| ~ 1e-3`` on the
-    ResNet-8 digits model (docs/criteria.md). Negative curvature (a
-    non-convex start) is handled by the trust region.
-    ``method='lbfgs'``: L-BFGS with a strong-Wolfe line search, checked
-    every ``chunk`` iterations.
+    ``method='lbfgs'`` (default): L-BFGS with a strong-Wolfe line search,
+    checked every ``chunk`` iterations, then Newton polishing if it stopped
+    above ``tol``. ``method='newton'``: a trust-region Newton method
+    (SciPy's ``trust-krylov``, float64 on the host) on exact
+    Hessian-vector products of ``J``, then the same polishing; negative
+    curvature (a non-convex start) is handled by the trust region. Far from
+    the minimiser L-BFGS lowers ``J`` faster per second (measured on the
+    ResNet-8 digits model, docs/criteria.md: each Newton step costs tens of
+    Hessian-vector products), near it the Newton steps converge
+    quadratically where L-BFGS crawls (the smallest curvature is about
+    ``lam``).
 
     Args:
         objective (RegularisedObjective): ``J`` and its variables.
         tol (float): Gradient-norm tolerance (2-norm over all params).
         max_iter (int): Iteration budget (Newton steps or L-BFGS
             iterations).
-        method (str): ``'newton'`` or ``'lbfgs'``.
+        method (str): ``'lbfgs'`` or ``'newton'``.
         history_size (int): L-BFGS memory.
         chunk (int): L-BFGS iterations between gradient-norm checks.
         callback (Callable, optional): Progress logging, called with
@@ -198,7 +199,7 @@ def converge(objective: RegularisedObjective,
     if method == 'lbfgs':
         return _converge_lbfgs(objective, tol, max_iter, history_size, chunk,
                                callback)
-    raise ValueError(f"method must be 'newton' or 'lbfgs', got {method!r}")
+    raise ValueError(f"method must be 'lbfgs' or 'newton', got {method!r}")
 
 
 def _converge_newton(objective: RegularisedObjective, tol: float,
@@ -275,26 +276,47 @@ def _converge_newton(objective: RegularisedObjective, tol: float,
         load(res.x)
         cache['hvp'] = None  # frees the graph
         norm = objective.grad_norm()
-    while norm > tol and counts['iterations'] < max_iter:
-        improved = _newton_polish_step(objective, norm)
-        counts['iterations'] += 1
-        counts['evaluations'] += improved['evaluations']
-        if improved['grad_norm'] is None:
-            break  # negative curvature or no decrease: not converged
-        norm = improved['grad_norm']
-        if callback is not None:
-            callback(counts['iterations'], norm,
-                     objective.value()['objective'])
+    norm, steps, evals = _polish(objective, norm, tol,
+                                 max_iter - counts['iterations'], callback,
+                                 counts['iterations'])
+    counts['iterations'] += steps
+    counts['evaluations'] += evals
     return _result(objective, w0, norm, tol, counts['iterations'],
                    counts['evaluations'], start)
 
 
+#: Newton polishing steps after L-BFGS has stopped above the tolerance.
+POLISH_STEPS = 20
 #: Most Hessian-vector products of one polishing step's conjugate gradient
 #: (a truncated solve is still accepted if it lowers ``||grad J||``).
 POLISH_CG_ITERS = 1000
 #: Rejected trust-region steps in a row that end phase 1 of
 #: :func:`_converge_newton` (the rounding of ``J`` dominates).
 STALL = 5
+
+
+def _polish(objective: RegularisedObjective, norm: float, tol: float,
+            max_steps: int,
+            callback: Optional[Callable[[int, float, float], None]],
+            done: int) -> 'tuple[float, int, int]':
+    """Inexact Newton steps (:func:`_newton_polish_step`) until ``tol``,
+    ``max_steps`` or a step that cannot lower ``||grad J||``.
+
+    Returns:
+        tuple[float, int, int]: The gradient norm reached, the steps taken
+        and the gradients evaluated.
+    """
+    steps = evals = 0
+    while norm > tol and steps < max_steps:
+        improved = _newton_polish_step(objective, norm)
+        steps += 1
+        evals += improved['evaluations']
+        if improved['grad_norm'] is None:
+            break  # negative curvature or no decrease: not converged
+        norm = improved['grad_norm']
+        if callback is not None:
+            callback(done + steps, norm, objective.value()['objective'])
+    return norm, steps, evals
 
 
 def _newton_polish_step(objective: RegularisedObjective,
@@ -356,7 +378,10 @@ def _converge_lbfgs(objective: RegularisedObjective, tol: float,
                     callback: Optional[Callable[[int, float, float], None]]
                     ) -> ConvergeResult:
     """L-BFGS (strong Wolfe) in chunks of ``chunk`` iterations (the history
-    is kept); stops at ``tol``, ``max_iter`` or a chunk without progress."""
+    is kept) until ``tol``, ``max_iter`` or a chunk without progress; then,
+    if still above ``tol``, up to ``POLISH_STEPS`` Newton polishing steps
+    within the ``max_iter`` budget (they stop at once where the Newton step
+    does not help)."""
     start = time.perf_counter()
     params = objective.params
     w0 = [p.detach().clone() for p in params]
@@ -389,7 +414,11 @@ def _converge_lbfgs(objective: RegularisedObjective, tol: float,
         last = value
     for p in params:
         p.grad = None
-    return _result(objective, w0, norm, tol, iterations, evaluations, start)
+    norm, steps, evals = _polish(
+        objective, norm, tol, min(POLISH_STEPS, max_iter - int(iterations)),
+        callback, int(iterations))
+    return _result(objective, w0, norm, tol, iterations + steps,
+                   evaluations + evals, start)
 
 
 

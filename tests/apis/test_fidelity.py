@@ -81,7 +81,7 @@ def test_budget_too_small_is_reported_not_converged(problem, method):
     res = converge(obj, tol=1e-14, max_iter=1, chunk=1, method=method)
     assert not res.converged and res.grad_norm > 1e-14
     assert res.iterations <= 2
-    with pytest.raises(ValueError, match="method must be 'newton'"):
+    with pytest.raises(ValueError, match="method must be 'lbfgs'"):
         converge(obj, method='adam')
     with pytest.raises(ValueError, match='lam must be >= 0'):
         RegularisedObjective(model, [], [model.weight], -1.0)

@@ -56,9 +56,10 @@ IFSO's (the weight decay of those weights in the config's optimizer, or
 ``--lam``). BatchNorm runs in **eval mode** (running statistics): in train
 mode it makes the preceding conv weights scale-invariant, so ``lam/2
 ||w||^2`` has no minimiser. Everything is float64; each retrain is
-full-batch, from ``w0`` until ``||grad_w J||_2 <= --grad-tol``, by a
+full-batch, from ``w0`` until ``||grad_w J||_2 <= --grad-tol``, by L-BFGS
+with a strong-Wolfe line search (``--optimizer lbfgs``, the default) or a
 trust-region Newton-Krylov method on exact Hessian-vector products
-(``--optimizer newton``, the default) or L-BFGS (``--optimizer lbfgs``), and every retrain's final gradient norm is
+(``--optimizer newton``), each finished by Newton polishing, and every retrain's final gradient norm is
 in the JSON. A run where any retrain missed the tolerance is refused
 (nothing written). ``w0`` must be a converged point of ``J``: pass
 ``--converge-start`` to converge the unmasked model first (criteria are
@@ -451,14 +452,14 @@ class ConvergedMeter:
         tol (float): Gradient-norm tolerance.
         max_iter (int): Newton steps (L-BFGS iterations) per retrain.
         mask_steps (int): Continuation steps from mask 1 to 0.
-        method (str): ``'newton'`` (trust-region Newton-Krylov on exact
-            Hessian-vector products) or ``'lbfgs'``
-            (:func:`mmifso.apis.fidelity.converge`).
+        method (str): ``'lbfgs'`` or ``'newton'`` (trust-region
+            Newton-Krylov on exact Hessian-vector products), see
+            :func:`mmifso.apis.fidelity.converge`.
     """
 
     def __init__(self, algo, fit_data: dict, lam: float, tol: float,
                  max_iter: int, mask_steps: int = 1,
-                 method: str = 'newton') -> None:
+                 method: str = 'lbfgs') -> None:
         from mmifso.apis.fidelity import RegularisedObjective
         from mmifso.models.importance import ScoringContext
         self.algo = algo
@@ -677,10 +678,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='converged: Newton steps (L-BFGS iterations) '
                         'per retrain')
     parser.add_argument(
-        '--optimizer', choices=['newton', 'lbfgs'], default='newton',
-        help='converged: trust-region Newton-Krylov on exact '
-        'Hessian-vector products (quadratic convergence near the optimum) '
-        'or L-BFGS (strong Wolfe)')
+        '--optimizer', choices=['lbfgs', 'newton'], default='lbfgs',
+        help='converged: L-BFGS (strong Wolfe) or trust-region '
+        'Newton-Krylov on exact Hessian-vector products, each finished by '
+        'Newton polishing')
     parser.add_argument('--mask-steps', type=int, default=1,
                         help='converged: lower the mask to 0 in this many '
                         'steps, re-converging after each (continuation)')
