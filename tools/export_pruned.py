@@ -20,7 +20,7 @@ import sys
 
 
 def parse_args():
-    from mmifso.utils import KeyValueAction
+    from mmifso.utils import add_cfg_options
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the pruning config')
     parser.add_argument('checkpoint', help='masked checkpoint (flops_XX.pth)')
@@ -30,7 +30,7 @@ def parse_args():
         type=float,
         default=1e-4,
         help='largest allowed masked/exported output difference')
-    parser.add_argument('--cfg-options', nargs='+', action=KeyValueAction)
+    add_cfg_options(parser)
     return parser.parse_args()
 
 

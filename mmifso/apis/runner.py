@@ -29,7 +29,7 @@ from mmifso.engine.hooks.pruning_hook import threshold_checkpoint_name
 from mmifso.models.importance import registered_criteria
 from mmifso.utils.io import (TRUST_CHECKPOINT_HELP, TRUST_ENV,
                              install_safe_checkpoint_loader)
-from mmifso.utils.options import KeyValueAction
+from mmifso.utils.options import add_cfg_options
 from .checks import CheckpointConfigMismatch, check_checkpoint_matches_config
 
 
@@ -43,23 +43,14 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options every Runner tool shares to ``parser``.
 
     ``--cfg-options`` (mmengine's ``key=value`` overrides; an item without
-    ``=`` is a usage error, see :class:`~mmifso.utils.KeyValueAction`),
+    ``=`` is a usage error, see :func:`~mmifso.utils.add_cfg_options`),
     ``--launcher``, ``--trust-checkpoint`` and ``--local-rank`` (passed by
     ``torch.distributed.launch``; see :func:`set_local_rank`).
 
     Args:
         parser (argparse.ArgumentParser): The tool's parser.
     """
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=KeyValueAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
+    add_cfg_options(parser)
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],

@@ -39,9 +39,10 @@ class KeyValueAction(DictAction):
     ``argument --cfg-options: expected KEY=VALUE, got 'key'``; well-formed
     items are parsed by ``DictAction`` unchanged.
 
-    Use it wherever a tool takes ``KEY=VALUE`` items::
+    Use it wherever a tool takes ``KEY=VALUE`` items (``--cfg-options``
+    itself is added by :func:`add_cfg_options`)::
 
-        parser.add_argument('--cfg-options', nargs='+',
+        parser.add_argument('--prune-variant', nargs='+',
                             action=KeyValueAction)
     """
 
@@ -67,3 +68,26 @@ class KeyValueAction(DictAction):
                 parser.error(
                     f'argument {name}: expected KEY=VALUE, got {item!r}')
         super().__call__(parser, namespace, values, option_string)
+
+
+def add_cfg_options(parser: ArgumentParser) -> None:
+    """Add ``--cfg-options KEY=VALUE ...`` (config overrides) to ``parser``.
+
+    The one definition of the option for every tool: parsed by
+    :class:`KeyValueAction` into the dict ``Config.merge_from_dict`` takes,
+    with mmengine's description of the value syntax as help.
+
+    Args:
+        parser (ArgumentParser): The tool's parser.
+    """
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=KeyValueAction,
+        metavar='KEY=VALUE',
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')

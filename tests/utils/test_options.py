@@ -8,7 +8,7 @@ from mmengine.config import DictAction
 
 from helpers import load_tool
 from mmifso.models import ChannelMutator
-from mmifso.utils import KeyValueAction, check_choice
+from mmifso.utils import KeyValueAction, add_cfg_options, check_choice
 
 
 def test_check_choice_returns_a_valid_value():
@@ -59,6 +59,18 @@ def test_dict_action_alone_fails_with_a_traceback():
     """What the tools did before: an unpacking error, not a usage error."""
     with pytest.raises(ValueError, match='not enough values to unpack'):
         _parse_with(DictAction, ['a=1', 'key'])
+
+
+def test_add_cfg_options(capsys):
+    parser = argparse.ArgumentParser(prog='tool')
+    add_cfg_options(parser)
+    parser.print_help()
+    assert '--cfg-options KEY=VALUE [KEY=VALUE ...]' in capsys.readouterr().out
+    assert parser.parse_args([]).cfg_options is None
+    args = parser.parse_args(['--cfg-options', *ITEMS])
+    assert args.cfg_options == _parse_with(DictAction, ITEMS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--cfg-options', 'key'])
 
 
 def test_key_value_action_names_the_bad_item(capsys):

@@ -30,7 +30,7 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmifso.utils import KeyValueAction, pipeline_input_size  # noqa: E402
+from mmifso.utils import add_cfg_options, pipeline_input_size  # noqa: E402
 
 DEFAULT_SHAPE = (224, 224)
 
@@ -50,12 +50,7 @@ def parse_args(argv=None):
         '--checkpoint',
         help='checkpoint to load first (masks of a PruningAlgorithm)')
     parser.add_argument('--out', help='write the numbers to this JSON file')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=KeyValueAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file.')
+    add_cfg_options(parser)
     args = parser.parse_args(argv)
     if args.shape is not None and len(args.shape) not in (1, 2):
         parser.error('--shape takes H W or one size')

@@ -30,7 +30,7 @@ import torch
 
 
 def parse_args():
-    from mmifso.utils import KeyValueAction
+    from mmifso.utils import add_cfg_options
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the pruning config')
     parser.add_argument('--shape', type=int, nargs=4, required=True,
@@ -53,7 +53,7 @@ def parse_args():
         'a selection with round_to=K does; ONNX Runtime runs other widths '
         'off its blocked-layout kernels)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cfg-options', nargs='+', action=KeyValueAction)
+    add_cfg_options(parser)
     args = parser.parse_args()
     if bool(args.out) == bool(args.table):
         parser.error('give --out (build a table) or --table (check one)')

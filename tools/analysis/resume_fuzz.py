@@ -64,7 +64,7 @@ from mmifso.apis import load_config  # noqa: E402
 from mmifso.engine.hooks import (ExactResumeHook, get_rng_state,  # noqa: E402
                                  set_rng_state)
 from mmifso.registry import HOOKS  # noqa: E402
-from mmifso.utils import KeyValueAction  # noqa: E402
+from mmifso.utils import add_cfg_options  # noqa: E402
 
 KILL_ENV = 'MMIFSO_KILL_AT'
 PHASES = ('after_ckpt', 'between', 'prune', 'ckpt_write')
@@ -496,7 +496,7 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/resume_fuzz')
     parser.add_argument('--out', help='JSON result (default: '
                         'WORK_DIR/resume_fuzz.json)')
-    parser.add_argument('--cfg-options', nargs='+', action=KeyValueAction)
+    add_cfg_options(parser)
     return parser.parse_args(argv)
 
 

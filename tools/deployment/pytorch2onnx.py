@@ -19,7 +19,7 @@ import sys
 
 
 def parse_args():
-    from mmifso.utils import KeyValueAction
+    from mmifso.utils import add_cfg_options
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='deploy_config.py (or a plain config)')
     parser.add_argument('checkpoint', help='pruned.pth (or a plain one)')
@@ -48,7 +48,7 @@ def parse_args():
         metavar='ROUNDS',
         help='then time PyTorch and ONNX Runtime (interleaved medians of '
         'ROUNDS samples, torch\'s thread count)')
-    parser.add_argument('--cfg-options', nargs='+', action=KeyValueAction)
+    add_cfg_options(parser)
     return parser.parse_args()
 
 
