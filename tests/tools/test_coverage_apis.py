@@ -57,9 +57,10 @@ def test_check_apis_on_a_classifier_and_a_detector(tmp_path):
                  if k.startswith('(')]
     assert reverse.startswith('loaded with a warning of')
     table = md.read_text()
-    assert '| resnet18_8xb32_in1k@32 | 3/3 | inference_model |' in table
-    assert '| retinanet_r18-w32_fpn_1xb16-48e_shapes@64 | 3/3 | - |' in \
-        table
+    assert ('| resnet18_8xb32_in1k@32 | 3/3 | inference_model | 0.0e+00 | '
+            '4/4 | loaded with a warning of') in table
+    assert ('| retinanet_r18-w32_fpn_1xb16-48e_shapes@64 | 3/3 | - | '
+            '0.0e+00 | 4/4 | loaded with a warning of') in table
 
 
 def test_check_apis_catches_lost_class_names_and_silent_loads(monkeypatch):
