@@ -16,7 +16,6 @@ message that says what to do.
 """
 import argparse
 import json
-import sys
 
 
 def parse_args():
@@ -36,16 +35,16 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from mmifso.apis import export_checkpoint, load_config
+    from mmifso.apis import exit_on_errors, export_checkpoint, load_config
     from mmifso.structures import StructureMismatchError
-    cfg = load_config(args.config, args.cfg_options)
-    try:
+
+    # ExportError, UnsafeCheckpointError and unreadable checkpoints are
+    # RuntimeErrors: their messages say what to do (as a missing file's).
+    with exit_on_errors('tools/export_pruned.py', FileNotFoundError,
+                        RuntimeError, StructureMismatchError):
+        cfg = load_config(args.config, args.cfg_options)
         result = export_checkpoint(cfg, args.checkpoint, args.out_dir,
                                    args.atol)
-    except (FileNotFoundError, RuntimeError, StructureMismatchError) as e:
-        # ExportError, UnsafeCheckpointError and unreadable checkpoints are
-        # RuntimeErrors: their messages say what to do.
-        sys.exit(f'tools/export_pruned.py: {type(e).__name__}: {e}')
     flops_ratio = result['flops'] / result['flops_unpruned']
     params_ratio = result['params'] / result['params_unpruned']
     print(json.dumps(result, indent=2))

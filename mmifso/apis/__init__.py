@@ -8,16 +8,17 @@ from .pruning import (analyse_model, export_model, prune_to_target,
                       score_channels)
 from .runner import (RunnerSetupError, add_pruning_arguments,
                      add_runner_arguments, build_runner, build_tool_runner,
-                     checkpoint_to_load, default_work_dir, flops_checkpoint,
-                     load_config, pruning_hook_index, run_config,
-                     set_local_rank)
+                     checkpoint_to_load, default_work_dir, exit_on_errors,
+                     flops_checkpoint, load_config, pruning_hook_index,
+                     run_config, set_local_rank)
 
 __all__ = [
     'CheckpointConfigMismatch', 'check_checkpoint_matches_config',
     'checkpoint_kind', 'model_kind', 'export_checkpoint', 'analyse_model',
     'export_model', 'prune_to_target', 'score_channels', 'RunnerSetupError',
     'add_pruning_arguments', 'add_runner_arguments', 'build_runner', 'build_tool_runner',
-    'checkpoint_to_load', 'default_work_dir', 'flops_checkpoint',
+    'checkpoint_to_load', 'default_work_dir', 'exit_on_errors',
+    'flops_checkpoint',
     'load_config', 'pruning_hook_index', 'run_config', 'set_local_rank', 'OnnxExportError',
     'export_onnx', 'time_onnx'
 ]

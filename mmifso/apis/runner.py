@@ -16,9 +16,10 @@ guarantees) call :func:`build_runner` on the merged config. It
 4. builds the Runner (``runner_type`` of the config when given).
 """
 import argparse
+import contextlib
 import os
 import os.path as osp
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple, Type
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
@@ -259,6 +260,27 @@ def build_tool_runner(cfg: Config, args: argparse.Namespace,
         return build_runner(cfg, trust_checkpoint=args.trust_checkpoint)
     except RunnerSetupError as e:
         raise SystemExit(f'{tool}: {e}') from e
+
+
+@contextlib.contextmanager
+def exit_on_errors(tool: str,
+                   *errors: Type[BaseException]) -> Iterator[None]:
+    """End a command-line tool with ``'<tool>: <Error>: <message>'`` (exit
+    status 1, no traceback) when the block raises one of ``errors``.
+
+    For the errors whose messages say what to do (a missing file, a
+    checkpoint that does not fit, an export that fails its check); any other
+    exception keeps its traceback.
+
+    Args:
+        tool (str): The tool's name in the message
+            (``tools/export_pruned.py``).
+        *errors (type): The exception types to turn into the message.
+    """
+    try:
+        yield
+    except errors as e:
+        raise SystemExit(f'{tool}: {type(e).__name__}: {e}') from e
 
 
 def add_pruning_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,8 @@ from mmengine.runner import Runner
 from helpers import DEMO_BASELINE, build_algorithm, random_prune, runner_cfg
 from mmifso.apis import (RunnerSetupError, add_runner_arguments,
                          build_runner, checkpoint_to_load, default_work_dir,
-                         flops_checkpoint, load_config, pruning_hook_index)
+                         exit_on_errors, flops_checkpoint, load_config,
+                         pruning_hook_index)
 
 
 def test_checkpoint_to_load(tmp_path):
@@ -98,6 +99,21 @@ def test_load_config_with_cfg_options():
     assert cfg.train_dataloader.batch_size == 4
     with pytest.raises(FileNotFoundError, match='mmpretrain::nope.py'):
         load_config('mmpretrain::nope.py')
+
+
+def test_exit_on_errors():
+    with pytest.raises(SystemExit) as err:
+        with exit_on_errors('tools/x.py', FileNotFoundError, ValueError):
+            load_config('mmdet::no/such_config.py')
+    assert str(err.value).startswith(
+        'tools/x.py: FileNotFoundError: mmdet::no/such_config.py: no such '
+        'config')
+    # Other errors keep their traceback; a clean block passes through.
+    with pytest.raises(KeyError):
+        with exit_on_errors('tools/x.py', ValueError):
+            raise KeyError('k')
+    with exit_on_errors('tools/x.py', ValueError):
+        pass
 
 
 def test_flops_checkpoint(tmp_path):

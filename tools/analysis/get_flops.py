@@ -286,7 +286,7 @@ def format_table(result: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     import mmifso  # noqa: F401  (registers the mmifso modules)
-    from mmifso.apis import load_config, model_kind
+    from mmifso.apis import exit_on_errors, load_config, model_kind
     from mmifso.utils import save_json
 
     cfg = load_config(args.config, args.cfg_options)
@@ -299,10 +299,8 @@ def main(argv=None):
                  f'{type(e).__name__}: {e}')
     checkpoint_kind = None
     if args.checkpoint:
-        try:
+        with exit_on_errors('get_flops.py', Exception):
             checkpoint_kind = load_weights(model, cfg, args.checkpoint, kind)
-        except Exception as e:
-            sys.exit(f'get_flops.py: {type(e).__name__}: {e}')
     model.eval()
     model_type = cfg.model.get('type')
     result = dict(

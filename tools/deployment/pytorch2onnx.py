@@ -15,7 +15,6 @@ PyTorch; otherwise the tool exits with an error and writes nothing.
 """
 import argparse
 import json
-import sys
 
 
 def parse_args():
@@ -54,15 +53,15 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from mmifso.apis import export_onnx, load_config, time_onnx
-    cfg = load_config(args.config, args.cfg_options)
-    try:
+    from mmifso.apis import exit_on_errors, export_onnx, load_config, time_onnx
+
+    # OnnxExportError, unreadable checkpoints and missing files: the message
+    # says what to do.
+    with exit_on_errors('tools/deployment/pytorch2onnx.py', FileNotFoundError,
+                        RuntimeError, ValueError):
+        cfg = load_config(args.config, args.cfg_options)
         result = export_onnx(cfg, args.checkpoint, args.out, args.shape,
                              args.dynamic_batch, args.opset, args.rtol)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
-        # OnnxExportError and unreadable checkpoints: the message says what
-        # to do.
-        sys.exit(f'tools/deployment/pytorch2onnx.py: {type(e).__name__}: {e}')
     print(json.dumps(result, indent=2))
     print(f'wrote {result["path"]}: {len(result["outputs"])} outputs, max '
           f'relative ORT/torch difference {max(result["max_rel_err"]):.2e}')
