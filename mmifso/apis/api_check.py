@@ -334,18 +334,14 @@ def _detector_checks(paths: Dict[str, str], ref: nn.Module,
     def build() -> nn.Module:
         return init_detector(deploy, None, device='cpu')
 
-    unpruned = paths['unpruned']
-    refused = {
-        'init_detector': _refusal(
-            lambda: init_detector(deploy, unpruned, device='cpu')),
-        'DetInferencer': _refusal(lambda: DetInferencer(
-            model=deploy, weights=unpruned, device='cpu',
-            show_progress=False)),
-        'load_checkpoint(strict=False)': _refusal(
-            lambda: _non_strict_load(build, unpruned)),
-        'Runner (load_from)': _refusal(lambda: _runner_load(
-            deploy, unpruned, osp.join(work_dir, 'runner'))),
-    }
+    refused = _refusals(
+        {
+            'init_detector':
+            lambda w: init_detector(deploy, w, device='cpu'),
+            'DetInferencer':
+            lambda w: DetInferencer(
+                model=deploy, weights=w, device='cpu', show_progress=False),
+        }, build, deploy, paths['unpruned'], work_dir)
     # The other way round: not mmifso's model, so not mmifso's to refuse.
     refused['(pruned.pth into the unpruned config: init_detector)'] = \
         _upstream_config_load(lambda: init_detector(
@@ -419,23 +415,37 @@ def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
     def build() -> nn.Module:
         return get_model(deploy, pretrained=None, device='cpu')
 
-    unpruned = paths['unpruned']
-    refused = {
-        'get_model': _refusal(
-            lambda: get_model(deploy, pretrained=unpruned, device='cpu')),
-        'ImageClassificationInferencer': _refusal(
-            lambda: ImageClassificationInferencer(
-                deploy, pretrained=unpruned, device='cpu')),
-        'load_checkpoint(strict=False)': _refusal(
-            lambda: _non_strict_load(build, unpruned)),
-        'Runner (load_from)': _refusal(lambda: _runner_load(
-            deploy, unpruned, osp.join(work_dir, 'runner'))),
-    }
+    refused = _refusals(
+        {
+            'get_model':
+            lambda w: get_model(deploy, pretrained=w, device='cpu'),
+            'ImageClassificationInferencer':
+            lambda w: ImageClassificationInferencer(
+                deploy, pretrained=w, device='cpu'),
+        }, build, deploy, paths['unpruned'], work_dir)
     # The other way round: not mmifso's model, so not mmifso's to refuse.
     refused['(pruned.pth into the unpruned config: get_model)'] = \
         _upstream_config_load(lambda: get_model(
             paths['unpruned_config'], pretrained=ckpt, device='cpu'))
     return works, refused, diffs
+
+
+def _refusals(loaders: Dict[str, Callable[[str], object]],
+              build: Callable[[], nn.Module], deploy: str, unpruned: str,
+              work_dir: str) -> Dict[str, str]:
+    """What every entry point does with the unpruned weights and the deploy
+    config (each must refuse them): the toolbox's own loaders (``name ->
+    load(weights_path)``), mmengine's non-strict ``load_checkpoint`` into
+    ``build()`` and mmengine's Runner with ``load_from``."""
+    refused = {
+        name: _refusal(lambda load=load: load(unpruned))
+        for name, load in loaders.items()
+    }
+    refused['load_checkpoint(strict=False)'] = _refusal(
+        lambda: _non_strict_load(build, unpruned))
+    refused['Runner (load_from)'] = _refusal(lambda: _runner_load(
+        deploy, unpruned, osp.join(work_dir, 'runner')))
+    return refused
 
 
 def _run(step: Callable[[], Optional[str]]) -> str:
