@@ -1,4 +1,5 @@
 from .channel_analyzer import ChannelAnalyzer, FrozenUnitError
+from .channel_ops import ChannelCutError
 from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
 from .demo_input import DemoInput, DemoInputError, DetDemoInput
 from .groups import GroupDivergedError
@@ -9,8 +10,9 @@ from .structure_pruner import apply_structure, fix_channel_attributes
 from .tp_patches import GroupNormBlockPruner
 
 __all__ = [
-    'AnalysisResult', 'ChannelAnalyzer', 'ChannelSite', 'FrozenUnitError',
-    'GroupNormBlockPruner', 'GroupDivergedError', 'SkippedUnit', 'UnitSpec',
+    'AnalysisResult', 'ChannelAnalyzer', 'ChannelCutError', 'ChannelSite',
+    'FrozenUnitError', 'GroupNormBlockPruner', 'GroupDivergedError',
+    'SkippedUnit', 'UnitSpec',
     'DemoInput', 'DemoInputError', 'DetDemoInput', 'count_params',
     'count_resources', 'record_layers', 'apply_structure',
     'fix_channel_attributes', 'LatencyTable', 'LatencyTableMismatch',

@@ -23,6 +23,7 @@ from torch_pruning import ops as tp_ops
 
 from mmifso.utils import check_choice
 from ..utils import eval_mode, preserved_modes
+from .channel_ops import ChannelCutError, fix_split_sizes, record_channel_ops
 from .channel_ties import ChannelTies
 from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
 from .groups import (GroupDivergedError, get_all_groups,
@@ -30,7 +31,8 @@ from .groups import (GroupDivergedError, get_all_groups,
 from .layer_types import (CROSS_CHANNEL_NORMS, GATEABLE_TYPES,
                           PER_CHANNEL_TYPES, is_depthwise, is_grouped)
 from .tp_patches import (cuts_channels, new_dependency_graph,
-                         record_split_readers, split_is_ambiguous)
+                         record_split_readers, split_is_ambiguous,
+                         split_sizes)
 
 
 class FrozenUnitError(RuntimeError):
@@ -58,8 +60,9 @@ class ChannelAnalyzer:
         self.forward_fn = forward_fn
         self.frozen = frozen
         self.min_channels = min_channels
-        # {unit: its cuts into halves}, filled by analyse for _check_halves.
-        self._halves_units: Dict[str, str] = {}
+        # {unit: its cuts into equal pieces}, filled by analyse for
+        # _check_cuts.
+        self._cut_units: Dict[str, str] = {}
 
     def _forward(self, model: nn.Module, dead: Sequence[nn.Module] = ()):
         """The demo forward; the outputs of ``dead`` layers are added to the
@@ -83,8 +86,18 @@ class ChannelAnalyzer:
                dead: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
         """DepGraph of one demo forward; which piece of a channel split each
         layer reads is recorded from every call (see
-        :func:`.tp_patches.record_split_readers`)."""
+        :func:`.tp_patches.record_split_readers`), the input sizes of every
+        concatenation and the splits' pieces too (``mmifso_concat_sizes``,
+        ``mmifso_cut_pieces``; see :mod:`.channel_ops`)."""
         fn2module: Dict[object, nn.Module] = {}
+        graph = new_dependency_graph()
+
+        def forward(m, _):
+            with record_channel_ops(m) as recorder:
+                outputs = self._forward(m, dead)
+            graph.mmifso_concat_sizes = recorder.concat_sizes
+            graph.mmifso_cut_pieces = recorder.pieces
+            return outputs
 
         def record(module, args, output):
             for t in _tensors(output):  # inner modules' hooks run first
@@ -94,10 +107,10 @@ class ChannelAnalyzer:
         handles = [m.register_forward_hook(record) for m in model.modules()]
         try:
             with preserved_modes(model), torch.enable_grad():
-                graph = new_dependency_graph().build_dependency(
+                graph.build_dependency(
                     model,
                     example_inputs=None,
-                    forward_fn=lambda m, _: self._forward(m, dead),
+                    forward_fn=forward,
                     verbose=False)
                 record_split_readers(graph, _tensors(self._outputs),
                                      fn2module)
@@ -194,9 +207,9 @@ class ChannelAnalyzer:
         }
         self._output_shapes = _shapes(self._model_outputs)
         self._outputs = self._model_outputs = None
-        self._halves_units = {}
+        self._cut_units = {}
         result = self._collect_units(graph, names, model)
-        self._check_halves(model, result)
+        self._check_cuts(model, result)
         result.call_counts = call_counts
         result.opaque_modules = self._opaque_modules(model, graph)
         self._opaque_fns = {}
@@ -281,18 +294,20 @@ class ChannelAnalyzer:
         reason = next((r for r in reasons if r is not None), None)
         if reason is None:
             spec.blocks, reason = ties.blocks()
-        if ties.halves_cuts:
-            self._halves_units[spec.name] = ' and '.join(ties.halves_cuts)
+        if ties.cuts:
+            self._cut_units[spec.name] = ' and '.join(ties.cuts)
         return spec, reason or self._size_reason(spec)
 
-    def _check_halves(self, model: nn.Module, result: AnalysisResult) -> None:
+    def _check_cuts(self, model: nn.Module, result: AnalysisResult) -> None:
         """Prune a copy of ``model``: one tied block of every unit cut into
-        halves. The graph shows two equal halves, not whether the model
-        computes the cut from the tensor's size or from a fixed number; a
-        fixed cut point hands the layers behind it the wrong number of
-        channels, so the copy's demo forward fails or changes the output
-        shapes. Units that fail (tried one by one) move to ``skipped``."""
-        units = [u for u in result.units if u.name in self._halves_units]
+        equal pieces. The graph shows equal pieces, not whether the model
+        computes the cut from the tensor's size, from a module attribute
+        (which the export updates, :func:`.channel_ops.fix_split_sizes`) or
+        from a fixed number; a fixed cut point hands the layers behind it
+        the wrong number of channels, so the copy's demo forward fails or
+        changes the output shapes. Units that fail (tried one by one) move
+        to ``skipped``."""
+        units = [u for u in result.units if u.name in self._cut_units]
         if not units or self._probe(model, units) is None:
             return
         for unit in units:
@@ -301,9 +316,9 @@ class ChannelAnalyzer:
                 result.units.remove(unit)
                 result.skipped.append(SkippedUnit(
                     unit.name, unit.num_channels,
-                    f'its channels are cut by {self._halves_units[unit.name]}'
-                    ' into halves, but a copy of the model with one pair of '
-                    'them removed ' + error + ': the model cuts at a fixed '
+                    f'its channels are cut by {self._cut_units[unit.name]}, '
+                    'but a copy of the model with one block of them '
+                    'removed ' + error + ': the model cuts at a fixed '
                     'number of channels, which removing channels would '
                     'move'))
 
@@ -320,8 +335,13 @@ class ChannelAnalyzer:
                 pruner = graph.get_pruner_of_module(module)
                 get_pruning_group(graph, module, pruner.prune_out_channels,
                                   unit.blocks[0]).prune()
+            # As the export does: splits get the new piece size.
+            fix_split_sizes(pruned, self.forward_fn,
+                            getattr(graph, 'mmifso_cut_pieces', None))
             with eval_mode(pruned), torch.no_grad():
                 shapes = _shapes(self.forward_fn(pruned))
+        except ChannelCutError as e:  # says which split and why, in full
+            return f'failed ({type(e).__name__}: {e})'
         except Exception as e:  # any failure is the answer
             return f'failed ({type(e).__name__}: {str(e)[:120]})'
         finally:
@@ -335,7 +355,7 @@ class ChannelAnalyzer:
                           ties: ChannelTies) -> Optional[str]:
         """Why channels crossing a DepGraph pseudo-op (add, concat, split,
         reshape, a bare parameter, an opaque layer) cannot be pruned, or
-        ``None``. A cut into two halves ties the channels of the halves
+        ``None``. A cut into equal pieces ties the channels of the pieces
         instead (see :mod:`.channel_ties`)."""
         split = _channel_split(target)
         if split and split_is_ambiguous(target):
@@ -343,13 +363,13 @@ class ChannelAnalyzer:
                     'reads several of the pieces, so the analysis cannot '
                     'tell which channels it reads')
         if split:
-            half = _half_of(target)
-            if half is not None:
-                return _tie_halves(target, split, half, group, ties)
-            return (f'its channels are cut by {split}; the model computes '
-                    'the cut points from fixed sizes, which removing '
-                    'channels would move (the exported model would mix '
-                    'channels)')
+            pieces = _equal_pieces(target)
+            if pieces is not None:
+                return _tie_pieces(target, split, *pieces, group, ties)
+            return (f'its channels are cut by {split} into unequal pieces; '
+                    'the model computes the cut points from fixed sizes, '
+                    'which removing channels would move (the exported model '
+                    'would mix channels)')
         groups = _channel_shuffle(target)
         if groups:
             return (f'its channels cross a channel shuffle (view into '
@@ -490,28 +510,30 @@ def _channel_split(node) -> Optional[str]:
     return kinds[node.type]
 
 
-def _half_of(node) -> Optional[int]:
-    """``C // 2`` when a channel slice or split cuts its input of ``C``
-    channels into two equal halves (``x[:, :C // 2]``, ``x[:, C // 2:]``,
-    ``x.chunk(2, 1)``, ``x.split(C // 2, 1)``); else ``None``."""
+def _equal_pieces(node) -> Optional[Tuple[int, int]]:
+    """``(size, n)`` when a channel split cuts its input into ``n >= 2``
+    equal pieces of ``size`` channels (``x.chunk(n, 1)``, ``x.split(C // n,
+    1)``, ``x.split([s] * n, 1)``), or a channel slice takes one half of its
+    input (``x[:, :C // 2]``, ``x[:, C // 2:]``: ``n = 2``); else ``None``.
+    """
     fn = getattr(node, 'grad_fn', None)
+    if node.type == tp_ops.OPTYPE.SPLIT:
+        sizes = split_sizes(fn)
+        if sizes and len(sizes) >= 2 and len(set(sizes)) == 1:
+            return sizes[0], len(sizes)
+        return None
     sizes = getattr(fn, '_saved_self_sym_sizes', None)
     dim = getattr(fn, '_saved_dim', None)
-    if sizes is None or dim is None or not 0 <= dim < len(sizes):
+    if node.type != tp_ops.OPTYPE.SLICE or sizes is None or dim is None or \
+            not 0 <= dim < len(sizes):
         return None
     channels = int(sizes[dim])
     half = channels // 2
     if channels % 2 or not half:
         return None
-    if node.type == tp_ops.OPTYPE.SLICE:
-        cut = (fn._saved_start, min(fn._saved_end, channels))
-        return half if fn._saved_step == 1 and cut in (
-            (0, half), (half, channels)) else None
-    if node.type == tp_ops.OPTYPE.SPLIT:
-        sizes = getattr(fn, '_saved_split_sizes', None) or (getattr(
-            fn, '_saved_split_size', None), ) * 2
-        return half if tuple(sizes) == (half, half) else None
-    return None
+    cut = (fn._saved_start, min(fn._saved_end, channels))
+    return (half, 2) if fn._saved_step == 1 and cut in (
+        (0, half), (half, channels)) else None
 
 
 def _channel_shuffle(node) -> Optional[int]:
@@ -548,11 +570,11 @@ _NOT_OUTPUT_INDEXED = (tp_ops.OPTYPE.SPLIT, tp_ops.OPTYPE.UNBIND,
                        tp_ops.OPTYPE.RESHAPE, tp_ops.OPTYPE.EXPAND)
 
 
-def _tie_halves(node, cut: str, half: int, group,
-                ties: ChannelTies) -> Optional[str]:
-    """Tie the two halves of the tensor ``node`` cuts (a split's indices in
-    the group are its input's; a slice's are its output's, so its input
-    node's are used), or say why not."""
+def _tie_pieces(node, cut: str, size: int, num: int, group,
+               ties: ChannelTies) -> Optional[str]:
+    """Tie the ``num`` equal pieces of the tensor ``node`` cuts (a split's
+    indices in the group are its input's; a slice's are its output's, so
+    its input node's are used), or say why not."""
     if node.type == tp_ops.OPTYPE.SLICE:
         node = node.inputs[0] if len(node.inputs) == 1 else None
         if node is None or node.type in _NOT_OUTPUT_INDEXED:
@@ -568,7 +590,7 @@ def _tie_halves(node, cut: str, half: int, group,
             continue  # a layer's input channels: another tensor
         idxs += list(item.idxs)
         roots += list(item.root_idxs)
-    return ties.halves(cut, half, idxs, roots)
+    return ties.pieces(cut, size, num, idxs, roots)
 
 
 def _shapes(x) -> List[Tuple[int, ...]]:

@@ -12,11 +12,15 @@ an op between producer and consumer mixes them.
   channel at position ``j`` of every group is tied to position ``j`` of the
   others.
 
-* A cut of the channels into two halves whose cut point the model computes
-  from the tensor's size (``x[:, :C // 2]`` / ``x[:, C // 2:]``,
-  ``x.chunk(2, dim=1)``): after pruning the cut point stays between the
-  right channels only if both halves lose the same number of channels, so
-  channel ``i`` of the first half is tied to channel ``i`` of the second.
+* A cut of the channels into ``n`` equal pieces: two halves whose cut point
+  the model computes from the tensor's size (``x[:, :C // 2]`` /
+  ``x[:, C // 2:]``), or ``n`` pieces of a split or chunk
+  (``x.chunk(n, dim=1)``, ``torch.split(x, C // n, 1)``, Res2Net's
+  ``torch.split(x, self.width, 1)``): after pruning the cut points stay
+  between the right channels only if every piece loses the same number of
+  channels, so channel ``c`` of every piece is tied to channel ``c`` of the
+  others (blocks of ``n``). A split's size must then change with the pieces
+  (see :mod:`.channel_ops`).
 
 The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
 channels); selection removes whole blocks.
@@ -32,8 +36,10 @@ class ChannelTies:
     def __init__(self, num_channels: int) -> None:
         self.parent = list(range(num_channels))
         self.sources: List[str] = []
-        #: The cuts into halves that tied channels (see :meth:`halves`).
-        self.halves_cuts: List[str] = []
+        #: The cuts into equal pieces that tied channels (see
+        #: :meth:`pieces`), e.g. ``'torch.split/chunk into 8 equal
+        #: pieces'``.
+        self.cuts: List[str] = []
 
     def _find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -97,28 +103,36 @@ class ChannelTies:
         self.sources.append(f'{name} (groups={module.groups})')
         return None
 
-    def halves(self, cut: str, half: int, idxs, root_idxs) -> Optional[str]:
-        """Tie channel ``i`` and ``i + half`` of a tensor cut into two halves
-        of ``half`` channels (``idxs``: its channels in the unit, ``root_idxs``
-        the unit's channels they carry).
+    def pieces(self, cut: str, size: int, num: int, idxs,
+               root_idxs) -> Optional[str]:
+        """Tie channel ``c`` of every piece of a tensor cut into ``num``
+        equal pieces of ``size`` channels (``idxs``: its channels in the
+        unit, ``root_idxs`` the unit's channels they carry).
 
         Returns:
-            str, optional: Why the cut cannot be kept in the middle: the
-            unit holds channel ``i`` of one half but not channel ``i`` of the
-            other (each unit crossing the cut must lose pairs; channels of
-            the tensor in other units are their own pairs).
+            str, optional: Why the pieces cannot lose the same channels: the
+            unit holds channel ``c`` of one piece but not channel ``c`` of
+            another (each unit crossing the cut must lose whole blocks of
+            ``num``; channels of the tensor in other units are their own
+            blocks).
         """
+        what = 'halves' if num == 2 else f'{num} equal pieces'
+        total = size * num
         present = set(int(i) for i in idxs)
-        if any(not 0 <= i < 2 * half or (i + half) % (2 * half) not in present
+        if any(not 0 <= i < total or any(
+                (i + k * size) % total not in present for k in range(num))
                for i in present):
-            return (f'its channels are cut into halves by {cut}, and the '
-                    'matching channel of the other half belongs to another '
-                    'unit, so the halves cannot lose the same channels')
-        self._tie([int(i) % half for i in idxs], root_idxs)
-        source = f'{cut} (halves of {2 * half} channels)'
+            other = 'other half' if num == 2 else 'other pieces'
+            return (f'its channels are cut into {what} by {cut}, and the '
+                    f'matching channel of the {other} belongs to another '
+                    f'unit, so the {what.split()[-1]} cannot lose the same '
+                    'channels')
+        self._tie([int(i) % size for i in idxs], root_idxs)
+        source = (f'{cut} ({what} of {total} channels)' if num == 2 else
+                  f'{cut} ({num} pieces of {size} channels)')
         if source not in self.sources:  # each slice of one tensor
             self.sources.append(source)
-            self.halves_cuts.append(cut)
+            self.cuts.append(f'{cut} into {what}')
         return None
 
     def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:

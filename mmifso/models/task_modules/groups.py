@@ -74,10 +74,7 @@ def get_pruning_group(graph: tp.DependencyGraph,
         for new_dep in node.dependencies:
             if not new_dep.is_triggered_by(fn):
                 continue
-            new = current
-            for mapping in new_dep.index_mapping:
-                if mapping is not None:
-                    new = mapping(new)
+            new = _map_indices(new_dep, current)
             if len(new) == 0:
                 continue
             key = (new_dep.target, new_dep.handler)
@@ -116,6 +113,29 @@ def get_pruning_group(graph: tp.DependencyGraph,
         item.root_idxs = [p.root_idx for p in pairs]
         group[i] = item
     return group
+
+
+def _map_indices(dep: Dependency, idxs: list) -> list:
+    """The indices ``idxs`` of ``dep``'s source at its target.
+
+    A dependency carries a split's (or reshape's, slice's) mapping in slot 0
+    and a concatenation's in slot 1, and Torch-Pruning applies them in that
+    order. A reverse concatenation mapping (from a concatenation back to one
+    of its inputs) acts on the concatenation's output indices, the
+    dependency's source, so it must come first: when that input is a split's
+    piece (Res2Net's ``torch.cat((out, spx[-1]), 1)``), Torch-Pruning's
+    order added the piece's offset to the output indices first and tied
+    channels of another input to the piece.
+    """
+    mappings = list(dep.index_mapping)
+    if len(mappings) > 1 and isinstance(
+            mappings[1], index_mapping._ConcatIndexMapping) and \
+            mappings[1].reverse:
+        mappings = [mappings[1], mappings[0]] + mappings[2:]
+    for mapping in mappings:
+        if mapping is not None:
+            idxs = mapping(idxs)
+    return idxs
 
 
 def get_all_groups(graph: tp.DependencyGraph,

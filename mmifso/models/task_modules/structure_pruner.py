@@ -5,14 +5,14 @@ The structure format itself (make, save, load, validate) lives in
 model with DepGraph, which slices every coupled layer, and fixes the channel
 counts that a few layers keep as plain attributes.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
 from mmifso.structures import StructureMismatchError
-from ..utils import forward_with_pre_hooks
 from .channel_analyzer import ChannelAnalyzer
+from .channel_ops import CutPieces, fix_split_sizes
 from .groups import get_pruning_group
 
 
@@ -60,7 +60,8 @@ def apply_structure(model: nn.Module, structure: Dict) -> nn.Module:
         group = get_pruning_group(graph, module, pruner.prune_out_channels,
                                   list(pruned))
         group.prune()
-    fix_channel_attributes(model, demo_input)
+    fix_channel_attributes(model, demo_input,
+                           getattr(graph, 'mmifso_cut_pieces', None))
     return model
 
 
@@ -70,26 +71,35 @@ def _is_roi_extractor(module: nn.Module) -> bool:
         getattr(module, 'out_channels', None), int)
 
 
-def fix_channel_attributes(model: nn.Module, demo_input) -> None:
+def fix_channel_attributes(model: nn.Module,
+                           demo_input,
+                           cut_pieces: Optional[CutPieces] = None) -> None:
     """Update channel counts that modules keep as plain attributes.
 
-    DepGraph prunes parameters; a few layers without parameters size their
-    outputs from a config value instead (mmdet's RoI extractors:
-    ``out_channels``). One demo forward reads the channels they really
-    receive. Nothing runs for models without such layers.
+    DepGraph prunes parameters; a few layers size their outputs or cuts from
+    a plain value instead: mmdet's RoI extractors allocate ``out_channels``,
+    and a split into equal pieces may take its piece size from an attribute
+    (Res2Net's ``width``; see :func:`.channel_ops.fix_split_sizes`). One demo
+    forward reads the channels they really receive. Nothing runs for models
+    without such layers.
 
     Args:
         model (nn.Module): The physically pruned model (modified in place).
         demo_input (Callable): The demo-input builder of the structure;
             ``demo_input(model)`` runs one forward.
+        cut_pieces (dict, optional): The pieces of every split of the
+            unpruned model (the traced graph's ``mmifso_cut_pieces``).
+
+    Raises:
+        ChannelCutError: a split's piece size must change and cannot.
     """
     extractors = [m for m in model.modules() if _is_roi_extractor(m)]
-    if not extractors:
+    if not extractors and not cut_pieces:
         return
 
     def read_channels(module, args):
         feats = args[0]
         module.out_channels = int(feats[0].shape[1])
 
-    forward_with_pre_hooks(model, demo_input,
-                           {m: read_channels for m in extractors})
+    fix_split_sizes(model, demo_input, cut_pieces,
+                    {m: read_channels for m in extractors})

@@ -18,6 +18,11 @@
   ``_saved_self_sym_sizes``) and gives the i-th reader the i-th piece. A
   reader of several pieces, or one that cannot be identified, makes the
   split ambiguous (:func:`split_is_ambiguous`) and is cut off from it.
+* Concatenations get their input sizes from the traced forward
+  (``graph.mmifso_concat_sizes``, recorded by :mod:`.channel_ops`) where
+  they are known: Torch-Pruning's inference gave nested concatenations next
+  to a channel split (Res2Net) no index mapping at all, so every input's
+  channels landed on the first input's positions.
 * :func:`new_dependency_graph` is the DependencyGraph every analysis uses.
 """
 from typing import Dict, List, Optional, Set
@@ -72,6 +77,8 @@ def _patch_concat_index_mapping() -> None:
         return
 
     def update_concat_index_mapping(graph, cat_node):
+        if getattr(cat_node.module, 'mmifso_traced_sizes', False):
+            return _concat_index_mapping(cat_node)
         try:
             return original(graph, cat_node)
         except TypeError:
@@ -82,6 +89,38 @@ def _patch_concat_index_mapping() -> None:
 
     update_concat_index_mapping._mmifso_safe = True
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
+
+
+def _concat_index_mapping(cat_node) -> None:
+    """Offsets of a concatenation from its (current) input sizes: input
+    ``i``'s channel ``j`` is the output's channel ``offsets[i] + j``."""
+    if not cat_node.enable_index_mapping:
+        return
+    offsets = cat_node.module.offsets = _offsets(cat_node.module.concat_sizes)
+    for i, in_node in enumerate(cat_node.inputs):
+        piece = offsets[i:i + 2]
+        for dep in cat_node.dependencies:
+            if dep.target is in_node:
+                dep.index_mapping[1] = index_mapping._ConcatIndexMapping(
+                    offset=piece, reverse=True)
+        for dep in in_node.dependencies:
+            if dep.target is cat_node:
+                dep.index_mapping[1] = index_mapping._ConcatIndexMapping(
+                    offset=piece, reverse=False)
+
+
+def _traced_concat_sizes(graph, node) -> Optional[List[int]]:
+    """The input channels of a concatenation along the channel dim, as the
+    traced forward recorded them (``None``: not recorded, another dim, or
+    inputs that are not one node each)."""
+    recorded = getattr(graph, 'mmifso_concat_sizes', {}).get(node.grad_fn)
+    if recorded is None:
+        return None
+    dim, ndim, sizes = recorded
+    if dim != channel_dim([0] * ndim) or len(sizes) != len(node.inputs) or \
+            len(set(node.inputs)) != len(node.inputs):
+        return None
+    return list(sizes)
 
 
 def channel_dim(sizes) -> int:
@@ -128,7 +167,7 @@ def _patch_slice_shape_inference() -> None:
         infer_out_channels_recursively
 
 
-def _split_sizes(grad_fn) -> Optional[List[int]]:
+def split_sizes(grad_fn) -> Optional[List[int]]:
     """The piece sizes of a traced ``split``/``chunk`` (``None``:
     unknown)."""
     sizes = getattr(grad_fn, '_saved_split_sizes', None)
@@ -217,8 +256,9 @@ def split_is_ambiguous(node) -> bool:
 
 
 def _patch_split_index_mapping() -> None:
-    """Exact piece sizes and per-reader piece offsets for channel splits
-    (see the module docstring)."""
+    """Exact piece sizes and per-reader piece offsets for channel splits,
+    and the traced input sizes of concatenations (see the module
+    docstring)."""
     original_init = shape_infer.init_shape_information
     original_update = index_mapping.update_split_index_mapping
     if getattr(original_update, '_mmifso_safe', False):
@@ -227,18 +267,23 @@ def _patch_split_index_mapping() -> None:
     def init_shape_information(graph):
         original_init(graph)
         for node in graph.module2node.values():
-            sizes = _split_sizes(node.grad_fn) if (
+            sizes = split_sizes(node.grad_fn) if (
                 node.type == tp_ops.OPTYPE.SPLIT
                 and cuts_channels(node.grad_fn)) else None
             if sizes:
                 node.module.split_sizes = sizes
                 node.module.offsets = _offsets(sizes)
+            sizes = _traced_concat_sizes(graph, node) if (
+                node.type == tp_ops.OPTYPE.CONCAT) else None
+            if sizes:
+                node.module.concat_sizes = sizes
+                node.module.mmifso_traced_sizes = True
 
     def update_split_index_mapping(graph, split_node):
         op = split_node.module
         if split_node.type != tp_ops.OPTYPE.SPLIT or not cuts_channels(
                 split_node.grad_fn) or op.split_sizes is None or \
-                _split_sizes(split_node.grad_fn) is None:
+                split_sizes(split_node.grad_fn) is None:
             return original_update(graph, split_node)
         # The current sizes: SplitPruner keeps them up to date.
         offsets = op.offsets = _offsets(op.split_sizes)
