@@ -30,6 +30,7 @@ from mmifso.models.task_modules import (DemoInput, DetDemoInput,
                                         count_resources, record_layers)
 from mmifso.models.utils import preserved_modes
 from mmifso.utils import pipeline_input_size
+from .api_check import check_upstream_apis
 from .export import max_abs_diff, max_abs_value
 from .runner import load_config
 
@@ -383,7 +384,6 @@ def _api_record(record: Dict, cfg: Config, frozen: str, det: bool,
                 seed: int, atol: float) -> Dict:
     """:func:`~mmifso.apis.api_check.check_upstream_apis` on the export
     (not run when the export check failed)."""
-    from .api_check import check_upstream_apis
     if not record['export_ok']:
         return dict(ok=False, works={}, mismatch={},
                     error='not run: the export check failed')
