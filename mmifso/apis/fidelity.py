@@ -17,7 +17,7 @@ The reusable maths of ``tools/analysis/loss_change_fidelity.py``:
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -202,6 +202,67 @@ def converge(objective: RegularisedObjective,
     raise ValueError(f"method must be 'lbfgs' or 'newton', got {method!r}")
 
 
+class _FlatObjective:
+    """``J``, its gradient and Hessian-vector products on one flat float64
+    vector of the params (the interface of ``scipy.optimize.minimize``),
+    counting evaluations and tracking the trust region's progress.
+
+    Args:
+        objective (RegularisedObjective): ``J`` and its variables.
+    """
+
+    def __init__(self, objective: RegularisedObjective) -> None:
+        self.objective = objective
+        self.evaluations = self.iterations = self.rejected = 0
+        self.last_value = float('inf')
+        self._values = {}  # x.tobytes() -> (J, ||g||), the last two points
+        self._hvp_x, self._hvp = None, None
+
+    def load(self, x: np.ndarray) -> None:
+        """Set the params to ``x``."""
+        from torch.nn.utils import vector_to_parameters
+        params = self.objective.params
+        with torch.no_grad():
+            vector_to_parameters(
+                torch.from_numpy(x).to(params[0].dtype), params)
+
+    def fun(self, x: np.ndarray) -> Tuple[float, np.ndarray]:
+        """``(J(x), grad J(x))``."""
+        self.load(x)
+        self.evaluations += 1
+        obj = self.objective
+        with torch.enable_grad():
+            j = obj.data_loss() + obj.penalty()
+            grads = torch.autograd.grad(j, obj.params)
+        g = torch.cat([g.reshape(-1) for g in grads]).double().numpy()
+        j = float(j)
+        if len(self._values) >= 2:
+            self._values.pop(next(iter(self._values)))
+        self._values[x.tobytes()] = (j, float(np.linalg.norm(g)))
+        return j, g
+
+    def hessp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``H(x) v``; the gradient graph is built once per point."""
+        if self._hvp is None or not np.array_equal(self._hvp_x, x):
+            self.load(x)
+            self._hvp_x, self._hvp = x.copy(), \
+                self.objective.hvp_at_current()
+        v = torch.from_numpy(v).to(self.objective.params[0].dtype)
+        return self._hvp(v).double().numpy()
+
+    def stalled(self, x: np.ndarray) -> Tuple[float, float, bool]:
+        """After an iteration at ``x``: ``(J, ||g||, stalled)``, stalled
+        after ``STALL`` iterations in a row without a lower ``J``."""
+        self.iterations += 1
+        value, norm = self._values.get(x.tobytes(), (None, None))
+        if value is None:
+            value, g = self.fun(x)
+            norm = float(np.linalg.norm(g))
+        self.rejected = 0 if value < self.last_value else self.rejected + 1
+        self.last_value = value
+        return value, norm, self.rejected >= STALL
+
+
 def _converge_newton(objective: RegularisedObjective, tol: float,
                      max_iter: int,
                      callback: Optional[Callable[[int, float, float], None]]
@@ -213,76 +274,37 @@ def _converge_newton(objective: RegularisedObjective, tol: float,
     and actual decrease of ``J``; near a tight tolerance that decrease
     (``~ ||g||^2 / curvature``) falls below the rounding of ``J`` itself and
     every step is rejected, so the phase ends after ``STALL`` rejected steps
-    in a row. Phase 2 (polishing): inexact Newton steps ``H d = -g`` by
-    conjugate gradient (forcing ``min(0.1, sqrt(||g||))``), accepted when
-    they lower ``||g||`` (halving the step up to 30 times), until the
-    tolerance, a direction of negative curvature or no decrease of
-    ``||g||``.
+    in a row. Phase 2 (:func:`_polish`): inexact Newton steps with
+    ``||g||`` as the merit function.
     """
     from scipy.optimize import minimize
-    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+    from torch.nn.utils import parameters_to_vector
     start = time.perf_counter()
     params = objective.params
     w0 = [p.detach().clone() for p in params]
-    dtype = params[0].dtype
-    counts = dict(evaluations=0, iterations=0, rejected=0)
-    evaluated = {}  # x.tobytes() -> J, the last two evaluations
-    cache = dict(x=None, hvp=None)
-
-    def load(x: np.ndarray) -> None:
-        with torch.no_grad():
-            vector_to_parameters(torch.from_numpy(x).to(dtype), params)
-
-    def fun(x: np.ndarray):
-        load(x)
-        counts['evaluations'] += 1
-        with torch.enable_grad():
-            j = objective.data_loss() + objective.penalty()
-            grads = torch.autograd.grad(j, params)
-        g = torch.cat([g.reshape(-1) for g in grads]).double().numpy()
-        if len(evaluated) >= 2:
-            evaluated.pop(next(iter(evaluated)))
-        evaluated[x.tobytes()] = (float(j), float(np.linalg.norm(g)))
-        return float(j), g
-
-    def hessp(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        if cache['x'] is None or not np.array_equal(cache['x'], x):
-            load(x)
-            cache['x'], cache['hvp'] = x.copy(), objective.hvp_at_current()
-        return cache['hvp'](torch.from_numpy(v).to(dtype)).double().numpy()
-
-    last = dict(value=float('inf'))
+    flat = _FlatObjective(objective)
 
     def step_done(x: np.ndarray) -> None:
-        counts['iterations'] += 1
-        value, norm = evaluated.get(x.tobytes(), (None, None))
-        if value is None:
-            value, g = fun(x)
-            norm = float(np.linalg.norm(g))
-        counts['rejected'] = 0 if value < last['value'] \
-            else counts['rejected'] + 1
-        last['value'] = value
+        value, norm, stalled = flat.stalled(x)
         if callback is not None:
-            callback(counts['iterations'], norm, value)
-        if norm <= tol or counts['rejected'] >= STALL:
+            callback(flat.iterations, norm, value)
+        if norm <= tol or stalled:
             raise StopIteration
 
-    x0 = parameters_to_vector([p.detach() for p in params]).double().numpy()
     norm = objective.grad_norm()
     if norm > tol:
-        res = minimize(fun, x0, jac=True, hessp=hessp, method='trust-krylov',
+        x0 = parameters_to_vector([p.detach() for p in params])
+        res = minimize(flat.fun, x0.double().numpy(), jac=True,
+                       hessp=flat.hessp, method='trust-krylov',
                        callback=step_done,
                        options=dict(gtol=tol, maxiter=max_iter))
-        load(res.x)
-        cache['hvp'] = None  # frees the graph
+        flat.load(res.x)
         norm = objective.grad_norm()
     norm, steps, evals = _polish(objective, norm, tol,
-                                 max_iter - counts['iterations'], callback,
-                                 counts['iterations'])
-    counts['iterations'] += steps
-    counts['evaluations'] += evals
-    return _result(objective, w0, norm, tol, counts['iterations'],
-                   counts['evaluations'], start)
+                                 max_iter - flat.iterations, callback,
+                                 flat.iterations)
+    return _result(objective, w0, norm, tol, flat.iterations + steps,
+                   flat.evaluations + evals, start)
 
 
 #: Newton polishing steps after L-BFGS has stopped above the tolerance.
