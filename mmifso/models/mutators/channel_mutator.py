@@ -13,6 +13,7 @@ from mmifso.registry import MODELS, TASK_UTILS
 from mmifso.utils import check_choice
 from ..mutables import MutableChannelUnit
 from ..task_modules.channel_analyzer import ChannelAnalyzer
+from ..task_modules.channel_norms import masked_layer_norm, norm_channel_dim
 from ..task_modules.channel_units import AnalysisResult
 from ..task_modules.resource import count_resources, record_layers
 from ..utils import eval_mode
@@ -189,17 +190,59 @@ class WeightRestore:
         self.gate.restore(module)
 
 
+class NormGate(InputGate):
+    """Forward hook recomputing a LayerNorm over the alive channels only.
+
+    A LayerNorm over the channel dim mixes channels through its statistics:
+    while any of its channels is masked (or the masks require grad), its
+    output is replaced by :func:`~..task_modules.channel_norms.
+    masked_layer_norm`, whose mean and variance are weighted by the gate, so
+    the masked model equals the exported one (whose norm lost the removed
+    channels) and ``d loss / d mask`` includes each channel's effect on the
+    statistics. The channel dim is read from every call (``data_format`` of
+    mmpretrain's ``LayerNorm2d``). The removed channels' outputs are gated
+    by the norm's consumers, as after a BatchNorm.
+
+    Args:
+        num_channels (int): The norm's channels.
+        parts (list[tuple]): See :class:`InputGate`.
+    """
+
+    def __init__(self, num_channels: int, parts: List[tuple]) -> None:
+        # One entry per unit and index pattern (DepGraph may list a norm
+        # more than once in a group).
+        unique = {(id(u), tuple(i.tolist()), tuple(r.tolist())): (u, i, r)
+                  for u, i, r in parts}
+        super().__init__(num_channels, -1, list(unique.values()))
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict,
+                 output):
+        x = args[0]
+        gate = self.gate(x)
+        if not gate.requires_grad and bool((gate == 1).all()):
+            return None  # nothing masked: the norm's own output is exact
+        dim = norm_channel_dim(module, args, kwargs)
+        if dim is None:  # the analysis checked the demo calls
+            raise RuntimeError(
+                f'{type(module).__name__}: cannot tell which dim of its '
+                f'input {tuple(x.shape)} it normalises, so the masked norm '
+                'cannot be computed')
+        return masked_layer_norm(module, x, dim, gate)
+
+
 def strip_gates(model: nn.Module) -> None:
     """Remove every gate hook (:class:`InputGate`, :class:`WeightGate` and
-    its :class:`WeightRestore`) from ``model`` (e.g. a copy)."""
+    its :class:`WeightRestore`, :class:`NormGate`) from ``model`` (e.g. a
+    copy)."""
     for m in model.modules():
         for key in [k for k, h in m._forward_pre_hooks.items()
                     if isinstance(h, InputGate)]:
             del m._forward_pre_hooks[key]
         for key in [k for k, h in m._forward_hooks.items()
-                    if isinstance(h, WeightRestore)]:
+                    if isinstance(h, (WeightRestore, NormGate))]:
             del m._forward_hooks[key]
             m._forward_hooks_always_called.pop(key, None)
+            m._forward_hooks_with_kwargs.pop(key, None)
 
 
 @MODELS.register_module()
@@ -314,6 +357,13 @@ class ChannelMutator(BaseModule):
             if self.gate == 'weight':
                 input_gated.append(f'{name} ({type(module).__name__})')
             module.register_forward_pre_hook(InputGate(num, dim, parts))
+        for name, parts in sites['param'].items():
+            module = model.get_submodule(name)
+            if isinstance(module, nn.LayerNorm):
+                # Statistics over the alive channels (see NormGate).
+                module.register_forward_hook(
+                    NormGate(module.normalized_shape[0], parts),
+                    with_kwargs=True)
         if input_gated:
             print_log(
                 '[mmifso] input-side channel gates (weight-side gating is '
@@ -327,6 +377,8 @@ class ChannelMutator(BaseModule):
         channels = getattr(module, 'num_features', None) or getattr(
             module, 'num_channels', None) or getattr(module,
                                                      'num_parameters', None)
+        if isinstance(module, nn.LayerNorm):
+            channels = module.normalized_shape[-1]
         return sum(p.numel() // p.shape[0]
                    for p in module.parameters(recurse=False)
                    if p.dim() >= 1 and p.shape[0] == channels)

@@ -23,6 +23,7 @@ from torch_pruning import ops as tp_ops
 
 from mmifso.utils import check_choice
 from ..utils import eval_mode, preserved_modes
+from .channel_norms import check_layer_norm, per_channel_parameter_reason
 from .channel_ops import ChannelCutError, fix_split_sizes, record_channel_ops
 from .channel_ties import ChannelTies
 from .channel_units import AnalysisResult, ChannelSite, SkippedUnit, UnitSpec
@@ -182,12 +183,24 @@ class ChannelAnalyzer:
                     self._opaque_fns[t.grad_fn] = (
                         f'{names[module]} ({type(module).__name__})')
 
+        # {LayerNorm: why the gated recomputation cannot replace one of its
+        # calls, or None}; see .channel_norms.
+        self._norm_reasons: Dict[str, Optional[str]] = {}
+
+        def check_norm(module, args, kwargs, output):
+            reason = check_layer_norm(module, args, kwargs, output)
+            if self._norm_reasons.get(names[module]) is None:
+                self._norm_reasons[names[module]] = reason
+
         handles = [
             m.register_forward_hook(count) for m in model.modules()
             if isinstance(m, GATEABLE_TYPES)
         ] + [
             m.register_forward_hook(record_opaque)
             for n, m in model.named_modules() if n in opaque_names
+        ] + [
+            m.register_forward_hook(check_norm, with_kwargs=True)
+            for m in model.modules() if isinstance(m, CROSS_CHANNEL_NORMS)
         ]
         try:
             graph = self.build_graph(model)
@@ -378,8 +391,7 @@ class ChannelAnalyzer:
                     'every group to lose the same channels, which ties '
                     'channels of separately pruned layers')
         if isinstance(target.module, nn.Parameter):
-            return ('it is coupled to an unwrapped nn.Parameter, which the '
-                    'masked forward cannot gate')
+            return per_channel_parameter_reason(target)
         opaque_fns = getattr(self, '_opaque_fns', {})
         if getattr(target, 'grad_fn', None) in opaque_fns:
             return (f'its channels cross {opaque_fns[target.grad_fn]}, a '
@@ -404,9 +416,15 @@ class ChannelAnalyzer:
             reasons.append(f'its channels are outputs of the model ({name} '
                            'returns them; predictions are never pruned)')
         if isinstance(module, CROSS_CHANNEL_NORMS):
-            reasons.append(
-                f'{name} ({type(module).__name__}) normalises across '
-                'channels, so masking cannot reproduce channel removal')
+            # The mutator recomputes it with statistics over the alive
+            # channels (.channel_norms) where its calls allow that.
+            why = getattr(self, '_norm_reasons', {}).get(
+                name, 'it did not run in the demo forward')
+            if why is not None:
+                reasons.append(
+                    f'{name} ({type(module).__name__}) normalises across '
+                    f'channels and cannot be recomputed over the alive '
+                    f'channels only: {why}')
         if isinstance(module, nn.GroupNorm):
             reasons.append(ties.group_norm(name, module, idxs, root_idxs))
         if is_grouped(module):

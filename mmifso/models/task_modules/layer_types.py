@@ -6,8 +6,11 @@ import torch.nn as nn
 GATEABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 #: Normalisation layers whose statistics mix channels: removing a channel
 #: changes the output of the others, which an input gate cannot reproduce.
-#: (GroupNorm mixes channels only within a group: it is supported by tying
-#: the channels of each group, see the module docstring.)
+#: The mutator recomputes them over the alive channels instead, where the
+#: analysis finds each call to be a LayerNorm over the channel dim (see
+#: :mod:`.channel_norms`). (GroupNorm mixes channels only within a group: it
+#: is supported by tying the channels of each group, see the module
+#: docstring.)
 CROSS_CHANNEL_NORMS = (nn.LayerNorm, )
 #: Layers with per-channel parameters or statistics only: channels pass
 #: through them unmixed.

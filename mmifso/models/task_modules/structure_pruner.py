@@ -76,8 +76,10 @@ def fix_channel_attributes(model: nn.Module,
                            cut_pieces: Optional[CutPieces] = None) -> None:
     """Update channel counts that modules keep as plain attributes.
 
-    DepGraph prunes parameters; a few layers size their outputs or cuts from
-    a plain value instead: mmdet's RoI extractors allocate ``out_channels``,
+    DepGraph prunes parameters; a few layers keep their channels as plain
+    values too (mmpretrain's ``LayerNorm2d.num_channels``, set from its
+    normalized shape) or size their outputs or cuts from a plain value:
+    mmdet's RoI extractors allocate ``out_channels``,
     and a split into equal pieces may take its piece size from an attribute
     (Res2Net's ``width``; see :func:`.channel_ops.fix_split_sizes`). One demo
     forward reads the channels they really receive. Nothing runs for models
@@ -93,6 +95,12 @@ def fix_channel_attributes(model: nn.Module,
     Raises:
         ChannelCutError: a split's piece size must change and cannot.
     """
+    for m in model.modules():
+        # DepGraph shrinks a LayerNorm's normalized_shape; mmpretrain's
+        # LayerNorm2d also keeps its channels as ``num_channels``.
+        if isinstance(m, nn.LayerNorm) and isinstance(
+                getattr(m, 'num_channels', None), int):
+            m.num_channels = m.normalized_shape[0]
     extractors = [m for m in model.modules() if _is_roi_extractor(m)]
     if not extractors and not cut_pieces:
         return
