@@ -31,9 +31,9 @@ from .groups import (GroupDivergedError, get_all_groups,
                      get_pruning_group)
 from .layer_types import (CROSS_CHANNEL_NORMS, GATEABLE_TYPES,
                           PER_CHANNEL_TYPES, is_depthwise, is_grouped)
-from .tp_patches import (cuts_channels, new_dependency_graph,
-                         record_split_readers, split_is_ambiguous,
-                         split_sizes)
+from .tp_patches import (channel_shuffle, cuts_channels,
+                         new_dependency_graph, record_split_readers,
+                         split_is_ambiguous, split_sizes)
 
 
 class FrozenUnitError(RuntimeError):
@@ -186,11 +186,15 @@ class ChannelAnalyzer:
         # {LayerNorm: why the gated recomputation cannot replace one of its
         # calls, or None}; see .channel_norms.
         self._norm_reasons: Dict[str, Optional[str]] = {}
+        # The layer_norm ops inside these modules (mmpretrain's LayerNorm2d
+        # permutes around it): every other one is a functional norm.
+        self._module_norm_fns: set = set()
 
         def check_norm(module, args, kwargs, output):
             reason = check_layer_norm(module, args, kwargs, output)
             if self._norm_reasons.get(names[module]) is None:
                 self._norm_reasons[names[module]] = reason
+            self._module_norm_fns.update(_norm_fns(output))
 
         handles = [
             m.register_forward_hook(count) for m in model.modules()
@@ -346,8 +350,11 @@ class ChannelAnalyzer:
             for unit in units:
                 module = modules[unit.name]
                 pruner = graph.get_pruner_of_module(module)
+                # No blocks: ties that the coupling already made (a
+                # channel shuffle's pieces), so one channel is a block.
                 get_pruning_group(graph, module, pruner.prune_out_channels,
-                                  unit.blocks[0]).prune()
+                                  unit.blocks[0] if unit.blocks else
+                                  [0]).prune()
             # As the export does: splits get the new piece size.
             fix_split_sizes(pruned, self.forward_fn,
                             getattr(graph, 'mmifso_cut_pieces', None))
@@ -383,15 +390,17 @@ class ChannelAnalyzer:
                     'the model computes the cut points from fixed sizes, '
                     'which removing channels would move (the exported model '
                     'would mix channels)')
-        groups = _channel_shuffle(target)
-        if groups:
-            return (f'its channels cross a channel shuffle (view into '
-                    f'{groups} groups, transpose, view): a permutation that '
-                    'DepGraph maps as the identity, and one that needs '
-                    'every group to lose the same channels, which ties '
-                    'channels of separately pruned layers')
+        shuffle = channel_shuffle(target)
+        if shuffle:
+            return _tie_shuffle(target, shuffle[0], shuffle[1], group, ties)
         if isinstance(target.module, nn.Parameter):
             return per_channel_parameter_reason(target)
+        fn = getattr(target, 'grad_fn', None)
+        if fn is not None and fn.name().startswith(_FUNCTIONAL_NORMS) and \
+                fn not in getattr(self, '_module_norm_fns', ()):
+            return (f'its channels cross a functional norm ({fn.name()}, '
+                    'not a LayerNorm/GroupNorm module), whose statistics '
+                    'may mix channels, which masking cannot reproduce')
         opaque_fns = getattr(self, '_opaque_fns', {})
         if getattr(target, 'grad_fn', None) in opaque_fns:
             return (f'its channels cross {opaque_fns[target.grad_fn]}, a '
@@ -554,34 +563,6 @@ def _equal_pieces(node) -> Optional[Tuple[int, int]]:
         (0, half), (half, channels)) else None
 
 
-def _channel_shuffle(node) -> Optional[int]:
-    """The number of groups when ``node`` is the transpose of a channel
-    shuffle: ``x.view(B, g, C // g, H, W).transpose(1, 2).view(B, C, H,
-    W)`` (ShuffleNet); else ``None``."""
-    fn = getattr(node, 'grad_fn', None)
-    if fn is None or 'TransposeBackward' not in fn.name() or {
-            getattr(fn, '_saved_dim0', None),
-            getattr(fn, '_saved_dim1', None)} != {1, 2}:
-        return None
-    before = [n for n in node.inputs if n.type == tp_ops.OPTYPE.RESHAPE]
-    after, todo = [], list(node.outputs)
-    for _ in range(16):  # past element-wise ops (the .contiguous() copy)
-        if not todo:
-            break
-        n = todo.pop()
-        if n.type == tp_ops.OPTYPE.RESHAPE:
-            after.append(n)
-        elif n.type == tp_ops.OPTYPE.ELEMENTWISE:
-            todo.extend(n.outputs)
-    split = [getattr(n.grad_fn, '_saved_self_sym_sizes', ()) for n in before]
-    merge = [getattr(n.grad_fn, '_saved_self_sym_sizes', ()) for n in after]
-    for a in split:
-        for b in merge:
-            if len(a) >= 2 and len(b) >= 3 and a[1] == b[1] * b[2]:
-                return int(b[2])
-    return None
-
-
 #: DepGraph nodes whose group indices are not those of their output
 #: tensor (a split's are its input's; reshapes change the channel count).
 _NOT_OUTPUT_INDEXED = (tp_ops.OPTYPE.SPLIT, tp_ops.OPTYPE.UNBIND,
@@ -608,7 +589,49 @@ def _tie_pieces(node, cut: str, size: int, num: int, group,
             continue  # a layer's input channels: another tensor
         idxs += list(item.idxs)
         roots += list(item.root_idxs)
-    return ties.pieces(cut, size, num, idxs, roots)
+    fn = getattr(node, 'grad_fn', None)
+    key = (fn._sequence_nr(), node) if hasattr(fn, '_sequence_nr') else None
+    return ties.pieces(cut, size, num, idxs, roots, key)
+
+
+def _tie_shuffle(node, groups: int, first, group,
+                 ties: ChannelTies) -> Optional[str]:
+    """Tie channel ``b`` of every piece of a channel shuffle's input (the
+    transpose ``node``'s indices are the input's): the index mapping
+    (:class:`.tp_patches._ShuffleIndexMapping`) already couples them, this
+    checks that the unit holds every piece's channel ``b`` and lets the
+    analysis probe a pruned copy (a view at a fixed size would break), or
+    says why the shuffle cannot be followed."""
+    cut = f'a channel shuffle ({groups} groups)'
+    if getattr(first.module, 'mmifso_shuffle', None) != groups:
+        return (f'its channels cross {cut}: view, transpose, view, whose '
+                'permutation the analysis could not map')
+    channels = int(first.grad_fn._saved_self_sym_sizes[1])
+    idxs, roots = [], []
+    for item in group:
+        if item.dep.target is node:
+            idxs += list(item.idxs)
+            roots += list(item.root_idxs)
+    return ties.pieces(cut, channels // groups, groups, idxs, roots)
+
+
+#: grad_fns of norms whose statistics span several channels.
+_FUNCTIONAL_NORMS = ('NativeLayerNormBackward', 'NativeGroupNormBackward')
+
+
+def _norm_fns(output, depth: int = 4) -> set:
+    """The layer/group-norm grad_fns among the last ``depth`` ops of
+    ``output`` (a norm module's own op behind its permutes and copies)."""
+    found, todo = set(), [(t.grad_fn, 0) for t in _tensors(output)
+                          if t.grad_fn is not None]
+    while todo:
+        fn, d = todo.pop()
+        if fn.name().startswith(_FUNCTIONAL_NORMS):
+            found.add(fn)
+        if d < depth:
+            todo.extend((f, d + 1) for f, _ in fn.next_functions
+                        if f is not None)
+    return found
 
 
 def _shapes(x) -> List[Tuple[int, ...]]:

@@ -20,7 +20,14 @@ an op between producer and consumer mixes them.
   between the right channels only if every piece loses the same number of
   channels, so channel ``c`` of every piece is tied to channel ``c`` of the
   others (blocks of ``n``). A split's size must then change with the pieces
-  (see :mod:`.channel_ops`).
+  (see :mod:`.channel_ops`). For a cut into two, only the counts matter:
+  where other ties already group channels (a channel shuffle pairs channel
+  ``b`` of its two pieces, ShuffleNetV2), tying channel ``c`` to ``c +
+  C/2`` would merge a whole stage into one block, so the halves are
+  balanced instead: in the order of the forward, each block with ``e``
+  more channels in the first half is merged with one with ``e`` more in the
+  second (its positional partner's block when that fits), and any blocks
+  left unbalanced are merged together (:meth:`ChannelTies.blocks`).
 
 The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
 channels); selection removes whole blocks.
@@ -40,6 +47,9 @@ class ChannelTies:
         #: :meth:`pieces`), e.g. ``'torch.split/chunk into 8 equal
         #: pieces'``.
         self.cuts: List[str] = []
+        #: ``{tensor key: (order, size, idxs, root_idxs)}`` of the cuts
+        #: into two halves, balanced by :meth:`blocks`.
+        self.halves: Dict[object, tuple] = {}
 
     def _find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -103,11 +113,15 @@ class ChannelTies:
         self.sources.append(f'{name} (groups={module.groups})')
         return None
 
-    def pieces(self, cut: str, size: int, num: int, idxs,
-               root_idxs) -> Optional[str]:
+    def pieces(self, cut: str, size: int, num: int, idxs, root_idxs,
+               key: Optional[tuple] = None) -> Optional[str]:
         """Tie channel ``c`` of every piece of a tensor cut into ``num``
         equal pieces of ``size`` channels (``idxs``: its channels in the
         unit, ``root_idxs`` the unit's channels they carry).
+
+        With ``key`` (``(order in the forward, tensor)``) a cut into two
+        halves is balanced by :meth:`blocks` instead: each block then
+        loses as many channels of one half as of the other.
 
         Returns:
             str, optional: Why the pieces cannot lose the same channels: the
@@ -127,7 +141,12 @@ class ChannelTies:
                     f'matching channel of the {other} belongs to another '
                     f'unit, so the {what.split()[-1]} cannot lose the same '
                     'channels')
-        self._tie([int(i) % size for i in idxs], root_idxs)
+        if num == 2 and key is not None:
+            self._tie([int(i) for i in idxs], root_idxs)  # one channel
+            self.halves.setdefault(
+                key[1], (key[0], size, [int(i) for i in idxs], root_idxs))
+        else:
+            self._tie([int(i) % size for i in idxs], root_idxs)
         source = (f'{cut} ({what} of {total} channels)' if num == 2 else
                   f'{cut} ({num} pieces of {size} channels)')
         if source not in self.sources:  # each slice of one tensor
@@ -135,10 +154,48 @@ class ChannelTies:
             self.cuts.append(f'{cut} into {what}')
         return None
 
+    def _balance(self, size: int, idxs, root_idxs) -> None:
+        """Merge blocks so that each holds as many channels of the first
+        half (``idx < size``) of a tensor as of the second."""
+        first: Dict[int, set] = {}
+        second: Dict[int, set] = {}
+        block_of: Dict[int, int] = {}
+        for i, r in zip(idxs, root_idxs):
+            if r is None or not 0 <= int(r) < len(self.parent):
+                continue
+            b = self._find(int(r))
+            block_of[int(i)] = b
+            (first if int(i) < size else second).setdefault(b,
+                                                            set()).add(i)
+        excess = {
+            b: len(first.get(b, ())) - len(second.get(b, ()))
+            for b in set(first) | set(second)
+        }
+        heavy = sorted(b for b, e in excess.items() if e > 0)
+        light = {b for b, e in excess.items() if e < 0}
+        left = []
+        for b in heavy:
+            # The positional partner's block first (CSP's c and c + C/2).
+            partners = [block_of.get(int(i) + size) for i in
+                        sorted(first[b])] + sorted(light)
+            match = next((p for p in partners if p in light and
+                          excess[p] == -excess[b]), None)
+            if match is None:
+                left.append(b)
+                continue
+            light.discard(match)
+            self._tie([0, 0], [b, match])
+        left += sorted(light)
+        self._tie([0] * len(left), left)  # together they are balanced
+
     def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:
         """The partition into blocks, or a reason when it is trivial."""
         if not self.sources:
             return None, None
+        for _, size, idxs, roots in sorted(self.halves.values(),
+                                           key=lambda h: h[0]):
+            self._balance(size, idxs, roots)
+        self.halves = {}
         comps: Dict[int, List[int]] = {}
         for i in range(len(self.parent)):
             comps.setdefault(self._find(i), []).append(i)

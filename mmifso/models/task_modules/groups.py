@@ -14,7 +14,7 @@ so this reaches the same union as the original walk). A budget on the number
 of propagated pairs turns a walk that still diverges (indices that grow
 without bound) into :class:`GroupDivergedError` instead of a hang.
 """
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 import torch_pruning as tp
@@ -147,10 +147,18 @@ def get_all_groups(graph: tp.DependencyGraph,
     Like ``graph.get_all_groups``, but yields ``(root_module, group)``, where
     ``group`` is a :class:`GroupDivergedError` for a walk that diverged (its
     root's channels are then not part of any group).
+
+    A walk that exceeds the budget is retried after the other roots: how
+    many index pairs a walk propagates depends on its root (rooted at the
+    last unit of a ShuffleNetV2 stage, every root channel reaches back
+    through the shuffles to a channel of the stage's first unit and then
+    forward to all of its descendants), and a group rooted elsewhere may
+    hold the same layers within the budget.
     """
     index_mapping.update_index_mapping(graph)
     visited = set()
     ignored = list(graph.IGNORED_LAYERS_IN_TRACING)
+    roots = []
     for m in list(graph.module2node.keys()):
         if any(m is i for i in ignored) or \
                 not isinstance(m, tuple(root_module_types)):
@@ -158,11 +166,27 @@ def get_all_groups(graph: tp.DependencyGraph,
         pruner = graph.get_pruner_of_module(m)
         if pruner is None or pruner.get_out_channels(m) is None:
             continue
+        roots.append(m)
+    deferred: List[nn.Module] = []
+    yield from _walk(graph, roots, budget, visited, deferred)
+    yield from _walk(graph, deferred, budget, visited, None)
+
+
+def _walk(graph: tp.DependencyGraph, roots: List[nn.Module], budget: int,
+          visited: set, deferred: Optional[List[nn.Module]]
+          ) -> Iterator[Tuple[nn.Module, object]]:
+    """The groups of the ``roots`` not yet ``visited`` (updated); a root
+    whose walk exceeds the budget goes to ``deferred``, or is yielded with
+    its :class:`GroupDivergedError` when that is ``None``."""
+    for m in roots:
         if m in visited:
             continue
         try:
             m, group = _whole_group(graph, m, budget, visited)
         except GroupDivergedError as e:
+            if deferred is not None:
+                deferred.append(m)
+                continue
             visited.add(m)
             yield m, e
             continue

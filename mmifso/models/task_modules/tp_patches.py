@@ -23,12 +23,19 @@
   they are known: Torch-Pruning's inference gave nested concatenations next
   to a channel split (Res2Net) no index mapping at all, so every input's
   channels landed on the first input's positions.
+* Channel shuffles (``view`` into ``g`` pieces, ``transpose``, ``view``
+  back; :func:`channel_shuffle`) get their permutation as index mapping,
+  and channel ``b`` of every piece is coupled (every piece must lose the
+  same channels for the shuffle to stay one), which joins the producers of
+  the pieces into one group. Torch-Pruning mapped the shuffle as the
+  identity.
 * :func:`new_dependency_graph` is the DependencyGraph every analysis uses.
 """
 from typing import Dict, List, Optional, Set
 
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning import _helpers
 from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import index_mapping, shape_infer
 
@@ -312,9 +319,139 @@ def _patch_split_index_mapping() -> None:
     index_mapping.update_split_index_mapping = update_split_index_mapping
 
 
+class _ShuffleIndexMapping:
+    """Index mapping through a channel shuffle (view into ``groups`` pieces,
+    transpose, view back).
+
+    Input channel ``i = a * K + b`` (channel ``b`` of piece ``a``, ``K =
+    C // groups``) is output channel ``b * groups + a``. The shuffle cuts its
+    input into ``groups`` pieces from the size, so after pruning it stays a
+    shuffle of the same channels only if every piece loses the same channels:
+    the forward mapping sends channel ``b`` of a piece to the output
+    positions of channel ``b`` of *every* piece, which couples them (the
+    producers of the pieces join one group, as across a residual add). The
+    reverse mapping is the inverse permutation.
+
+    Args:
+        groups (int): The number of pieces of the first view.
+        channels (int): The shuffled channels (current, after pruning).
+        reverse (bool): Map output indices back to input indices.
+    """
+
+    def __init__(self, groups: int, channels: int, reverse: bool) -> None:
+        self.groups, self.channels, self.reverse = groups, channels, reverse
+
+    def __call__(self, idxs):
+        g = self.groups
+        size = self.channels // g
+        if self.reverse:
+            return [
+                _helpers._HybridIndex(
+                    idx=(i.idx % g) * size + i.idx // g, root_idx=i.root_idx)
+                for i in idxs if 0 <= i.idx < self.channels
+            ]
+        return [
+            _helpers._HybridIndex(idx=(i.idx % size) * g + a,
+                                  root_idx=i.root_idx) for i in idxs
+            if 0 <= i.idx < self.channels for a in range(g)
+        ]
+
+
+def channel_shuffle(node) -> Optional[tuple]:
+    """``(groups, first view node, last view node)`` when ``node`` is the
+    transpose of a channel shuffle: ``x.view(B, g, C // g, H, W)
+    .transpose(1, 2).view(B, C, H, W)`` (ShuffleNet), possibly with an
+    element-wise op (``.contiguous()``) before the last view; else ``None``.
+
+    The first view must only split the channel dim of a 4-D (or higher)
+    tensor in two and the transpose swap exactly those two dims.
+    """
+    fn = getattr(node, 'grad_fn', None)
+    if fn is None or 'TransposeBackward' not in fn.name() or {
+            getattr(fn, '_saved_dim0', None),
+            getattr(fn, '_saved_dim1', None)} != {1, 2}:
+        return None
+    before = [n for n in node.inputs if n.type == tp_ops.OPTYPE.RESHAPE]
+    if len(node.inputs) != 1 or len(before) != 1:
+        return None
+    after, todo = [], list(node.outputs)
+    for _ in range(16):  # past element-wise ops (the .contiguous() copy)
+        if not todo:
+            break
+        n = todo.pop()
+        if n.type == tp_ops.OPTYPE.RESHAPE:
+            after.append(n)
+        elif n.type == tp_ops.OPTYPE.ELEMENTWISE and len(n.inputs) == 1:
+            todo.extend(n.outputs)
+    a = tuple(getattr(before[0].grad_fn, '_saved_self_sym_sizes', ()))
+    if len(a) < 4 or channel_dim(a) != 1 or len(after) != 1:
+        return None
+    b = tuple(getattr(after[0].grad_fn, '_saved_self_sym_sizes', ()))
+    if len(b) != len(a) + 1 or b[0] != a[0] or b[3:] != a[2:] or \
+            a[1] != b[1] * b[2] or b[2] < 2:
+        return None
+    return int(b[2]), before[0], after[0]
+
+
+def _shuffle_into(node) -> Optional[tuple]:
+    """``(groups, first view node, the node that feeds the last view)``
+    when the reshape ``node`` is the last view of a channel shuffle."""
+    feed = node.inputs[0] if len(node.inputs) == 1 else None
+    prev = feed
+    for _ in range(16):
+        if prev is None:
+            return None
+        shuffle = channel_shuffle(prev)
+        if shuffle is not None:
+            return (shuffle[0], shuffle[1], feed) if \
+                shuffle[2] is node else None
+        if prev.type != tp_ops.OPTYPE.ELEMENTWISE or len(prev.inputs) != 1:
+            return None
+        prev = prev.inputs[0]
+    return None
+
+
+def _patch_shuffle_index_mapping() -> None:
+    """The permutation (and coupling) of a channel shuffle as the index
+    mapping of its last view (:class:`_ShuffleIndexMapping`); Torch-Pruning
+    maps every view that keeps the channel count as the identity. The
+    number of channels is inferred anew at every update, so the mapping
+    follows earlier prunings of the same graph."""
+    original = index_mapping.update_reshape_index_mapping
+    if getattr(original, '_mmifso_safe', False):
+        return
+
+    def update_reshape_index_mapping(graph, node):
+        shuffle = _shuffle_into(node)
+        if shuffle is None:
+            if any(channel_shuffle(n) for n in node.outputs):
+                return  # the first view: channels keep their index
+            return original(graph, node)
+        groups, first, feed = shuffle
+        channels = None
+        if len(first.inputs) == 1:
+            channels = shape_infer.infer_out_channels_recursively(
+                graph, first.inputs[0], [0])
+        if not channels or channels % groups:  # not inferred: as traced
+            channels = int(first.grad_fn._saved_self_sym_sizes[1])
+        first.module.mmifso_shuffle = groups
+        for dep in feed.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _ShuffleIndexMapping(
+                    groups, channels, reverse=False)
+        for dep in node.dependencies:
+            if dep.target is feed:
+                dep.index_mapping[0] = _ShuffleIndexMapping(
+                    groups, channels, reverse=True)
+
+    update_reshape_index_mapping._mmifso_safe = True
+    index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
+
+
 _patch_concat_index_mapping()
 _patch_slice_shape_inference()
 _patch_split_index_mapping()
+_patch_shuffle_index_mapping()
 
 
 def new_dependency_graph() -> tp.DependencyGraph:

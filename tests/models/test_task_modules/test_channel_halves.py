@@ -2,7 +2,8 @@
 size (CSPNet's ``x[:, :C // 2]`` / ``x[:, C // 2:]``, ``x.chunk(2, 1)``):
 channel ``i`` of each half is tied to channel ``i`` of the other, so both
 halves lose the same channels and the masked model equals the exported one.
-Cuts at fixed sizes and channel shuffles stay skipped, with their reasons.
+Cuts at fixed sizes stay skipped, with their reasons (channel shuffles:
+test_channel_shuffle.py).
 """
 import pytest
 import torch
@@ -192,31 +193,3 @@ def test_split_read_piece_by_piece():
     result = ChannelAnalyzer(demo()).analyse(Pieces(True))
     assert 'reads several of the pieces' in {
         s.name: s.reason for s in result.skipped}['stem']
-
-
-class Shuffle(BaseModel):
-    """Two producers concatenated and shuffled (a ShuffleNetV2 unit)."""
-
-    def __init__(self) -> None:
-        super().__init__(data_preprocessor=BaseDataPreprocessor())
-        self.a = nn.Conv2d(3, 4, 1)
-        self.b = nn.Conv2d(3, 4, 1)
-        self.mid = nn.Conv2d(3, 5, 1)
-        self.c = nn.Conv2d(5, 3, 1)
-        self.out = nn.Conv2d(8, 2, 1)
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        inputs = self.c(torch.relu(self.mid(inputs)))
-        x = torch.cat((self.a(inputs), self.b(inputs)), dim=1)
-        n, c, h, w = x.shape
-        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous()
-        return self.out(x.view(n, c, h, w))
-
-
-def test_units_crossing_a_channel_shuffle_are_skipped():
-    result = ChannelAnalyzer(demo()).analyse(Shuffle())
-    skipped = {s.name: s.reason for s in result.skipped}
-    assert {'a', 'b'} <= set(skipped)
-    assert all('channel shuffle (view into 2 groups' in skipped[n]
-               for n in 'ab')
-    assert {u.name for u in result.units} == {'mid', 'c'}
