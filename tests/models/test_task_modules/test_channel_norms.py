@@ -3,7 +3,8 @@ with statistics over the alive channels while channels are masked, and
 per-channel ``nn.Parameter`` s (layer scale) are sliced at export, so the
 masked model equals the exported one; the mask gradients include the
 channels' effect on the statistics. Norms whose forward does more than
-normalise, and parameters that are not per-channel, stay skipped.
+normalise, functional norms and parameters that are not per-channel stay
+skipped.
 """
 import copy
 
@@ -30,8 +31,9 @@ class Trunk(BaseModel):
     (channels first), a block (depthwise conv, ``nn.LayerNorm`` on channels
     last, MLP, layer scale ``gamma``, residual), a ``LayerNorm2d`` called
     with ``data_format='channel_last'`` and a conv head. ``bad`` replaces the
-    block's norm (``'norm'``) or its layer scale (``'param'``, a 2-D
-    parameter mixing channels) by something masking cannot follow."""
+    block's norm (``'norm'``; ``'functional'``: ``F.layer_norm``) or its
+    layer scale (``'param'``, a 2-D parameter mixing channels) by something
+    masking cannot follow."""
 
     def __init__(self, bad: str = '') -> None:
         super().__init__(data_preprocessor=BaseDataPreprocessor())
@@ -50,7 +52,11 @@ class Trunk(BaseModel):
     def forward(self, inputs, data_samples=None, mode='tensor'):
         x = self.stem_norm(self.stem(inputs))
         y = self.dw(x).permute(0, 2, 3, 1)
-        y = self.pw2(nn.functional.gelu(self.pw1(self.norm(y))))
+        if self.bad == 'functional':
+            y = nn.functional.layer_norm(y, (8, ))
+        else:
+            y = self.norm(y)
+        y = self.pw2(nn.functional.gelu(self.pw1(y)))
         if self.bad == 'param':
             y = y @ self.gamma
         else:
@@ -177,6 +183,7 @@ def test_per_sample_gates_match_per_sample_masks():
 @pytest.mark.parametrize('bad,reason', [
     ('norm', 'its output is not a LayerNorm over dim -1'),
     ('param', 'no single channel dim'),
+    ('functional', 'functional norm (NativeLayerNormBackward0'),
 ])
 def test_what_masking_cannot_follow_stays_skipped(bad, reason):
     result = ChannelAnalyzer(DemoInput((1, 3, 8, 8))).analyse(Trunk(bad))
