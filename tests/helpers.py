@@ -207,13 +207,15 @@ def warnings_logged():
     return messages_logged(logging.WARNING)
 
 
-def randomise_norms(model):
-    """Random affine parameters and running statistics for every BN/GN
-    (fixed seed), so that channels differ and export checks can fail."""
-    g = torch.Generator().manual_seed(0)
+def randomise_norms(model, seed: int = 0) -> None:
+    """Random affine parameters (BN, GN, LayerNorm) and running statistics
+    (BN) from ``seed``, so that channels differ and export checks can
+    fail."""
+    g = torch.Generator().manual_seed(seed)
+    norms = (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            if isinstance(m, norms):
                 m.weight.uniform_(0.5, 1.5, generator=g)
                 m.bias.uniform_(-0.3, 0.3, generator=g)
             if isinstance(m, torch.nn.BatchNorm2d):

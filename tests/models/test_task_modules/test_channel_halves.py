@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
+from helpers import randomise_norms
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 from mmifso.models.task_modules.groups import get_all_groups
@@ -62,15 +63,6 @@ def prepare(model):
     return mutator
 
 
-def randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
 
 
 @pytest.mark.parametrize('cut', ['slice', 'chunk'])
@@ -88,7 +80,7 @@ def test_halves_are_tied_and_masked_equals_exported(cut, swap):
         assert expand.blocks == [[i, i + 6] for i in range(6)]
         assert {'block', 'expand'} <= set(
             s.module for s in expand.sites if s.role == 'out')
-        randomise(model, trial)
+        randomise_norms(model, trial)
         model.eval()
         g = torch.Generator().manual_seed(100 + trial)
         k = int(torch.randint(1, 6, (1, ), generator=g))

@@ -14,6 +14,7 @@ import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmpretrain.models.utils import LayerNorm2d
 
+from helpers import randomise_norms
 from mmifso.models.mutators import (ChannelMutator, NormGate,
                                     export_pruned_model)
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
@@ -73,12 +74,10 @@ def prepare(model):
 
 
 def randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
+    """Random norms (:func:`randomise_norms`) and layer scale."""
+    randomise_norms(model, seed)
+    g = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
         model.gamma.uniform_(0.5, 1.5, generator=g)
 
 

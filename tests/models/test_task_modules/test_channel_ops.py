@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
+from helpers import randomise_norms
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 from mmifso.models.task_modules.channel_ops import (ChannelCutError,
@@ -78,15 +79,6 @@ def demo():
     return DemoInput((1, 3, 8, 8))
 
 
-def randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
 
 
 @pytest.mark.parametrize('cut', ['attr', 'list', 'chunk', 'computed'])
@@ -101,7 +93,7 @@ def test_equal_pieces_are_tied_and_masked_equals_exported(cut, stage):
         conv1 = units['conv1']
         assert conv1.blocks == [[c + k * WIDTH for k in range(SCALES)]
                                 for c in range(WIDTH)]
-        randomise(model, trial)
+        randomise_norms(model, trial)
         model.eval()
         g = torch.Generator().manual_seed(100 + trial)
         k = int(torch.randint(1, WIDTH, (1, ), generator=g))

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
+from helpers import randomise_norms
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 
@@ -54,15 +55,6 @@ def demo():
     return DemoInput((1, 3, 8, 8))
 
 
-def randomise(model: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
 
 
 def test_shuffle_maps_the_permutation_and_ties_the_pieces():
@@ -92,7 +84,7 @@ def test_masked_equals_exported_across_the_shuffle(trial):
     mutator.prepare_from_supernet(model)
     units = {u.name: u for u in mutator.units}
     unit = next(u for n, u in units.items() if n != 'stem')
-    randomise(model, trial)
+    randomise_norms(model, trial)
     model.eval()
     g = torch.Generator().manual_seed(100 + trial)
     unit.prune(unit.blocks[trial % 2])
@@ -193,7 +185,7 @@ def test_halves_are_balanced_along_a_stage(trial):
     unit = mutator.units[0]
     # Tied by position, the three cuts would leave one block.
     assert unit.blocks is not None and len(unit.blocks) == 2
-    randomise(model, trial)
+    randomise_norms(model, trial)
     model.eval()
     unit.prune(unit.blocks[trial % len(unit.blocks)])
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
