@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from mmifso.models.utils import conjugate_gradient
 
@@ -220,7 +221,6 @@ class _FlatObjective:
 
     def load(self, x: np.ndarray) -> None:
         """Set the params to ``x``."""
-        from torch.nn.utils import vector_to_parameters
         params = self.objective.params
         with torch.no_grad():
             vector_to_parameters(
@@ -278,7 +278,6 @@ def _converge_newton(objective: RegularisedObjective, tol: float,
     ``||g||`` as the merit function.
     """
     from scipy.optimize import minimize
-    from torch.nn.utils import parameters_to_vector
     start = time.perf_counter()
     params = objective.params
     w0 = [p.detach().clone() for p in params]
