@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from mmifso.registry import TASK_UTILS
 from mmifso.utils import check_choice
+from ..utils import removing_hooks
 from .base import BaseImportance, ScoringContext, dot, grad_or_zeros
 from .param_slices import channel_slices
 
@@ -42,11 +43,8 @@ def _captured_outputs(ctx: ScoringContext, data: dict,
         missing = wanted - {names[m] for m in targets}
         raise KeyError(f'output_modules not in the model: {sorted(missing)}')
     handles = [m.register_forward_hook(hook) for m in targets]
-    try:
+    with removing_hooks(handles):
         loss = ctx.loss(data)
-    finally:
-        for h in handles:
-            h.remove()
     if not order:
         raise RuntimeError('no output module was called in the forward')
     if wanted is None:

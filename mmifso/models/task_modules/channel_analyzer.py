@@ -22,7 +22,7 @@ from mmengine.logging import print_log
 from torch_pruning import ops as tp_ops
 
 from mmifso.utils import check_choice
-from ..utils import eval_mode, preserved_modes
+from ..utils import eval_mode, preserved_modes, removing_hooks
 from .channel_norms import check_layer_norm, per_channel_parameter_reason
 from .channel_ops import ChannelCutError, fix_split_sizes, record_channel_ops
 from .channel_ties import ChannelTies
@@ -74,11 +74,8 @@ class ChannelAnalyzer:
                 lambda mod, args, out: captured.extend(_tensors(out)))
             for m in dead
         ]
-        try:
-            outputs = self.forward_fn(model)
-        finally:
-            for h in handles:
-                h.remove()
+        with removing_hooks(handles):
+                outputs = self.forward_fn(model)
         self._model_outputs = outputs  # without the dead layers' outputs
         self._outputs = (outputs, captured) if dead else outputs
         return self._outputs
@@ -135,11 +132,8 @@ class ChannelAnalyzer:
             m.register_forward_hook(lambda mod, args, out: called.append(mod))
             for m in model.modules() if isinstance(m, GATEABLE_TYPES)
         ]
-        try:
-            graph = self._trace(model)
-        finally:
-            for h in handles:
-                h.remove()
+        with removing_hooks(handles):
+                graph = self._trace(model)
         dead = list({id(m): m for m in called
                      if m not in graph.module2node}.values())
         if dead:
@@ -206,11 +200,8 @@ class ChannelAnalyzer:
             m.register_forward_hook(check_norm, with_kwargs=True)
             for m in model.modules() if isinstance(m, CROSS_CHANNEL_NORMS)
         ]
-        try:
-            graph = self.build_graph(model)
-        finally:
-            for h in handles:
-                h.remove()
+        with removing_hooks(handles):
+                graph = self.build_graph(model)
         model_out_fns = _grad_fns(getattr(self, '_outputs', None))
         self._output_layers = {
             n for n, fns in out_fns.items() if fns & model_out_fns

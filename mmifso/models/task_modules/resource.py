@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch.nn as nn
 
-from ..utils import eval_mode
+from ..utils import eval_mode, removing_hooks
 from .layer_types import GATEABLE_TYPES
 
 
@@ -103,12 +103,8 @@ def record_layers(model: nn.Module,
     ]
     # Eval mode: the demo forward must not update BatchNorm statistics (and
     # train-mode BN rejects 1x1 maps of a single image); modes are restored.
-    try:
-        with eval_mode(model):
-            forward_fn(model)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing_hooks(handles), eval_mode(model):
+        forward_fn(model)
     return records
 
 

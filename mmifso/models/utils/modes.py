@@ -1,6 +1,7 @@
-"""Training-flag scopes for the forwards mmifso runs on a user's model."""
+"""Training-flag and hook scopes for the forwards mmifso runs on a user's
+model."""
 import contextlib
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,15 +38,23 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def removing_hooks(handles: Sequence) -> Iterator[None]:
+    """Remove the hook ``handles`` (``RemovableHandle``) on exit, also when
+    the body raises (a hook left behind would run in every later forward of
+    the user's model)."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def forward_with_pre_hooks(model: nn.Module, forward_fn: Callable,
                            pre_hooks: Dict[nn.Module, Callable]) -> None:
     """Run ``forward_fn(model)`` once in eval mode without gradients, with
     ``pre_hooks`` (module -> forward pre-hook) registered for that forward
     only (to read input shapes and the like)."""
     handles = [m.register_forward_pre_hook(h) for m, h in pre_hooks.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            forward_fn(model)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing_hooks(handles), eval_mode(model), torch.no_grad():
+        forward_fn(model)
