@@ -207,6 +207,16 @@ def warnings_logged():
     return messages_logged(logging.WARNING)
 
 
+def prepared_mutator(model, input_shape=(1, 3, 8, 8)):
+    """A ``ChannelMutator`` prepared on ``model`` (analysed with a
+    ``DemoInput`` of ``input_shape``), for the hand-made test blocks."""
+    from mmifso.models.mutators import ChannelMutator
+    from mmifso.models.task_modules import DemoInput
+    mutator = ChannelMutator(demo_input=DemoInput(input_shape))
+    mutator.prepare_from_supernet(model)
+    return mutator
+
+
 def randomise_norms(model, seed: int = 0) -> None:
     """Random affine parameters (BN, GN, LayerNorm) and running statistics
     (BN) from ``seed``, so that channels differ and export checks can

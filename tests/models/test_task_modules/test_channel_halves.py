@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import randomise_norms
-from mmifso.models.mutators import ChannelMutator, export_pruned_model
+from helpers import prepared_mutator, randomise_norms
+from mmifso.models.mutators import export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 from mmifso.models.task_modules.groups import get_all_groups
 
@@ -57,11 +57,6 @@ def demo():
     return DemoInput((1, 3, 8, 8))
 
 
-def prepare(model):
-    mutator = ChannelMutator(demo_input=demo())
-    mutator.prepare_from_supernet(model)
-    return mutator
-
 
 
 
@@ -71,7 +66,7 @@ def test_halves_are_tied_and_masked_equals_exported(cut, swap):
     for trial in range(8):
         torch.manual_seed(trial)
         model = Halves(cut, swap)
-        mutator = prepare(model)
+        mutator = prepared_mutator(model)
         units = {u.name: u for u in mutator.units}
         # Rooted at the producer before the cut (also when DepGraph meets
         # the block first), with both halves and the block's residual.
@@ -121,7 +116,7 @@ def test_group_is_rooted_before_the_cut():
 
 
 def test_partial_removal_of_a_pair_is_rejected():
-    expand = {u.name: u for u in prepare(Halves()).units}['expand']
+    expand = {u.name: u for u in prepared_mutator(Halves()).units}['expand']
     with pytest.raises(ValueError, match='whole blocks'):
         expand.prune([0])
 

@@ -14,9 +14,8 @@ import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmpretrain.models.utils import LayerNorm2d
 
-from helpers import randomise_norms
-from mmifso.models.mutators import (ChannelMutator, NormGate,
-                                    export_pruned_model)
+from helpers import prepared_mutator, randomise_norms
+from mmifso.models.mutators import NormGate, export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 
 
@@ -67,11 +66,6 @@ class Trunk(BaseModel):
         return self.head(x.permute(0, 3, 1, 2))
 
 
-def prepare(model):
-    mutator = ChannelMutator(demo_input=DemoInput((1, 3, 8, 8)))
-    mutator.prepare_from_supernet(model)
-    return mutator
-
 
 def randomise(model, seed):
     """Random norms (:func:`randomise_norms`) and layer scale."""
@@ -90,7 +84,7 @@ def test_layer_norm_trunk_is_prunable_and_masked_equals_exported():
     for trial in range(6):
         torch.manual_seed(trial)
         model = Trunk()
-        mutator = prepare(model)
+        mutator = prepared_mutator(model)
         # Only the head's outputs (the predictions) are left out.
         assert [s.name for s in mutator.analysis.skipped] == ['head']
         units = {u.name: u for u in mutator.units}
@@ -135,7 +129,8 @@ def test_mask_gradient_includes_the_statistics():
     gated forward (the weighted statistics are smooth in the mask)."""
     torch.manual_seed(0)
     model = Trunk().double()
-    mutator = prepare(model).double()  # float64 masks for the differences
+    # float64 masks for the differences
+    mutator = prepared_mutator(model).double()
     randomise(model, 0)
     model.eval()
     unit = trunk_unit(mutator)
@@ -160,7 +155,7 @@ def test_mask_gradient_includes_the_statistics():
 def test_per_sample_gates_match_per_sample_masks():
     torch.manual_seed(1)
     model = Trunk()
-    mutator = prepare(model)
+    mutator = prepared_mutator(model)
     randomise(model, 1)
     model.eval()
     unit = trunk_unit(mutator)

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import randomise_norms
-from mmifso.models.mutators import ChannelMutator, export_pruned_model
+from helpers import prepared_mutator, randomise_norms
+from mmifso.models.mutators import export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 from mmifso.models.task_modules.channel_ops import (ChannelCutError,
                                                     fix_split_sizes,
@@ -87,8 +87,7 @@ def test_equal_pieces_are_tied_and_masked_equals_exported(cut, stage):
     for trial in range(4):
         torch.manual_seed(trial)
         model = Res2Block(cut, stage)
-        mutator = ChannelMutator(demo_input=demo())
-        mutator.prepare_from_supernet(model)
+        mutator = prepared_mutator(model)
         units = {u.name: u for u in mutator.units}
         conv1 = units['conv1']
         assert conv1.blocks == [[c + k * WIDTH for k in range(SCALES)]

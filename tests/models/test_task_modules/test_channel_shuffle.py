@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import randomise_norms
-from mmifso.models.mutators import ChannelMutator, export_pruned_model
+from helpers import prepared_mutator, randomise_norms
+from mmifso.models.mutators import export_pruned_model
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 
 
@@ -80,8 +80,7 @@ def test_shuffle_maps_the_permutation_and_ties_the_pieces():
 def test_masked_equals_exported_across_the_shuffle(trial):
     torch.manual_seed(trial)
     model = ShuffleStage()
-    mutator = ChannelMutator(demo_input=demo())
-    mutator.prepare_from_supernet(model)
+    mutator = prepared_mutator(model)
     units = {u.name: u for u in mutator.units}
     unit = next(u for n, u in units.items() if n != 'stem')
     randomise_norms(model, trial)
@@ -131,8 +130,7 @@ class FourProducers(BaseModel):
 
 def test_two_units_across_one_shuffle():
     model = FourProducers()
-    mutator = ChannelMutator(demo_input=demo())
-    mutator.prepare_from_supernet(model)
+    mutator = prepared_mutator(model)
     units = {u.name: u for u in mutator.units}
     assert len(units) == 2
     for unit in units.values():
@@ -179,8 +177,7 @@ class LongStage(BaseModel):
 def test_halves_are_balanced_along_a_stage(trial):
     torch.manual_seed(trial)
     model = LongStage()
-    mutator = ChannelMutator(demo_input=demo())
-    mutator.prepare_from_supernet(model)
+    mutator = prepared_mutator(model)
     assert len(mutator.units) == 1
     unit = mutator.units[0]
     # Tied by position, the three cuts would leave one block.
