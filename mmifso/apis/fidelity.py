@@ -91,15 +91,17 @@ class RegularisedObjective:
         j = self.data_loss(create_graph=False) + self.penalty()
         return [g.detach() for g in torch.autograd.grad(j, self.params)]
 
-    def hvp_at_current(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``v -> (d^2 J / dw^2) v`` at the current weights.
+    def gradient_and_hvp(
+        self) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """``grad_w J`` and ``v -> (d^2 J / dw^2) v`` at the current weights.
 
         One forward and backward with ``create_graph=True`` builds the
         gradient's graph once; every product is then one double-backward
         pass over it (a Newton step needs many products at one point).
 
         Returns:
-            Callable: Maps a flat vector ``v`` (``numel(w)``) to the flat
+            tuple[Tensor, Callable]: The flat gradient (``numel(w)``,
+            detached) and the map from a flat vector ``v`` to the flat
             product ``H v``.
         """
         with torch.enable_grad():
@@ -116,7 +118,7 @@ class RegularisedObjective:
                     grads, self.params, parts, retain_graph=True)
             return torch.cat([h.reshape(-1) for h in hv]).detach()
 
-        return hvp
+        return torch.cat([g.reshape(-1) for g in grads]).detach(), hvp
 
     def grad_norm(self) -> float:
         """``||grad_w J||_2``."""
@@ -246,7 +248,7 @@ class _FlatObjective:
         if self._hvp is None or not np.array_equal(self._hvp_x, x):
             self.load(x)
             self._hvp_x, self._hvp = x.copy(), \
-                self.objective.hvp_at_current()
+                self.objective.gradient_and_hvp()[1]
         v = torch.from_numpy(v).to(self.objective.params[0].dtype)
         return self._hvp(v).double().numpy()
 
@@ -350,33 +352,24 @@ def _newton_polish_step(objective: RegularisedObjective,
         lowered ``||grad J||``) and ``evaluations`` (gradients taken).
     """
     params = objective.params
-    with torch.enable_grad():
-        grads = objective.gradient()
-    hvp_flat = objective.hvp_at_current()
-
-    def hvp(vs: Vec) -> Vec:
-        out = hvp_flat(torch.cat([v.reshape(-1) for v in vs]))
-        return list(torch.split(out, [p.numel() for p in params]))
-
-    flat_shapes = [g.reshape(-1) for g in grads]
-    step, info = conjugate_gradient(
-        hvp, [-g for g in flat_shapes], 0.0, min(0.1, math.sqrt(norm)),
+    grad, hvp = objective.gradient_and_hvp()
+    # One flat vector: conjugate_gradient works on lists of tensors.
+    (step, ), info = conjugate_gradient(
+        lambda vs: [hvp(vs[0])], [-grad], 0.0, min(0.1, math.sqrt(norm)),
         max_iter=POLISH_CG_ITERS)
     if info.negative_curvature and info.iterations == 1:
         return dict(grad_norm=None, evaluations=1)
-    start = [p.detach().clone() for p in params]
+    start = parameters_to_vector([p.detach() for p in params])
     alpha = 1.0
     for tries in range(1, 31):
         with torch.no_grad():
-            for p, w, d in zip(params, start, step):
-                p.copy_(w + alpha * d.view_as(p))
+            vector_to_parameters(start + alpha * step, params)
         new = objective.grad_norm()
         if new < norm:
             return dict(grad_norm=new, evaluations=1 + tries)
         alpha /= 2
     with torch.no_grad():
-        for p, w in zip(params, start):
-            p.copy_(w)
+        vector_to_parameters(start, params)
     return dict(grad_norm=None, evaluations=31)
 
 

@@ -94,8 +94,8 @@ def test_newton_uses_exact_curvature_on_a_nonconvex_start():
     """A logistic model started where the Hessian has a negative
     eigenvalue (``w = 0`` of ``J = mean softplus(-y x.w) - c/2 ||w||^2 +
     d/4 ||w||^4`` is a saddle): the trust region leaves it and reaches
-    ``||grad J|| <= 1e-10``, and the Hessian-vector product equals the
-    explicit Hessian."""
+    ``||grad J|| <= 1e-10``, and the gradient and Hessian-vector product
+    equal the explicit ones."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 3, generator=g, dtype=torch.float64)
     y = torch.sign(x[:, 0] + 0.3 * torch.randn(32, generator=g,
@@ -118,17 +118,18 @@ def test_newton_uses_exact_curvature_on_a_nonconvex_start():
     model = Quartic()
     obj = RegularisedObjective(model, [dict(inputs=x, data_samples=y)],
                                [model.weight], 0.1)
-    hvp = obj.hvp_at_current()
+    grad, hvp = obj.gradient_and_hvp()
     w0 = model.weight.detach().clone()
 
     def j_of(w):
-        m = model.weight
         fit = torch.nn.functional.softplus(-y * (x @ w)).mean()
         return fit - 0.5 * w.pow(2).sum() + 0.25 * w.pow(2).sum().pow(2) \
-            + 0.05 * w.pow(2).sum() + 0 * m.sum()
+            + 0.05 * w.pow(2).sum()
 
     hess = torch.autograd.functional.hessian(j_of, w0)
     assert torch.linalg.eigvalsh(hess)[0] < 0  # a saddle region
+    assert torch.allclose(grad, torch.autograd.functional.jacobian(j_of, w0),
+                          atol=1e-12)
     for v in torch.eye(3, dtype=torch.float64):
         assert torch.allclose(hvp(v), hess @ v, atol=1e-12)
     res = converge(obj, tol=1e-10, method='newton')
