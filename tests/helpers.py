@@ -288,18 +288,30 @@ def run_command(cmd: Sequence[str], env: dict,
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def run_ranks(fn: Callable, args: tuple, world: int,
-              timeout: float = PROCESS_TIMEOUT) -> None:
-    """``fn(rank, *args)`` in ``world`` spawned processes; a rank that
-    raises fails the test, and ranks still running after ``timeout``
-    seconds are killed and fail it too (never a hang)."""
-    ctx = mp.start_processes(fn, args=args, nprocs=world, join=False,
-                             start_method='spawn')
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f'{world} ranks of {fn.__name__} did not finish in '
-                        f'{timeout:g} s (killed)')
+def run_ranks(fn: Callable, args: Callable[[], tuple], world: int,
+              timeout: float = 300, attempts: int = 2) -> None:
+    """``fn(rank, *args())`` in ``world`` spawned processes; a rank that
+    raises fails the test. Ranks still running after ``timeout`` seconds are
+    killed and the run is started again with fresh ``args()`` (a new port),
+    ``attempts`` times in all, then the test fails (never a hang).
+
+    The retry is for a rare hang of both gloo ranks, seen twice in full
+    ``make test`` runs and not reproduced in isolation (cause unknown); each
+    retry is printed, so the test output shows it.
+    """
+    for attempt in range(1, attempts + 1):
+        ctx = mp.start_processes(fn, args=args(), nprocs=world, join=False,
+                                 start_method='spawn')
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                break
+        else:
+            return
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+        print(f'{world} ranks of {fn.__name__} did not finish in '
+              f'{timeout:g} s (attempt {attempt}/{attempts}); killed')
+    pytest.fail(f'{world} ranks of {fn.__name__} did not finish in '
+                f'{timeout:g} s, {attempts} attempts (killed)')

@@ -75,7 +75,7 @@ def max_relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('dist_scores'))
-    run_ranks(_worker, (WORLD, free_port(), out), WORLD)
+    run_ranks(_worker, lambda: (WORLD, free_port(), out), WORLD)
     _scores(0, 1, False, os.path.join(out, 'single.pt'))
     load = lambda n: torch.load(os.path.join(out, n))  # noqa: E731
     return load('rank0.pt'), load('rank1.pt'), load('single.pt')
