@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from mmifso.models.algorithms import prune_step
+from mmifso.models.algorithms import PruneStepResult, prune_step
 from mmifso.models.importance import BaseImportance, ScoringContext
 from mmifso.models.mutators import (ChannelMutator, ChannelSelector,
                                     export_pruned_model)
@@ -123,6 +123,54 @@ def score_channels(model: nn.Module,
     return imp.score(ctx, data_batches)
 
 
+def _checked_target(target_flops: Optional[float],
+                    target_latency: Optional[float]) -> Tuple[str, float]:
+    """``(metric, target)`` of :func:`prune_to_target`: ``'flops'`` or
+    ``'latency'`` and its ratio, exactly one of the two set, in (0, 1)."""
+    if (target_flops is None) == (target_latency is None):
+        raise ValueError(
+            'set exactly one of target_flops and target_latency, got '
+            f'target_flops={target_flops!r}, '
+            f'target_latency={target_latency!r}')
+    metric = 'flops' if target_latency is None else 'latency'
+    target = target_flops if metric == 'flops' else target_latency
+    if isinstance(target, bool) or not isinstance(
+            target, (int, float)) or not 0 < target < 1:
+        raise ValueError(f'target_{metric} must be in (0, 1), got {target!r}')
+    return metric, target
+
+
+def _step_pruned(step: PruneStepResult, imp: BaseImportance,
+                 mutator: ChannelMutator, selector: ChannelSelector,
+                 metric: str, target: float) -> bool:
+    """Whether a step of :func:`prune_to_target` removed channels.
+
+    Raises on NaN/Inf scores, and when a FLOPs target cannot be reached;
+    an unreachable latency target is logged as a warning and gives False
+    (pruning stops at the best reachable latency).
+    """
+    if step.skipped:
+        raise FloatingPointError(
+            f'{type(imp).__name__} gave NaN/Inf scores for units '
+            f'{step.nonfinite_units}: nothing pruned; check the loss of '
+            'the batches and the criterion\'s damping')
+    if step.removed:
+        return True
+    if metric == 'flops':
+        raise RuntimeError(
+            'cannot reach the FLOPs target: every unit is at its floor '
+            '(min_channels, max_prune_ratio, round_to; FLOPs ratio '
+            f'{mutator.resources()["flops_ratio"]:.3f})')
+    print_log(
+        f'[mmifso] target_latency={target} cannot be reached: every '
+        'unit is at its floor (min_channels, max_prune_ratio, '
+        'round_to); stopped at the best reachable predicted latency '
+        f'ratio {selector.ratio(mutator, "latency"):.4f}',
+        logger='current',
+        level=logging.WARNING)
+    return False
+
+
 def prune_to_target(model: nn.Module,
                     mutator: ChannelMutator,
                     criterion: Criterion,
@@ -170,16 +218,7 @@ def prune_to_target(model: nn.Module,
         ``reached``, and with a latency table ``latency_ratio`` and
         ``latency_ms`` (predicted).
     """
-    if (target_flops is None) == (target_latency is None):
-        raise ValueError(
-            'set exactly one of target_flops and target_latency, got '
-            f'target_flops={target_flops!r}, '
-            f'target_latency={target_latency!r}')
-    metric = 'flops' if target_latency is None else 'latency'
-    target = target_flops if metric == 'flops' else target_latency
-    if isinstance(target, bool) or not isinstance(
-            target, (int, float)) or not 0 < target < 1:
-        raise ValueError(f'target_{metric} must be in (0, 1), got {target!r}')
+    metric, target = _checked_target(target_flops, target_latency)
     imp = build_criterion(criterion, **(criterion_kwargs or {}))
     selector = ChannelSelector(cost, cost_power, **(selection or {}))
     if metric == 'latency' and selector.latency_table is None:
@@ -197,27 +236,9 @@ def prune_to_target(model: nn.Module,
         k = max(1, int(alive * step_fraction))
         step = prune_step(ctx, imp, selector, scores, k,
                           **{f'target_{metric}': target})
-        if step.skipped:
-            raise FloatingPointError(
-                f'{type(imp).__name__} gave NaN/Inf scores for units '
-                f'{step.nonfinite_units}: nothing pruned; check the loss of '
-                'the batches and the criterion\'s damping')
-        removed = step.removed
         steps += 1
-        if not removed and metric == 'flops':
-            raise RuntimeError(
-                'cannot reach the FLOPs target: every unit is at its floor '
-                '(min_channels, max_prune_ratio, round_to; FLOPs ratio '
-                f'{mutator.resources()["flops_ratio"]:.3f})')
-        if not removed:
+        if not _step_pruned(step, imp, mutator, selector, metric, target):
             reached = False
-            print_log(
-                f'[mmifso] target_latency={target} cannot be reached: every '
-                'unit is at its floor (min_channels, max_prune_ratio, '
-                'round_to); stopped at the best reachable predicted latency '
-                f'ratio {selector.ratio(mutator, "latency"):.4f}',
-                logger='current',
-                level=logging.WARNING)
             break
     out = dict(mutator.resources(), steps=steps, reached=reached)
     if selector.latency_table is not None:
