@@ -266,12 +266,69 @@ def _shown_type(model_cfg: Mapping) -> str:
     return repr(t if isinstance(t, str) else _type_name(t))
 
 
+def _upstream_model_cfg(model_cfg: Mapping) -> Mapping:
+    """The upstream model config inside the mmifso wrappers
+    (``PruningAlgorithm`` / ``PrunedModel``, nested or flat)."""
+    upstream = model_cfg
+    while _kind_of_type(upstream.get('type')) is not None:
+        if isinstance(upstream.get('architecture'), Mapping):
+            upstream = upstream['architecture']
+        elif upstream.get('architecture_type') is not None:
+            upstream = pruned_architecture_cfg(upstream)
+        else:
+            break
+    return upstream
+
+
+def _pruned_ckpt_message(ckpt_path: str, meta: Mapping, cfg_kind: str,
+                         model_cfg: Mapping) -> str:
+    """What to do with an exported pruned checkpoint given to a config
+    with full-size layers."""
+    deploy = meta.get('deploy_config')
+    if deploy:
+        where = f'use the deploy config written next to it: {deploy}'
+    else:
+        where = ("use the config it was trained with (model.type="
+                 "'mmifso.PrunedModel' with the structure.json it was "
+                 'exported with, e.g. the deploy_config.py written by '
+                 'tools/export_pruned.py)')
+    if cfg_kind == MASKED:
+        why = ("To prune it further, set the pruning config's "
+               "architecture to dict(type='mmifso.PrunedModel', "
+               "architecture=..., structure=...).")
+    else:
+        why = ''
+    return (f'{ckpt_path} is an exported pruned checkpoint (smaller layer '
+            'shapes), but the config builds model.type='
+            f'{_shown_type(model_cfg)} with full-size layers; {where}. ' +
+            why).strip()
+
+
+def _plain_ckpt_message(ckpt_path: str, structure: Any,
+                        upstream_type: str) -> str:
+    """What to do with a plain checkpoint given to a config whose model is
+    an exported pruned model (``structure``: its structure config)."""
+    shown = f' ({structure})' if isinstance(structure, str) else ''
+    return (
+        f'{ckpt_path} is an unpruned (plain) checkpoint with full-size '
+        "layers, but the config's model is an exported pruned model "
+        f"(type='mmifso.PrunedModel', structure{shown}) with fewer "
+        'channels. '
+        f'Evaluate or fine-tune it with a config whose model.type is the '
+        f'unpruned {upstream_type}, or prune it with '
+        "model.type='mmifso.PruningAlgorithm' (architecture="
+        f'{upstream_type}). A PrunedModel config takes the pruned.pth '
+        'written by tools/export_pruned.py (or a checkpoint fine-tuned '
+        'from it).')
+
+
 def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
                       model_cfg: Mapping) -> Optional[str]:
     """None if ``ckpt_kind`` fits ``model_cfg``, else what to do.
 
-    Long on purpose: it is one decision table, every (checkpoint kind,
-    config kind) pair with its own message, best read top to bottom.
+    One decision table over (checkpoint kind, config kind) pairs, best read
+    top to bottom; the longer messages are built by
+    :func:`_pruned_ckpt_message` and :func:`_plain_ckpt_message`.
     """
     cfg_kind = model_kind(model_cfg)
     model_cfg = _unwrap(model_cfg)
@@ -281,15 +338,7 @@ def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
     # (architecture=dict(type='mmifso.PrunedModel', ...)): then its plain
     # part is the pruned model.
     arch_kind = _kind_of_type(arch.get('type')) if cfg_kind == MASKED else None
-    upstream = model_cfg  # the upstream model inside the mmifso wrappers
-    while _kind_of_type(upstream.get('type')) is not None:
-        if isinstance(upstream.get('architecture'), Mapping):
-            upstream = upstream['architecture']
-        elif upstream.get('architecture_type') is not None:
-            upstream = pruned_architecture_cfg(upstream)
-        else:
-            break
-    upstream_type = _shown_type(upstream)
+    upstream_type = _shown_type(_upstream_model_cfg(model_cfg))
     meta = _mmifso_meta(ckpt)
 
     if ckpt_kind == PRUNED and PRUNED in (cfg_kind, arch_kind):
@@ -323,39 +372,11 @@ def _mismatch_message(ckpt_path: str, ckpt: Mapping, ckpt_kind: str,
             f'CKPT = {ckpt_path}) and use DIR/deploy_config.py with '
             'DIR/pruned.pth.')
     if ckpt_kind == PRUNED:
-        deploy = meta.get('deploy_config')
-        if deploy:
-            where = f'use the deploy config written next to it: {deploy}'
-        else:
-            where = ("use the config it was trained with (model.type="
-                     "'mmifso.PrunedModel' with the structure.json it was "
-                     'exported with, e.g. the deploy_config.py written by '
-                     'tools/export_pruned.py)')
-        if cfg_kind == MASKED:
-            why = ("To prune it further, set the pruning config's "
-                   "architecture to dict(type='mmifso.PrunedModel', "
-                   "architecture=..., structure=...).")
-        else:
-            why = ''
-        return (f'{ckpt_path} is an exported pruned checkpoint (smaller layer '
-                'shapes), but the config builds model.type='
-                f'{_shown_type(model_cfg)} with full-size layers; {where}. '
-                + why).strip()
+        return _pruned_ckpt_message(ckpt_path, meta, cfg_kind, model_cfg)
     if ckpt_kind == PLAIN and (cfg_kind == PRUNED or arch_kind == PRUNED):
         structure = (model_cfg if cfg_kind == PRUNED else arch).get(
             'structure')
-        shown = f' ({structure})' if isinstance(structure, str) else ''
-        return (
-            f'{ckpt_path} is an unpruned (plain) checkpoint with full-size '
-            "layers, but the config's model is an exported pruned model "
-            f"(type='mmifso.PrunedModel', structure{shown}) with fewer "
-            'channels. '
-            f'Evaluate or fine-tune it with a config whose model.type is the '
-            f'unpruned {upstream_type}, or prune it with '
-            "model.type='mmifso.PruningAlgorithm' (architecture="
-            f'{upstream_type}). A PrunedModel config takes the pruned.pth '
-            'written by tools/export_pruned.py (or a checkpoint fine-tuned '
-            'from it).')
+        return _plain_ckpt_message(ckpt_path, structure, upstream_type)
     return (f'{ckpt_path} is a {ckpt_kind} checkpoint, but the config builds '
             f'model.type={_shown_type(model_cfg)} ({cfg_kind}).')
 
