@@ -334,6 +334,68 @@ def _layer_at(module: nn.Module, c_in: int, c_out: int) -> nn.Module:
         padding_mode=module.padding_mode)
 
 
+def _grid_widths(rec: LayerRecord, in_pruned: bool, out_pruned: bool,
+                 fractions: Sequence[float]) -> Tuple[List[int], List[int]]:
+    """Input and output widths measured for one layer; a depthwise layer's
+    output follows its input (``[0]``), an unpruned side keeps its width."""
+    per_group = 1 if rec.depthwise or rec.groups == 1 else rec.groups
+    ins = _widths(rec.in_channels, fractions, per_group) \
+        if in_pruned else [rec.in_channels]
+    outs = [0] if rec.depthwise else (
+        _widths(rec.out_channels, fractions, per_group)
+        if out_pruned else [rec.out_channels])
+    return ins, outs
+
+
+def _grid_inputs(module: nn.Module, calls: Sequence[Tuple[int, ...]],
+                 widths: Sequence[int], n_batch: int, g: torch.Generator,
+                 device: str) -> Dict[int, List[torch.Tensor]]:
+    """Random inputs of a layer per input width, one per call of the layer
+    in a forward (batch ``n_batch``, drawn from ``g`` in this order)."""
+    inputs = {}
+    for ci in widths:
+        inputs[ci] = []
+        for shp in calls:
+            shp = (n_batch, ) + tuple(shp[1:])
+            if isinstance(module, nn.Linear):
+                shp = shp[:-1] + (ci, )
+            else:
+                shp = (shp[0], ci) + shp[2:]
+            inputs[ci].append(torch.randn(shp, generator=g).to(device))
+    return inputs
+
+
+def _grid_timers(name: str, module: nn.Module,
+                 inputs: Dict[int, List[torch.Tensor]], outs: Sequence[int],
+                 backend: str, threads: int,
+                 device: str) -> Dict[Tuple[str, int, int], Callable]:
+    """Per grid point ``(name, c_in, c_out)`` of layer ``name``, a call that
+    runs a fresh layer like ``module`` at that width on all its inputs
+    once."""
+    fns = {}
+    for ci, xs in inputs.items():
+        for co in outs:
+            layer = _layer_at(module, ci, co).to(device)
+            runs = [runner_for(layer, x, backend, threads) for x in xs]
+
+            def fn(runs=runs):
+                for r in runs:
+                    r()
+
+            fns[(name, ci, co)] = fn
+    return fns
+
+
+def _check_backend(backend: str, device: str) -> None:
+    """Raise unless ``backend`` is known and can run on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got '
+                         f'{backend!r}')
+    if backend == 'onnxruntime' and device != 'cpu':
+        raise ValueError('the onnxruntime backend runs on the CPU here; '
+                         f'device={device!r} needs backend="torch"')
+
+
 def _input_shapes(model: nn.Module, forward_fn, names: Sequence[str]
                   ) -> Dict[str, List[Tuple[int, ...]]]:
     """Input shape of every call of the named layers in one forward."""
@@ -494,17 +556,8 @@ def build_latency_table(model: nn.Module,
 
     Returns:
         LatencyTable: Save it with :meth:`LatencyTable.save`.
-
-    Long on purpose: the grid, its interleaved timing and the calibration
-    share the same per-layer bookkeeping (``layers``, ``fns``); split, each
-    part would pass all of it along.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f'backend must be one of {BACKENDS}, got '
-                         f'{backend!r}')
-    if backend == 'onnxruntime' and device != 'cpu':
-        raise ValueError('the onnxruntime backend runs on the CPU here; '
-                         f'device={device!r} needs backend="torch"')
+    _check_backend(backend, device)
     threads = int(threads or torch.get_num_threads())
     key = latency_key(mutator, input_shape, backend, threads, device)
     n_batch = int(input_shape[0])
@@ -519,38 +572,15 @@ def build_latency_table(model: nn.Module,
     for name in names:
         rec = mutator.layer_records[name]
         module = model.get_submodule(name)
-        depthwise = rec.depthwise
-        per_group = 1 if depthwise or rec.groups == 1 else rec.groups
-        ins = _widths(rec.in_channels, fractions, per_group) \
-            if name in pruned_in else [rec.in_channels]
-        outs = [0] if depthwise else (
-            _widths(rec.out_channels, fractions, per_group)
-            if name in pruned_out else [rec.out_channels])
+        ins, outs = _grid_widths(rec, name in pruned_in, name in pruned_out,
+                                 fractions)
         calls = shapes[name]
         layers[name] = dict(
-            type=type(module).__name__, depthwise=depthwise,
+            type=type(module).__name__, depthwise=rec.depthwise,
             in_widths=ins, out_widths=outs, calls=len(calls))
-        inputs = {}
-        for ci in ins:
-            inputs[ci] = []
-            for shp in calls:
-                shp = (n_batch, ) + tuple(shp[1:])
-                if isinstance(module, nn.Linear):
-                    shp = shp[:-1] + (ci, )
-                else:
-                    shp = (shp[0], ci) + shp[2:]
-                inputs[ci].append(torch.randn(shp, generator=g).to(device))
-        for ci in ins:
-            for co in outs:
-                layer = _layer_at(module, ci, co).to(device)
-                runs = [runner_for(layer, x, backend, threads)
-                        for x in inputs[ci]]
-
-                def fn(runs=runs):
-                    for r in runs:
-                        r()
-
-                fns[(name, ci, co)] = fn
+        inputs = _grid_inputs(module, calls, ins, n_batch, g, device)
+        fns.update(
+            _grid_timers(name, module, inputs, outs, backend, threads, device))
     log(f'[latency] {len(names)} layers, {len(fns)} grid points, backend '
         f'{backend}, {threads} threads')
     sync = torch.cuda.synchronize if str(device).startswith('cuda') else None
@@ -564,7 +594,24 @@ def build_latency_table(model: nn.Module,
     table = LatencyTable(
         dict(version=TABLE_VERSION, key=key, layers=layers,
              calibration=dict(a_ms=0.0, b_ms=0.0)))
-    # Calibration of the rest: whole model at full and at half width.
+    _calibrate_table(table, mutator, whole_model_ms)
+    cal = table.calibration
+    table.data['unit_curves'] = unit_curves(table, mutator)
+    table.data['build_s'] = time.perf_counter() - t_start
+    log(f'[latency] whole model {cal["whole_full_ms"]:.2f} ms (layers '
+        f'{cal["layers_full_ms"]:.2f} ms), half width '
+        f'{cal["whole_half_ms"]:.2f} ms (layers {cal["layers_half_ms"]:.2f} '
+        f'ms); whole = {cal["scale"]:.3f} x layers + {cal["a_ms"]:.2f} + '
+        f'{cal["b_ms"]:.2f} x acts ratio ms')
+    return table
+
+
+def _calibrate_table(table: LatencyTable, mutator,
+                     whole_model_ms: Callable[[Optional[float]],
+                                              float]) -> None:
+    """Calibrate the rest of the model (what the layers' own timings miss)
+    from the whole model measured at full and at uniform half width; the
+    measurements and the fit go to ``table.calibration``."""
     t_full = whole_model_ms(None)
     full_layers = table.predict_ms({}, {}, 0.0)
     alive_in, alive_out = uniform_alive(mutator, 0.5)
@@ -576,14 +623,6 @@ def build_latency_table(model: nn.Module,
         whole_full_ms=t_full, whole_half_ms=t_half,
         layers_full_ms=full_layers, layers_half_ms=half_layers,
         acts_ratio_half=r_half)
-    cal = table.calibration
-    table.data['unit_curves'] = unit_curves(table, mutator)
-    table.data['build_s'] = time.perf_counter() - t_start
-    log(f'[latency] whole model {t_full:.2f} ms (layers {full_layers:.2f} '
-        f'ms), half width {t_half:.2f} ms (layers {half_layers:.2f} ms); '
-        f'whole = {cal["scale"]:.3f} x layers + {cal["a_ms"]:.2f} + '
-        f'{cal["b_ms"]:.2f} x acts ratio ms')
-    return table
 
 
 def calibrate(t_full: float, t_half: float, layers_full: float,
