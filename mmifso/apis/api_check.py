@@ -277,6 +277,18 @@ def _non_strict_load(build: Callable[[], nn.Module],
     load_checkpoint(build(), checkpoint, map_location='cpu', strict=False)
 
 
+def _loaded_problem(model: nn.Module, names: tuple, classes: tuple,
+                    state: Dict) -> Optional[str]:
+    """None if a loaded model has the checkpoint's class names
+    (``names``: the model's) and the exported weights, else what is wrong."""
+    if names != classes:
+        return (f'class names {names[:2]}... are not the checkpoint\'s '
+                f'{classes[:2]}...')
+    if not _weights_equal(model, state):
+        return 'the loaded weights are not the exported ones'
+    return None
+
+
 def _detector_checks(paths: Dict[str, str], ref: nn.Module,
                      state: Dict, classes: tuple, work_dir: str,
                      atol: float) -> Tuple[Dict, Dict, List[float]]:
@@ -293,11 +305,9 @@ def _detector_checks(paths: Dict[str, str], ref: nn.Module,
 
     def check(model: nn.Module, sample) -> Optional[str]:
         names = tuple(model.dataset_meta.get('classes', ()))
-        if names != classes:
-            return (f'class names {names[:2]}... are not the checkpoint\'s '
-                    f'{classes[:2]}...')
-        if not _weights_equal(model, state):
-            return 'the loaded weights are not the exported ones'
+        problem = _loaded_problem(model, names, classes, state)
+        if problem is not None:
+            return problem
         got = _instances(sample)
         if got['labels'].numel() and int(got['labels'].max()) >= len(names):
             return f'label {int(got["labels"].max())} has no class name'
@@ -331,6 +341,16 @@ def _detector_checks(paths: Dict[str, str], ref: nn.Module,
             deploy, ckpt, state, osp.join(work_dir, 'runner_ok'))),
     }
 
+    return works, _detector_refusals(paths, work_dir), diffs
+
+
+def _detector_refusals(paths: Dict[str, str], work_dir: str) -> Dict[str, str]:
+    """What the mmdet loaders do with the unpruned weights and the deploy
+    config (:func:`_refusals`), and with the exported checkpoint in the
+    unpruned config."""
+    from mmdet.apis import DetInferencer, init_detector
+    deploy, ckpt = paths['config'], paths['checkpoint']
+
     def build() -> nn.Module:
         return init_detector(deploy, None, device='cpu')
 
@@ -346,7 +366,7 @@ def _detector_checks(paths: Dict[str, str], ref: nn.Module,
     refused['(pruned.pth into the unpruned config: init_detector)'] = \
         _upstream_config_load(lambda: init_detector(
             paths['unpruned_config'], ckpt, device='cpu'))
-    return works, refused, diffs
+    return refused
 
 
 def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
@@ -364,11 +384,9 @@ def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
 
     def check(model: nn.Module, result: Optional[Dict]) -> Optional[str]:
         names = tuple(getattr(model, '_dataset_meta', {}).get('classes', ()))
-        if names != classes:
-            return (f'class names {names[:2]}... are not the checkpoint\'s '
-                    f'{classes[:2]}...')
-        if not _weights_equal(model, state):
-            return 'the loaded weights are not the exported ones'
+        problem = _loaded_problem(model, names, classes, state)
+        if problem is not None:
+            return problem
         if result is None:
             return None
         if result.get('pred_class') != classes[result['pred_label']]:
@@ -412,6 +430,17 @@ def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
             deploy, ckpt, state, osp.join(work_dir, 'runner_ok'))),
     }
 
+    return works, _classifier_refusals(paths, work_dir), diffs
+
+
+def _classifier_refusals(paths: Dict[str, str],
+                         work_dir: str) -> Dict[str, str]:
+    """What the mmpretrain loaders do with the unpruned weights and the
+    deploy config (:func:`_refusals`), and with the exported checkpoint in
+    the unpruned config."""
+    from mmpretrain.apis import ImageClassificationInferencer, get_model
+    deploy, ckpt = paths['config'], paths['checkpoint']
+
     def build() -> nn.Module:
         return get_model(deploy, pretrained=None, device='cpu')
 
@@ -427,7 +456,7 @@ def _classifier_checks(paths: Dict[str, str], ref: nn.Module,
     refused['(pruned.pth into the unpruned config: get_model)'] = \
         _upstream_config_load(lambda: get_model(
             paths['unpruned_config'], pretrained=ckpt, device='cpu'))
-    return works, refused, diffs
+    return refused
 
 
 def _refusals(loaders: Dict[str, Callable[[str], object]],
