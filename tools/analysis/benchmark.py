@@ -1171,6 +1171,10 @@ def print_report(result: Dict) -> None:
 
 
 def parse_args(argv=None):
+    """The command-line options.
+
+    Long on purpose: one ``add_argument`` per option, each with its help.
+    """
     from mmifso.utils import KeyValueAction
     parser = argparse.ArgumentParser(
         description='Time mmifso gate overhead, IFSO scoring and pruned '
@@ -1362,6 +1366,23 @@ def write_json(result: Dict, out: str) -> None:
     log(f'wrote {out}')
 
 
+def result_header(quick: bool, argv: Optional[List[str]], cfg: Dict,
+                  threads: int) -> Dict:
+    """The start of every run's JSON: the command, settings, machine, load
+    and goals."""
+    return dict(
+        quick=quick,
+        command=' '.join([os.path.basename(sys.argv[0])] +
+                         (sys.argv[1:] if argv is None else list(argv))),
+        settings=cfg,
+        machine=machine_info(threads),
+        loadavg_start=loadavg(),
+        goals=dict(
+            gate_overhead_ratio_max=GOAL_GATE,
+            ifso_exact_ratio_max=GOAL_SCORE,
+            latency_efficiency_min=GOAL_EFFICIENCY))
+
+
 def main(argv=None) -> Dict:
     """Run the default sections 1-3, or only ``--speed`` / ``--prune-run``;
     print the report and write the JSON.
@@ -1384,17 +1405,7 @@ def main(argv=None) -> Dict:
     size = cfg['image_size']
     inet_cfg = model_cfg(cfg['imagenet_cfg'])
     inet = cfg['imagenet_model']
-    result = dict(
-        quick=args.quick,
-        command=' '.join([os.path.basename(sys.argv[0])] +
-                         (sys.argv[1:] if argv is None else list(argv))),
-        settings=cfg,
-        machine=machine_info(threads),
-        loadavg_start=loadavg(),
-        goals=dict(
-            gate_overhead_ratio_max=GOAL_GATE,
-            ifso_exact_ratio_max=GOAL_SCORE,
-            latency_efficiency_min=GOAL_EFFICIENCY))
+    result = result_header(args.quick, argv, cfg, threads)
 
     if args.prune_run:
         quick = args.quick

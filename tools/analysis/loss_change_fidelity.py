@@ -635,8 +635,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line: one ``add_argument`` per flag, then the range
     checks of :func:`_check_args`.
 
-    It stays one function, long as it is: a flat list of flags reads best
-    in one place.
+    Long on purpose: a flat list of flags reads best in one place.
     """
     parser = argparse.ArgumentParser(
         description='Rank correlation of pruning criteria with the true '
