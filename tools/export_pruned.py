@@ -37,11 +37,13 @@ def main():
     args = parse_args()
     from mmifso.apis import exit_on_errors, export_checkpoint, load_config
     from mmifso.structures import StructureMismatchError
+    from mmifso.utils import ParseTimeVariableError
 
     # ExportError, UnsafeCheckpointError and unreadable checkpoints are
     # RuntimeErrors: their messages say what to do (as a missing file's).
     with exit_on_errors('tools/export_pruned.py', FileNotFoundError,
-                        RuntimeError, StructureMismatchError):
+                        RuntimeError, StructureMismatchError,
+                        ParseTimeVariableError):
         cfg = load_config(args.config, args.cfg_options)
         result = export_checkpoint(cfg, args.checkpoint, args.out_dir,
                                    args.atol)

@@ -35,7 +35,9 @@ from mmengine.config import Config  # noqa: E402
 
 from mmifso.apis.runner import (add_runner_arguments,  # noqa: E402
                                 build_tool_runner, default_work_dir,
-                                set_local_rank)
+                                exit_on_errors, set_local_rank)
+from mmifso.utils import (ParseTimeVariableError,  # noqa: E402
+                          merge_cfg_options)
 
 PICKLE_EXTS = ('.pkl', '.pickle')
 METRIC_EXTS = ('.json', '.yaml', '.yml')
@@ -86,8 +88,7 @@ def parse_args(argv=None):
 def merge_args(cfg, args):
     """Merge CLI arguments to config."""
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)
 
     # work_dir: command line > the config's own > ./work_dirs/<config name>
     default_work_dir(cfg, args.work_dir, args.config)
@@ -119,7 +120,8 @@ def jsonable(value):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = merge_args(Config.fromfile(args.config), args)
+    with exit_on_errors('tools/test.py', ParseTimeVariableError):
+        cfg = merge_args(Config.fromfile(args.config), args)
     # Safe checkpoint loading, checkpoint/config check, CPU distributed set-up.
     runner = build_tool_runner(cfg, args, 'tools/test.py')
 

@@ -27,7 +27,9 @@ from mmengine.config import Config, ConfigDict  # noqa: E402
 
 from mmifso.apis.runner import (add_runner_arguments,  # noqa: E402
                                 build_tool_runner, default_work_dir,
-                                set_local_rank)
+                                exit_on_errors, set_local_rank)
+from mmifso.utils import (ParseTimeVariableError,  # noqa: E402
+                          merge_cfg_options)
 
 
 def parse_args(argv=None):
@@ -118,8 +120,7 @@ def merge_args(cfg, args):
 
     set_dataloader_defaults(cfg, args)
 
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)
 
     # resume training (after --cfg-options, which may set work_dir/load_from)
     if args.resume is not None:
@@ -171,7 +172,8 @@ def set_resume(cfg, resume: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = merge_args(Config.fromfile(args.config), args)
+    with exit_on_errors('tools/train.py', ParseTimeVariableError):
+        cfg = merge_args(Config.fromfile(args.config), args)
     # Safe checkpoint loading, checkpoint/config check, CPU distributed set-up.
     build_tool_runner(cfg, args, 'tools/train.py').train()
 

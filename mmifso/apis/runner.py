@@ -30,7 +30,7 @@ from mmifso.engine.hooks.pruning_hook import threshold_checkpoint_name
 from mmifso.models.importance import registered_criteria
 from mmifso.utils.io import (TRUST_CHECKPOINT_HELP, TRUST_ENV,
                              install_safe_checkpoint_loader)
-from mmifso.utils.options import add_cfg_options
+from mmifso.utils.options import add_cfg_options, merge_cfg_options
 from .checks import CheckpointConfigMismatch, check_checkpoint_matches_config
 
 
@@ -83,13 +83,16 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     Args:
         path (str): A file, or ``mmdet::...`` / ``mmpretrain::...``.
         cfg_options (dict, optional): ``key=value`` overrides (mmengine's
-            ``DictAction``), merged with ``Config.merge_from_dict``.
+            ``DictAction``), merged by :func:`~mmifso.utils.merge_cfg_options`
+            (an override of a variable substituted at parse time is an
+            error).
 
     Returns:
         Config: The loaded config.
 
     Raises:
         FileNotFoundError: the package has no such config.
+        ParseTimeVariableError: an override that would change nothing.
     """
     if '::' in path:
         from mmengine.utils import get_installed_path
@@ -99,8 +102,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
             raise FileNotFoundError(f'{path}: no such config ({full})')
         path = full
     cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    merge_cfg_options(cfg, cfg_options)
     return cfg
 
 

@@ -1,14 +1,16 @@
 """``check_choice``: one wording for every enumerated option;
 ``KeyValueAction``: KEY=VALUE items that stop with a usage error when
-malformed, in every tool that takes them."""
+malformed, in every tool that takes them; ``merge_cfg_options``: overrides
+that would change nothing are refused."""
 import argparse
 
 import pytest
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 
-from helpers import load_tool
+from helpers import load_tool, warnings_logged
 from mmifso.models import ChannelMutator
-from mmifso.utils import KeyValueAction, add_cfg_options, check_choice
+from mmifso.utils import (KeyValueAction, ParseTimeVariableError,
+                          add_cfg_options, check_choice, merge_cfg_options)
 
 
 def test_check_choice_returns_a_valid_value():
@@ -131,3 +133,78 @@ def test_compare_hook_settings_names_the_variant(capsys):
         tool.parse_args(argv + ['--variant', 'slow', 'interval'])
     assert ("error: argument --variant slow: expected KEY=VALUE, got "
             "'interval'" in capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------
+# merge_cfg_options: an override of a variable the file substituted where it
+# is used (and no one reads afterwards) would silently change nothing.
+
+VARIABLES_CONFIG = """
+target_flops = 0.5
+pretrained_ckpt = 'base.pth'
+lr_ratio = 0.1
+hook = dict(type='PruningHook', interval=10)
+load_from = pretrained_ckpt
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.2 * lr_ratio))
+custom_hooks = [
+    dict(hook, target_flops=target_flops, cost_power=0.5),
+    dict(type='EMAHook', momentum=0.5)
+]
+"""
+
+
+@pytest.fixture
+def variables_cfg(tmp_path):
+    path = tmp_path / 'prune.py'
+    path.write_text(VARIABLES_CONFIG)
+    return Config.fromfile(str(path))
+
+
+@pytest.mark.parametrize('key, value, example', [
+    # Fields named like the variable are preferred to other equal values
+    # (the 0.5s of cost_power and the EMA momentum).
+    ('target_flops', 0.3, 'custom_hooks.0.target_flops=0.3'),
+    ('pretrained_ckpt', 'x.pth', 'load_from=x.pth'),
+    # A dict variable is extended where it is used.
+    ('hook.interval', 5, 'custom_hooks.0.interval=5'),
+])
+def test_merge_cfg_options_refuses_substituted_variables(
+        variables_cfg, key, value, example):
+    before = variables_cfg.to_dict()
+    with pytest.raises(ParseTimeVariableError) as err:
+        merge_cfg_options(variables_cfg, {key: value})
+    assert f'--cfg-options "{example}"' in str(err.value)
+    assert f"{key.split('.')[0]!r} is a variable of the config file" in str(
+        err.value)
+    assert variables_cfg.to_dict() == before  # nothing merged
+
+
+def test_merge_cfg_options_merges_runner_fields(variables_cfg):
+    merge_cfg_options(variables_cfg, {
+        'custom_hooks.0.target_flops': 0.3,
+        'load_from': 'x.pth'
+    })
+    assert variables_cfg.custom_hooks[0].target_flops == 0.3
+    assert variables_cfg.load_from == 'x.pth'
+    merge_cfg_options(variables_cfg, None)  # no options: nothing to do
+
+
+def test_merge_cfg_options_warns_where_the_value_is_not_found(
+        variables_cfg):
+    # lr_ratio entered a product: no field holds 0.1, so it may be read by
+    # something else; merged, with a warning.
+    with warnings_logged() as logged:
+        merge_cfg_options(variables_cfg, {'lr_ratio': 0.5})
+    assert variables_cfg.lr_ratio == 0.5
+    assert any("'lr_ratio' is not a field the Runner reads" in message
+               for message in logged), logged
+
+
+def test_train_tool_refuses_a_variable_override(train_tool, tmp_path):
+    path = tmp_path / 'prune.py'
+    path.write_text(VARIABLES_CONFIG)
+    with pytest.raises(SystemExit) as err:
+        train_tool.main([str(path), '--cfg-options', 'target_flops=0.3'])
+    assert str(err.value).startswith(
+        "tools/train.py: ParseTimeVariableError: --cfg-options "
+        "target_flops=0.3 would change nothing")

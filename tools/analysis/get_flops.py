@@ -287,9 +287,11 @@ def main(argv=None):
     args = parse_args(argv)
     import mmifso  # noqa: F401  (registers the mmifso modules)
     from mmifso.apis import exit_on_errors, load_config, model_kind
-    from mmifso.utils import save_json
+    from mmifso.utils import ParseTimeVariableError, save_json
 
-    cfg = load_config(args.config, args.cfg_options)
+    with exit_on_errors('get_flops.py', FileNotFoundError,
+                        ParseTimeVariableError):
+        cfg = load_config(args.config, args.cfg_options)
     kind = model_kind(cfg.model)
     shape, demo_shape, demo_cfg = resolve_input_shape(cfg, kind, args.shape)
     try:

@@ -104,14 +104,17 @@ def main():
     """Build (``--out``) or load (``--table``) the latency table, then
     check it with ``--check``; prints the load averages around it."""
     args = parse_args()
-    from mmifso.apis import load_config
+    from mmifso.apis import exit_on_errors, load_config
     from mmifso.apis.export import build_from_config
     from mmifso.models.mutators.latency import build_model_latency_table
     from mmifso.models.task_modules.latency import (LatencyTable,
                                                     LatencyTableMismatch,
                                                     latency_key)
+    from mmifso.utils import ParseTimeVariableError
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.cfg_options)
+    with exit_on_errors('tools/analysis/latency_table.py', FileNotFoundError,
+                        ParseTimeVariableError):
+        cfg = load_config(args.config, args.cfg_options)
     if not str(cfg.model.get('type', '')).endswith('PruningAlgorithm'):
         sys.exit('tools/analysis/latency_table.py: CONFIG must be a pruning '
                  'config (model.type="mmifso.PruningAlgorithm"), got '
