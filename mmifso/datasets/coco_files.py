@@ -8,8 +8,10 @@ The layout mmdet's ``CocoDataset`` reads with ``data_prefix=dict(img=
 
 Shared by the synthetic datasets (:func:`mmifso.datasets.shapes.
 make_shapes_coco`, ``tools/misc/make_digits_coco.py``): each brings its own
-image generator and categories.
+image generator and categories; their command lines share
+:func:`add_split_arguments`.
 """
+import argparse
 import json
 import os
 import os.path as osp
@@ -21,6 +23,28 @@ import numpy as np
 #: ``make_image(index) -> (BGR uint8 image, objects)``; each object is a
 #: ``dict(category_id, bbox=[x, y, w, h], area)`` in COCO conventions.
 ImageMaker = Callable[[int], Tuple[np.ndarray, List[Dict]]]
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that size a generated dataset, the same in every
+    generator tool: ``--train`` and ``--val`` (images per split, default 400
+    and 100), ``--size`` (image side in pixels, default 160) and ``--seed``
+    (default 0).
+
+    Each tool checks the ranges itself: the smallest image side it can draw
+    on differs.
+
+    Args:
+        parser (argparse.ArgumentParser): The tool's parser; the options are
+            added in the order above.
+    """
+    parser.add_argument('--train', type=int, default=400,
+                        help='number of training images')
+    parser.add_argument('--val', type=int, default=100,
+                        help='number of validation images')
+    parser.add_argument('--size', type=int, default=160,
+                        help='image side in pixels')
+    parser.add_argument('--seed', type=int, default=0)
 
 
 def write_coco_split(out: str,

@@ -1,9 +1,11 @@
 """mmifso.datasets.coco_files: one split of generated images as COCO files."""
+import argparse
 import json
 
 import numpy as np
 
-from mmifso.datasets.coco_files import describe_coco_stats, write_coco_split
+from mmifso.datasets.coco_files import (add_split_arguments,
+                                        describe_coco_stats, write_coco_split)
 
 CATEGORIES = [dict(id=1, name='a'), dict(id=2, name='b')]
 
@@ -53,3 +55,13 @@ def test_describe_coco_stats():
                                                            objects=3))
     assert describe_coco_stats('data/x', stats, 'digits') == (
         'wrote data/x: train 4 images / 9 digits, val 2 images / 3 digits')
+
+
+def test_add_split_arguments():
+    parser = argparse.ArgumentParser()
+    add_split_arguments(parser)
+    assert vars(parser.parse_args([])) == dict(train=400, val=100, size=160,
+                                               seed=0)
+    args = parser.parse_args(
+        ['--train', '3', '--val', '2', '--size', '64', '--seed', '5'])
+    assert (args.train, args.val, args.size, args.seed) == (3, 2, 64, 5)

@@ -40,7 +40,8 @@ import numpy as np
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmifso.datasets.coco_files import (describe_coco_stats,  # noqa: E402
+from mmifso.datasets.coco_files import (add_split_arguments,  # noqa: E402
+                                        describe_coco_stats,
                                         write_coco_split)
 
 #: Class names; category ``k + 1`` is the digit ``k``.
@@ -56,13 +57,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='data/digits_coco',
                         help='output directory')
-    parser.add_argument('--train', type=int, default=400,
-                        help='number of training images')
-    parser.add_argument('--val', type=int, default=100,
-                        help='number of validation images')
-    parser.add_argument('--size', type=int, default=160,
-                        help='image side in pixels')
-    parser.add_argument('--seed', type=int, default=0)
+    add_split_arguments(parser)
     parser.add_argument('--max-objects', type=int, default=4,
                         help='at most this many digits per image (at least 1)')
     args = parser.parse_args(argv)
