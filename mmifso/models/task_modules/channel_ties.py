@@ -27,13 +27,18 @@ an op between producer and consumer mixes them.
   balanced instead: in the order of the forward, each block with ``e``
   more channels in the first half is merged with one with ``e`` more in the
   second (its positional partner's block when that fits), and any blocks
-  left unbalanced are merged together (:meth:`ChannelTies.blocks`).
+  left unbalanced are merged together (:meth:`ChannelTies.blocks`). When
+  that greedy merging leaves one block, an exact search looks for unions of
+  the tied sets that are balanced at every cut (:func:`balanced_unions`; a
+  stage of 7 ShuffleNetV2 units of 2 x 116 channels has two, the 8 units of
+  ShuffleNetV2-1x's second stage provably none).
 
 The ties of a unit are its *blocks* (``UnitSpec.blocks``, a partition of its
 channels); selection removes whole blocks.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch.nn as nn
 
 
@@ -188,22 +193,107 @@ class ChannelTies:
         left += sorted(light)
         self._tie([0] * len(left), left)  # together they are balanced
 
+    def _components(self) -> List[List[int]]:
+        """The sets of channels tied so far, sorted."""
+        comps: Dict[int, List[int]] = {}
+        for i in range(len(self.parent)):
+            comps.setdefault(self._find(i), []).append(i)
+        return sorted(comps.values())
+
     def blocks(self) -> Tuple[Optional[List[List[int]]], Optional[str]]:
         """The partition into blocks, or a reason when it is trivial."""
         if not self.sources:
             return None, None
-        for _, size, idxs, roots in sorted(self.halves.values(),
-                                           key=lambda h: h[0]):
+        halves = sorted(self.halves.values(), key=lambda h: h[0])
+        tied = list(self.parent)  # before balancing
+        for _, size, idxs, roots in halves:
             self._balance(size, idxs, roots)
         self.halves = {}
-        comps: Dict[int, List[int]] = {}
-        for i in range(len(self.parent)):
-            comps.setdefault(self._find(i), []).append(i)
-        blocks = sorted(comps.values())
+        blocks = self._components()
+        why = ''
+        if len(blocks) == 1 and halves:
+            # The greedy balancing can merge sets that an exact choice keeps
+            # apart; search the unions of the tied sets themselves.
+            self.parent = tied
+            blocks, why = balanced_unions(self._components(), halves)
         if len(blocks) == len(self.parent):
             return None, None
         if len(blocks) == 1:
             return None, ('all its channels are tied into one block by ' +
-                          ', '.join(self.sources) +
+                          ', '.join(self.sources) + why +
                           ', so none can be removed')
         return blocks, None
+
+
+#: Branch-and-bound nodes of one exact search (:func:`balanced_unions`).
+NODE_LIMIT = 20000
+
+
+def _excess(comps: List[List[int]], halves: Sequence[tuple]) -> np.ndarray:
+    """``(cuts, sets)``: how many more channels of the cut tensor each set
+    of root channels holds in the first half than in the second."""
+    comp_of = {r: k for k, comp in enumerate(comps) for r in comp}
+    excess = np.zeros((len(halves), len(comps)), dtype=np.int64)
+    for row, (_, size, idxs, roots) in enumerate(halves):
+        seen = set()
+        for i, r in zip(idxs, roots):
+            if r is None or int(r) not in comp_of or int(i) in seen:
+                continue
+            seen.add(int(i))  # one tensor channel: one set, tied
+            excess[row, comp_of[int(r)]] += 1 if int(i) < size else -1
+    return excess
+
+
+def balanced_unions(comps: List[List[int]], halves: Sequence[tuple]
+                    ) -> Tuple[List[List[int]], str]:
+    """Split tied sets of channels into blocks, each balanced at every cut
+    into halves, exactly: repeatedly the union with the fewest channels that
+    has as many channels in each half of every cut (an integer program over
+    the sets not yet taken); what is left is the last block.
+
+    Args:
+        comps (list[list[int]]): The tied sets of root channels.
+        halves (Sequence[tuple]): ``(order, size, idxs, root_idxs)`` of each
+            cut into two halves (see :meth:`ChannelTies.pieces`).
+
+    Returns:
+        tuple: The blocks (sorted), and when there is only one, why (to
+        follow the ties in the reason).
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    # Both slices of one cut may have been recorded (one row each suffices).
+    halves = list({(h[1], tuple(h[2]), tuple(h[3])): h
+                   for h in halves}.values())
+    excess = _excess(comps, halves)
+    alone = [k for k in range(len(comps)) if not excess[:, k].any()]
+    left = [k for k in range(len(comps)) if excess[:, k].any()]
+    weights = np.array([len(c) for c in comps], dtype=float)
+    found, limited = [[k] for k in alone], False
+    while len(left) > 1:
+        n = len(left)
+        res = milp(
+            weights[left],
+            constraints=[
+                LinearConstraint(excess[:, left], 0, 0),
+                LinearConstraint(np.ones((1, n)), 1, n - 1)
+            ],
+            integrality=np.ones(n),
+            bounds=Bounds(0, 1),
+            options=dict(node_limit=NODE_LIMIT, presolve=True))
+        if res.x is None:
+            limited = res.status != 2  # 2: proven infeasible
+            break
+        # At the node limit a feasible union found so far is taken too.
+        take = {left[j] for j in np.flatnonzero(res.x > 0.5)}
+        found.append(sorted(take))
+        left = [k for k in left if k not in take]
+    if left:
+        found.append(left)
+    blocks = sorted(sorted(r for k in ks for r in comps[k]) for ks in found)
+    if len(blocks) > 1:
+        return blocks, ''
+    return blocks, (
+        f': no union of its {len(comps)} tied sets of channels has as many '
+        f'channels in each half of all {len(halves)} cuts into halves ' +
+        ('(the exact search stopped at its limit of '
+         f'{NODE_LIMIT} nodes)' if limited else '(exact search)'))

@@ -3,8 +3,13 @@
 its permutation, and channel ``b`` of every one of the ``g`` pieces is tied
 (the pieces' producers join one unit), so the masked model equals the
 exported one. A shuffle whose last view has a fixed size stays skipped,
-with its reason.
+with its reason. Along a stage, cuts into halves are balanced by counts; a
+stage too deep for its width (4 units of 2 x 6) has no exact cut at all,
+and one that the greedy balancing merges into one block (4 units of 2 x 13)
+is split by the exact search.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -12,7 +17,8 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 
 from helpers import prepared_mutator, randomise_norms
 from mmifso.models.mutators import export_pruned_model
-from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
+from mmifso.models.task_modules import (ChannelAnalyzer, DemoInput,
+                                        channel_ties)
 
 
 def shuffle(x: torch.Tensor, groups: int, fixed: bool = False):
@@ -194,3 +200,137 @@ def test_halves_are_balanced_along_a_stage(trial):
     with torch.no_grad():
         exported = pruned(x)
     assert (masked - exported).abs().max() <= 1e-5
+
+
+class PlainStage(BaseModel):
+    """``LongStage`` with units of 2 x ``width`` channels and without
+    norms (a removed channel is zero wherever it goes, so masking is zeroing
+    the producers' outputs)."""
+
+    def __init__(self, extra: int, width: int = 6) -> None:
+        super().__init__(data_preprocessor=BaseDataPreprocessor())
+        self.a = nn.Conv2d(3, width, 1)
+        self.b = nn.Conv2d(3, width, 1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(width, width, 1) for _ in range(extra))
+        self.head = nn.Conv2d(2 * width, 2, 1)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.cat((torch.relu(self.a(inputs)),
+                       torch.relu(self.b(inputs))), dim=1)
+        x = shuffle(x, 2)
+        for conv in self.convs:
+            first, second = x[:, :x.shape[1] // 2], x[:, x.shape[1] // 2:]
+            x = shuffle(torch.cat((first, torch.relu(conv(second))), dim=1),
+                        2)
+        return self.head(x)
+
+
+def _removal_is_exact(model: nn.Module, root: str, idxs) -> bool:
+    """Remove root channels ``idxs`` (and everything DepGraph couples to
+    them) once by zeroing the producers' outputs, once by slicing a copy;
+    True when both models run and agree."""
+    from mmifso.models.task_modules.groups import get_pruning_group
+
+    def prune(m):
+        graph = ChannelAnalyzer(demo()).build_graph(m)
+        module = dict(m.named_modules())[root]
+        return graph, get_pruning_group(
+            graph, module,
+            graph.get_pruner_of_module(module).prune_out_channels, idxs)
+
+    graph, group = prune(model)
+    names = {m: n for n, m in model.named_modules()}
+    zeroed = {}
+    for item in group:
+        target = item.dep.target.module
+        if isinstance(target, nn.Conv2d) and \
+                graph.is_out_channel_pruning_fn(item.dep.handler):
+            zeroed.setdefault(names[target], set()).update(item.idxs)
+
+    def zero(channels):
+        def hook(module, args, out):
+            out = out.clone()
+            out[:, sorted(channels)] = 0
+            return out
+        return hook
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    handles = [
+        dict(model.named_modules())[n].register_forward_hook(zero(c))
+        for n, c in zeroed.items()
+    ]
+    with torch.no_grad():
+        masked = model(x)
+    for h in handles:
+        h.remove()
+    pruned = copy.deepcopy(model)
+    try:
+        prune(pruned)[1].prune()
+        with torch.no_grad():
+            exported = pruned(x)
+    except RuntimeError:  # e.g. a view into two groups of an odd size
+        return False
+    return exported.shape == masked.shape and bool(
+        (masked - exported).abs().max() <= 1e-5)
+
+
+def test_a_stage_of_four_units_of_six_has_no_exact_cut():
+    """With order-preserving slicing, each shuffle output must lose whole
+    pairs (channel ``b`` of both groups) and each cut into halves as many
+    channels of one half as of the other. Along 3 units of 2 x 6 the
+    analysis finds 2 blocks, and removing either is exact; along 4 units no
+    union of the 6 tied sets is balanced at every cut, so the analysis
+    skips the stage, and indeed none of the 62 proper subsets of its
+    channels is removed exactly."""
+    torch.manual_seed(0)
+    model = PlainStage(extra=2)
+    result = ChannelAnalyzer(demo()).analyse(model)
+    unit = result.units[0]
+    assert len(unit.blocks) == 2
+    assert all(_removal_is_exact(model, unit.name, b) for b in unit.blocks)
+
+    model = PlainStage(extra=3)
+    result = ChannelAnalyzer(demo()).analyse(model)
+    assert not result.units
+    skipped = next(s for s in result.skipped if s.name in 'ab')
+    assert 'tied into one block' in skipped.reason
+    assert ('no union of its 6 tied sets of channels has as many channels '
+            'in each half of all 3 cuts into halves (exact search)'
+            ) in skipped.reason
+    subsets = [[c for c in range(6) if mask >> c & 1]
+               for mask in range(1, 2**6 - 1)]
+    assert not any(_removal_is_exact(model, skipped.name, s)
+                   for s in subsets)
+
+
+@pytest.mark.parametrize('trial', range(2))
+def test_an_exact_search_splits_what_greedy_balancing_merges(
+        trial, monkeypatch):
+    """A stage of 4 units of 2 x 13: balancing the halves greedily, in the
+    order of the forward, merges every tied set into one block, but two
+    unions of the 13 sets are balanced at all 3 cuts
+    (:func:`channel_ties.balanced_unions`); removing either is exact."""
+    torch.manual_seed(trial)
+    model = PlainStage(extra=3, width=13)
+    mutator = prepared_mutator(model)
+    unit = next(u for u in mutator.units if u.name in 'ab')
+    assert len(unit.blocks) == 2
+    assert sorted(r for b in unit.blocks for r in b) == list(range(13))
+    model.eval()
+    unit.prune(unit.blocks[trial])
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        masked = model(x)
+    pruned, _ = export_pruned_model(model, mutator)
+    pruned.eval()
+    assert pruned.head.in_channels == 26 - 2 * len(unit.blocks[trial])
+    with torch.no_grad():
+        exported = pruned(x)
+    assert (masked - exported).abs().max() <= 1e-5
+
+    # Without the exact search the stage is one block.
+    monkeypatch.setattr(channel_ties, 'balanced_unions',
+                        lambda comps, halves: ([sum(comps, [])], ''))
+    result = ChannelAnalyzer(demo()).analyse(PlainStage(extra=3, width=13))
+    assert not [u for u in result.units if u.name in 'ab']
