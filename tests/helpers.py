@@ -1,6 +1,7 @@
 """Builders shared by the tests (real mmpretrain models and data)."""
 import contextlib
 import copy
+import faulthandler
 import importlib.util
 import logging
 import os
@@ -8,6 +9,7 @@ import os.path as osp
 import signal
 import socket
 import subprocess
+import sys
 import time
 from types import ModuleType
 from typing import Callable, List, Sequence, Tuple
@@ -288,6 +290,25 @@ def run_command(cmd: Sequence[str], env: dict,
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def _rank_main(rank: int, fn: Callable, args: tuple, finished,
+               dump_after: float) -> None:
+    """One rank of :func:`run_ranks`: ``fn(rank, *args)``, then exit at once.
+
+    If the rank is still running after ``dump_after`` seconds, the Python
+    stack of each of its threads is written to stderr (the test's captured
+    output), so a hang shows where it waits. After ``fn`` returns, the rank
+    marks itself finished and leaves with ``os._exit(0)``: interpreter
+    shutdown (atexit handlers, gloo and OpenMP threads) cannot hold it.
+    """
+    faulthandler.dump_traceback_later(dump_after)
+    fn(rank, *args)
+    faulthandler.cancel_dump_traceback_later()
+    finished[rank] = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_ranks(fn: Callable, args: Callable[[], tuple], world: int,
               timeout: float = 300, attempts: int = 2) -> None:
     """``fn(rank, *args())`` in ``world`` spawned processes; a rank that
@@ -295,13 +316,19 @@ def run_ranks(fn: Callable, args: Callable[[], tuple], world: int,
     killed and the run is started again with fresh ``args()`` (a new port),
     ``attempts`` times in all, then the test fails (never a hang).
 
-    The retry is for a rare hang of both gloo ranks, seen twice in full
-    ``make test`` runs and not reproduced in isolation (cause unknown); each
-    retry is printed, so the test output shows it.
+    A hung rank prints its stacks 10 s before it is killed
+    (:func:`_rank_main`), and each retry is printed with the ranks that had
+    returned from ``fn``. The retry is a safety net: the one hang seen (both
+    gloo ranks alive after 600 s in two full ``make test`` runs) was rank 1
+    waiting in ``destroy_process_group`` after rank 0 had returned, and ranks
+    now end with a barrier instead (``tests/engine/test_distributed_scoring``).
     """
+    spawn = mp.get_context('spawn')
     for attempt in range(1, attempts + 1):
-        ctx = mp.start_processes(fn, args=args(), nprocs=world, join=False,
-                                 start_method='spawn')
+        finished = spawn.Array('b', world)
+        ctx = mp.start_processes(
+            _rank_main, args=(fn, args(), finished, max(timeout - 10, 1)),
+            nprocs=world, join=False, start_method='spawn')
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=5):
             if time.monotonic() > deadline:
@@ -311,7 +338,9 @@ def run_ranks(fn: Callable, args: Callable[[], tuple], world: int,
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
+        done = [rank for rank in range(world) if finished[rank]]
         print(f'{world} ranks of {fn.__name__} did not finish in '
-              f'{timeout:g} s (attempt {attempt}/{attempts}); killed')
+              f'{timeout:g} s (attempt {attempt}/{attempts}; ranks that had '
+              f'returned from it: {done}); killed')
     pytest.fail(f'{world} ranks of {fn.__name__} did not finish in '
                 f'{timeout:g} s, {attempts} attempts (killed)')
