@@ -568,20 +568,27 @@ def bench_latency(name: str, arch_cfg: dict, size: int,
 SPEED_TARGET = 0.5
 
 
-#: ``(label, ChannelSelector.select target)`` of the section's structures.
-SPEED_SELECTIONS = (
-    ('flops50', dict(target_flops=SPEED_TARGET)),
-    ('flops50_x8', dict(target_flops=SPEED_TARGET, round_to=8)),
-    ('latency50', dict(target_latency=SPEED_TARGET)),
-    ('latency50_x8', dict(target_latency=SPEED_TARGET, round_to=8)),
-)
+
+def speed_selections(round_to: int = 8) -> Tuple[Tuple[str, dict], ...]:
+    """``(label, ChannelSelector.select target)`` of the section's
+    structures: the FLOPs and the latency target, each with free widths and
+    with multiples of ``round_to`` channels (label suffix ``_x<round_to>``).
+    """
+    return (
+        ('flops50', dict(target_flops=SPEED_TARGET)),
+        (f'flops50_x{round_to}',
+         dict(target_flops=SPEED_TARGET, round_to=round_to)),
+        ('latency50', dict(target_latency=SPEED_TARGET)),
+        (f'latency50_x{round_to}',
+         dict(target_latency=SPEED_TARGET, round_to=round_to)),
+    )
 
 
 def select_speed_structures(mutator, scores: List[torch.Tensor], table,
                             backend: str,
-                            max_prune_ratio: Optional[float] = None
-                            ) -> Tuple[Dict, Dict]:
-    """The masks of every :data:`SPEED_SELECTIONS` entry, each selected
+                            max_prune_ratio: Optional[float] = None,
+                            round_to: int = 8) -> Tuple[Dict, Dict]:
+    """The masks of every :func:`speed_selections` entry, each selected
     from the full model with the same scores (``acts`` cost for FLOPs
     targets, the latency table for latency targets); the mutator is left
     unmasked.
@@ -589,6 +596,7 @@ def select_speed_structures(mutator, scores: List[torch.Tensor], table,
     Args:
         max_prune_ratio (float, optional): No unit loses more than this
             share (keeps random-weight magnitude shapes realistic).
+        round_to (int): The channel multiple of the ``_x`` structures.
 
     Returns:
         tuple: ``{label: masks}`` (``unpruned`` first) and ``{label:
@@ -600,7 +608,7 @@ def select_speed_structures(mutator, scores: List[torch.Tensor], table,
     structures = dict(unpruned=[torch.ones_like(u.mask)
                                 for u in mutator.units])
     info = {}
-    for label, target in SPEED_SELECTIONS:
+    for label, target in speed_selections(round_to):
         kw = dict(target)
         for u in mutator.units:
             u.mask.fill_(1)
@@ -661,10 +669,11 @@ def measure_speed_batch(algo, structures: Dict, info: Dict, n: int,
 def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
                 threads: int, table_rounds: int, rounds: int,
                 backends: Sequence[str], work_dir: str,
-                max_prune_ratio: Optional[float] = None) -> Dict:
+                max_prune_ratio: Optional[float] = None,
+                round_to: int = 8) -> Dict:
     """``target_latency=0.5`` against ``target_flops=0.5`` (same scores),
-    with and without ``round_to=8``, per backend: latency table built here
-    (batch ``batches[0]``), structures selected with
+    with and without ``round_to`` (default 8), per backend: latency table
+    built here (batch ``batches[0]``), structures selected with
     :class:`~mmifso.models.mutators.ChannelSelector`, the exported models
     measured interleaved with the unpruned one at every batch size."""
     from mmifso.models.importance import MagnitudeImportance, ScoringContext
@@ -676,7 +685,7 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
     scores = MagnitudeImportance(p=1).score(ctx)
     out = dict(model=name, image_size=size, threads=threads,
                criterion='MagnitudeImportance(p=1), random initialisation',
-               max_prune_ratio=max_prune_ratio,
+               max_prune_ratio=max_prune_ratio, round_to=round_to,
                target=SPEED_TARGET, backends=[])
     os.makedirs(work_dir, exist_ok=True)
     for backend in backends:
@@ -691,7 +700,7 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
         table.save(os.path.join(work_dir, f'latency_{backend}.json'))
         table_cpu = foreign_share(s0, _cpu_sample())
         structures, info = select_speed_structures(
-            mutator, scores, table, backend, max_prune_ratio)
+            mutator, scores, table, backend, max_prune_ratio, round_to)
         entry = dict(backend=backend, table_build_s=build_s,
                      table_foreign_share=table_cpu,
                      predicted_unpruned_ms=table.full_ms,
@@ -1205,7 +1214,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--speed', action='store_true',
         help='run only section 4 (prune for speed: target_latency vs '
-        'target_flops, round_to=8, torch and ONNX Runtime, batch 1 and 8)')
+        'target_flops, free widths and multiples of --speed-round-to, torch '
+        'and ONNX Runtime, batch 1 and 8)')
     parser.add_argument(
         '--prune-run', action='store_true',
         help='run only section 5 (the digits and shapes-COCO prune configs '
@@ -1250,6 +1260,11 @@ def parse_args(argv=None):
         '--speed-max-prune-ratio', type=float, default=None,
         help='section 4: no unit loses more than this share of its channels '
         '(random weights otherwise let magnitude scores empty whole stages)')
+    parser.add_argument(
+        '--speed-round-to', type=int, default=8,
+        help='section 4: the channel multiple of its rounded structures '
+        '(default 8; 16 is ONNX Runtime\'s block on the development CPU, '
+        'docs/benchmarks.md "Alignment")')
     parser.add_argument(
         '--speed-batches', type=int, nargs='+', default=None,
         help='batch sizes of section 4 (default 1 8; the table is built at '
@@ -1428,7 +1443,8 @@ def main(argv=None) -> Dict:
             inet, inet_cfg, args.speed_size or size,
             args.speed_batches or cfg['latency_batches'], threads,
             1 if args.quick else 7, cfg['latency_repeats'],
-            args.speed_backends, args.speed_dir, args.speed_max_prune_ratio)
+            args.speed_backends, args.speed_dir, args.speed_max_prune_ratio,
+            args.speed_round_to)
         return finish_section(result, start, args.out,
                               lambda: print_speed(result['speed']))
 
