@@ -26,19 +26,6 @@ CHECKED = ('mmifso', 'tools')
 MAX_LINES = 60
 MARKER = 'Long on purpose:'
 
-#: Functions over the limit without a reason, to be split by whoever owns
-#: these files now (the channel-analysis modules are being reworked at the
-#: time this check was added). Remove an entry once its function is split
-#: or states its reason: a stale entry fails
-#: :func:`test_allow_list_is_not_stale`.
-ALLOWED = {
-    ('mmifso/models/task_modules/channel_analyzer.py',
-     'ChannelAnalyzer.analyse'),
-    ('mmifso/models/task_modules/channel_analyzer.py',
-     'ChannelAnalyzer._site'),
-    ('mmifso/models/task_modules/groups.py', 'get_pruning_group'),
-}
-
 Function = Tuple[str, int, int, Optional[str]]
 
 
@@ -100,20 +87,11 @@ def _offenders() -> List[Tuple[str, str, int, int]]:
 
 def test_long_functions_state_a_reason():
     found = [f'{path}:{line} {name}: {length} lines'
-             for path, name, line, length in _offenders()
-             if (path, name) not in ALLOWED]
+             for path, name, line, length in _offenders()]
     assert not found, (
         f'functions over {MAX_LINES} lines (docstring not counted) without '
         f'a "{MARKER} <reason>" line in their docstring; split them or '
         'state why:\n' + '\n'.join(found))
-
-
-def test_allow_list_is_not_stale():
-    over = {(path, name) for path, name, _, _ in _offenders()}
-    stale = sorted(ALLOWED - over)
-    assert not stale, (
-        'these ALLOWED functions are no longer over the limit without a '
-        f'reason (or no longer exist): remove them from ALLOWED: {stale}')
 
 
 # ------------------------------------------------------------------------- #

@@ -75,7 +75,7 @@ class ChannelAnalyzer:
             for m in dead
         ]
         with removing_hooks(handles):
-                outputs = self.forward_fn(model)
+            outputs = self.forward_fn(model)
         self._model_outputs = outputs  # without the dead layers' outputs
         self._outputs = (outputs, captured) if dead else outputs
         return self._outputs
@@ -133,7 +133,7 @@ class ChannelAnalyzer:
             for m in model.modules() if isinstance(m, GATEABLE_TYPES)
         ]
         with removing_hooks(handles):
-                graph = self._trace(model)
+            graph = self._trace(model)
         dead = list({id(m): m for m in called
                      if m not in graph.module2node}.values())
         if dead:
@@ -148,48 +148,21 @@ class ChannelAnalyzer:
 
         Returns:
             AnalysisResult: Prunable units and the skipped groups with reasons.
-
-        One function on purpose: the forward hooks it installs (call counts,
-        output grad_fns, opaque layers) must live exactly as long as the
-        trace that reads them.
         """
-        call_counts: Dict[str, int] = {}
         names = {m: n for n, m in model.named_modules()}
-
+        call_counts: Dict[str, int] = {}
         # grad_fns of every conv/linear output: a layer whose output *is* a
         # model output has no OUTPUT node of its own in DepGraph.
         out_fns: Dict[str, set] = {}
-
-        def count(module, inputs, output):
-            call_counts[names[module]] = call_counts.get(names[module], 0) + 1
-            out_fns.setdefault(names[module], set()).update(
-                t.grad_fn for t in _tensors(output) if t.grad_fn is not None)
-
-        opaque_types = self._opaque_modules(model, tp.DependencyGraph())
-        opaque_names = {o.split(' (')[0] for o in opaque_types}
-        # Outputs of modules DepGraph does not understand: channels crossing
-        # them are traced as if the op were element-wise, which it is not.
-        self._opaque_fns: Dict[object, str] = {}
-
-        def record_opaque(module, inputs, output):
-            for t in _tensors(output):
-                if t.grad_fn is not None:
-                    self._opaque_fns[t.grad_fn] = (
-                        f'{names[module]} ({type(module).__name__})')
-
-        # {LayerNorm: why the gated recomputation cannot replace one of its
-        # calls, or None}; see .channel_norms.
-        self._norm_reasons: Dict[str, Optional[str]] = {}
-        # The layer_norm ops inside these modules (mmpretrain's LayerNorm2d
-        # permutes around it): every other one is a functional norm.
-        self._module_norm_fns: set = set()
-
-        def check_norm(module, args, kwargs, output):
-            reason = check_layer_norm(module, args, kwargs, output)
-            if self._norm_reasons.get(names[module]) is None:
-                self._norm_reasons[names[module]] = reason
-            self._module_norm_fns.update(_norm_fns(output))
-
+        count = _call_counter(names, call_counts, out_fns)
+        record_opaque = self._opaque_recorder(names)
+        check_norm = self._norm_checker(names)
+        opaque_names = {
+            o.split(' (')[0]
+            for o in self._opaque_modules(model, tp.DependencyGraph())
+        }
+        # Registered and removed here, around the one trace that reads them:
+        # a hook left behind would run in every later forward of the model.
         handles = [
             m.register_forward_hook(count) for m in model.modules()
             if isinstance(m, GATEABLE_TYPES)
@@ -201,7 +174,63 @@ class ChannelAnalyzer:
             for m in model.modules() if isinstance(m, CROSS_CHANNEL_NORMS)
         ]
         with removing_hooks(handles):
-                graph = self.build_graph(model)
+            graph = self.build_graph(model)
+        self._record_output_layers(out_fns)
+        self._cut_units = {}
+        result = self._collect_units(graph, names, model)
+        self._check_cuts(model, result)
+        result.call_counts = call_counts
+        result.opaque_modules = self._opaque_modules(model, graph)
+        self._opaque_fns = {}
+        _warn_not_prunable(result.skipped, result.opaque_modules)
+        return result
+
+    def _opaque_recorder(self, names: Dict[nn.Module, str]) -> Callable:
+        """A forward hook for the modules DepGraph does not understand; it
+        fills ``self._opaque_fns`` (emptied here) with ``{grad_fn of an
+        output: 'name (Type)'}``, read by :meth:`_pseudo_op_reason`."""
+        # Channels crossing such a module are traced as if its op were
+        # element-wise, which it is not: the units must be told.
+        self._opaque_fns: Dict[object, str] = {}
+
+        def record_opaque(module, inputs, output):
+            for t in _tensors(output):
+                if t.grad_fn is not None:
+                    self._opaque_fns[t.grad_fn] = (
+                        f'{names[module]} ({type(module).__name__})')
+
+        return record_opaque
+
+    def _norm_checker(self, names: Dict[nn.Module, str]) -> Callable:
+        """A forward hook (``with_kwargs=True``) for the cross-channel norm
+        modules; it fills ``self._norm_reasons`` and
+        ``self._module_norm_fns`` (emptied here), read by
+        :meth:`_layer_reasons` and :meth:`_pseudo_op_reason`."""
+        # {LayerNorm: why the gated recomputation cannot replace one of its
+        # calls, or None}; see .channel_norms.
+        self._norm_reasons: Dict[str, Optional[str]] = {}
+        # The layer_norm ops inside these modules (mmpretrain's LayerNorm2d
+        # permutes around it): every other one is a functional norm.
+        self._module_norm_fns: set = set()
+
+        def check_norm(module, args, kwargs, output):
+            reason = check_layer_norm(module, args, kwargs, output)
+            # The first call that cannot be recomputed decides.
+            if self._norm_reasons.get(names[module]) is None:
+                self._norm_reasons[names[module]] = reason
+            self._module_norm_fns.update(_norm_fns(output))
+
+        return check_norm
+
+    def _record_output_layers(self, out_fns: Dict[str, set]) -> None:
+        """Keep which layers' outputs are model outputs, with and without
+        the dead layers' outputs, and the output shapes (for
+        :meth:`_probe`); then drop the traced outputs.
+
+        Args:
+            out_fns (dict): ``{layer name: grad_fns of its outputs}`` of the
+                conv/linear layers, from the trace.
+        """
         model_out_fns = _grad_fns(getattr(self, '_outputs', None))
         self._output_layers = {
             n for n, fns in out_fns.items() if fns & model_out_fns
@@ -215,14 +244,6 @@ class ChannelAnalyzer:
         }
         self._output_shapes = _shapes(self._model_outputs)
         self._outputs = self._model_outputs = None
-        self._cut_units = {}
-        result = self._collect_units(graph, names, model)
-        self._check_cuts(model, result)
-        result.call_counts = call_counts
-        result.opaque_modules = self._opaque_modules(model, graph)
-        self._opaque_fns = {}
-        _warn_not_prunable(result.skipped, result.opaque_modules)
-        return result
 
     def _collect_units(self, graph, names: Dict[nn.Module, str],
                        model: nn.Module) -> AnalysisResult:
@@ -411,7 +432,30 @@ class ChannelAnalyzer:
         dep, idxs, root_idxs = item.dep, list(item.idxs), list(item.root_idxs)
         module = dep.target.module
         is_out = graph.is_out_channel_pruning_fn(dep.handler)
-        reasons = []
+        # In the order they are reported; the ties record the layer's tied
+        # channels as a side effect, so they are asked in this order too.
+        reasons = self._layer_reasons(name, module, is_out)
+        if isinstance(module, nn.GroupNorm):
+            reasons.append(ties.group_norm(name, module, idxs, root_idxs))
+        if is_grouped(module):
+            reasons.append(
+                ties.grouped_conv(name, module, is_out, idxs, root_idxs))
+        reasons.append(self._frozen_reason(name, module, root_name))
+        if graph.is_in_channel_pruning_fn(dep.handler):
+            reasons.append(_ungateable_reason(name, module))
+        role = _site_role(module, is_out)
+        reasons += _index_reasons(name, module, role, idxs, root_idxs,
+                                  num_channels)
+        ties.shared_indices(name, idxs, root_idxs)
+        reason = next((r for r in reasons if r is not None), None)
+        return ChannelSite(name, role, idxs, root_idxs), reason
+
+    def _layer_reasons(self, name: str, module: nn.Module,
+                       is_out: bool) -> List[Optional[str]]:
+        """Why the layer ``name`` itself keeps its group from being pruned:
+        its output channels are model outputs, or it normalises across
+        channels where the gated recomputation cannot replace it."""
+        reasons: List[Optional[str]] = []
         if name in getattr(self, '_output_layers', ()) and is_out:
             reasons.append(f'its channels are outputs of the model ({name} '
                            'returns them; predictions are never pruned)')
@@ -425,50 +469,28 @@ class ChannelAnalyzer:
                     f'{name} ({type(module).__name__}) normalises across '
                     f'channels and cannot be recomputed over the alive '
                     f'channels only: {why}')
-        if isinstance(module, nn.GroupNorm):
-            reasons.append(ties.group_norm(name, module, idxs, root_idxs))
-        if is_grouped(module):
-            reasons.append(
-                ties.grouped_conv(name, module, is_out, idxs, root_idxs))
+        return reasons
+
+    def _frozen_reason(self, name: str, module: nn.Module,
+                       root_name: str) -> Optional[str]:
+        """Why a layer with frozen parameters is left out (``frozen='skip'``),
+        or ``None`` when it has none.
+
+        Raises:
+            FrozenUnitError: It has some and ``frozen`` is ``'error'``.
+        """
         frozen = [
             n for n, p in module.named_parameters(recurse=False)
             if not p.requires_grad
         ]
-        if frozen:
-            msg = (f'{name} has frozen parameters ({", ".join(frozen)}); '
-                   'unfreeze them (e.g. backbone.frozen_stages=-1) or set '
-                   "the mutator's frozen='skip' to leave such units out")
-            if self.frozen == 'error':
-                raise FrozenUnitError(f'unit {root_name}: {msg}')
-            reasons.append(msg)
-        if graph.is_in_channel_pruning_fn(dep.handler) and \
-                not isinstance(module, GATEABLE_TYPES + PER_CHANNEL_TYPES +
-                               CROSS_CHANNEL_NORMS + (nn.GroupNorm, )):
-            reasons.append(f'{name} ({type(module).__name__}) consumes the '
-                           'channels but cannot be gated')
-        if not isinstance(module, GATEABLE_TYPES):
-            role = 'param'
-        elif is_depthwise(module) or not is_out:
-            # Depthwise: in and out are the same channels; the input gate
-            # removes both.
-            role = 'in'
-        else:
-            role = 'out'
-        size = _channels_of(module, role)
-        if size is not None and idxs and (max(idxs) >= size or min(idxs) < 0):
-            # DepGraph's index mapping went wrong (seen after chained
-            # split/add/concat, e.g. Res2Net): the unit cannot be trusted.
-            reasons.append(
-                f'DepGraph mapped its channels to indices up to {max(idxs)} '
-                f'of {name} ({type(module).__name__}), which has {size} '
-                f'{"input" if role == "in" else "output"} channels (index '
-                'mapping through split/concat failed)')
-        if any(r is None or not 0 <= r < num_channels for r in root_idxs):
-            reasons.append(f'DepGraph mapped channels of {name} to channels '
-                           f'outside the {num_channels} of the unit')
-        ties.shared_indices(name, idxs, root_idxs)
-        reason = next((r for r in reasons if r is not None), None)
-        return ChannelSite(name, role, idxs, root_idxs), reason
+        if not frozen:
+            return None
+        msg = (f'{name} has frozen parameters ({", ".join(frozen)}); '
+               'unfreeze them (e.g. backbone.frozen_stages=-1) or set '
+               "the mutator's frozen='skip' to leave such units out")
+        if self.frozen == 'error':
+            raise FrozenUnitError(f'unit {root_name}: {msg}')
+        return msg
 
     def _size_reason(self, spec: UnitSpec) -> Optional[str]:
         """Why a unit whose layers all allow pruning is still left out: too
@@ -500,6 +522,62 @@ class ChannelAnalyzer:
                     p.dim() > 1 for p in own):
                 opaque.append(f'{name} ({type(m).__name__})')
         return opaque
+
+
+def _call_counter(names: Dict[nn.Module, str], call_counts: Dict[str, int],
+                  out_fns: Dict[str, set]) -> Callable:
+    """A forward hook for conv/linear layers that counts each layer's calls
+    in ``call_counts`` and collects the grad_fns of its outputs in
+    ``out_fns`` (both keyed by the layer's name in ``names``)."""
+
+    def count(module, inputs, output):
+        call_counts[names[module]] = call_counts.get(names[module], 0) + 1
+        out_fns.setdefault(names[module], set()).update(
+            t.grad_fn for t in _tensors(output) if t.grad_fn is not None)
+
+    return count
+
+
+def _ungateable_reason(name: str, module: nn.Module) -> Optional[str]:
+    """Why a layer that consumes a group's channels cannot take them
+    masked, or ``None`` when it can."""
+    if isinstance(module, GATEABLE_TYPES + PER_CHANNEL_TYPES +
+                  CROSS_CHANNEL_NORMS + (nn.GroupNorm, )):
+        return None
+    return (f'{name} ({type(module).__name__}) consumes the channels but '
+            'cannot be gated')
+
+
+def _site_role(module: nn.Module, is_out: bool) -> str:
+    """The :class:`ChannelSite` role of a layer of a group: ``'out'``,
+    ``'in'`` or ``'param'`` (a per-channel layer such as a norm)."""
+    if not isinstance(module, GATEABLE_TYPES):
+        return 'param'
+    if is_depthwise(module) or not is_out:
+        # Depthwise: in and out are the same channels; the input gate
+        # removes both.
+        return 'in'
+    return 'out'
+
+
+def _index_reasons(name: str, module: nn.Module, role: str, idxs: List[int],
+                   root_idxs: list, num_channels: int) -> List[str]:
+    """Why DepGraph's channel indices at a layer cannot be trusted: they
+    fall outside the layer's channels or outside the unit's."""
+    reasons = []
+    size = _channels_of(module, role)
+    if size is not None and idxs and (max(idxs) >= size or min(idxs) < 0):
+        # DepGraph's index mapping went wrong (seen after chained
+        # split/add/concat, e.g. Res2Net): the unit cannot be trusted.
+        reasons.append(
+            f'DepGraph mapped its channels to indices up to {max(idxs)} '
+            f'of {name} ({type(module).__name__}), which has {size} '
+            f'{"input" if role == "in" else "output"} channels (index '
+            'mapping through split/concat failed)')
+    if any(r is None or not 0 <= r < num_channels for r in root_idxs):
+        reasons.append(f'DepGraph mapped channels of {name} to channels '
+                       f'outside the {num_channels} of the unit')
+    return reasons
 
 
 def _channels_of(module: nn.Module, role: str) -> Optional[int]:

@@ -14,7 +14,7 @@ so this reaches the same union as the original walk). A budget on the number
 of propagated pairs turns a walk that still diverges (indices that grow
 without bound) into :class:`GroupDivergedError` instead of a hang.
 """
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 import torch_pruning as tp
@@ -48,9 +48,6 @@ def get_pruning_group(graph: tp.DependencyGraph,
 
     Raises:
         GroupDivergedError: if more than ``budget`` pairs are propagated.
-
-    One function on purpose: the propagation loop and the conversion to
-    DepGraph's group format share the ``seen``/``deps`` bookkeeping.
     """
     if module not in graph.module2node:
         raise ValueError(f'Module {module} is not in the dependency graph.')
@@ -63,9 +60,37 @@ def get_pruning_group(graph: tp.DependencyGraph,
     root_node = graph.module2node[module]
     root_dep = Dependency(
         pruning_fn, pruning_fn, source=root_node, target=root_node)
-    keys = [(root_node, pruning_fn)]
-    deps = {keys[0]: root_dep}
-    seen = {keys[0]: dict.fromkeys(root)}
+    deps, seen = _propagate(graph, module, root_dep, root, budget)
+    return _to_group(graph, deps, seen)
+
+
+#: A dependency's target node and handler: what a group item stands for.
+_Key = Tuple[object, object]
+
+
+def _propagate(graph: tp.DependencyGraph, module: nn.Module,
+               root_dep: Dependency, root: list, budget: int
+               ) -> Tuple[Dict[_Key, Dependency], Dict[_Key, dict]]:
+    """Walk the dependencies from ``root_dep`` to the fixpoint.
+
+    Args:
+        graph (tp.DependencyGraph): The graph, its index mappings updated.
+        module (nn.Module): The root module (named in the error).
+        root_dep (Dependency): The root's dependency on itself.
+        root (list): The root's ``(index, root index)`` pairs.
+        budget (int): Most pairs to propagate.
+
+    Returns:
+        tuple: ``deps`` (``{key: the first dependency reaching it}``) and
+        ``seen`` (``{key: its pairs, as a dict used as an ordered set}``),
+        both in the order the keys were first reached, the root first.
+
+    Raises:
+        GroupDivergedError: if more than ``budget`` pairs are propagated.
+    """
+    key = (root_dep.target, root_dep.handler)
+    deps = {key: root_dep}
+    seen = {key: dict.fromkeys(root)}
     stack: List[Tuple[Dependency, list]] = [(root_dep, root)]
     work = 0
     while stack:
@@ -82,7 +107,8 @@ def get_pruning_group(graph: tp.DependencyGraph,
             if have is None:
                 have = seen[key] = {}
                 deps[key] = new_dep
-                keys.append(key)
+            # Only pairs not seen before go on: index mappings act on each
+            # index on its own, so the union is that of the original walk.
             fresh = [i for i in dict.fromkeys(new) if i not in have]
             if not fresh:
                 continue
@@ -96,17 +122,24 @@ def get_pruning_group(graph: tp.DependencyGraph,
                     'usually a reshape or view inside a cycle, e.g. a '
                     'channel shuffle)')
             stack.append((new_dep, fresh))
+    return deps, seen
 
+
+def _to_group(graph: tp.DependencyGraph, deps: Dict[_Key, Dependency],
+              seen: Dict[_Key, dict]) -> Group:
+    """DepGraph's group of the walk's result (see :func:`_propagate`):
+    an item a dependency, with ``idxs`` and ``root_idxs`` (one entry per
+    pair); the graph's ignored parameters are left out."""
     group = Group()
     ignored = getattr(graph, 'ignored_params', [])
-    for key in keys:
-        dep = deps[key]
+    for key, dep in deps.items():
         if isinstance(dep.target.module, nn.Parameter) and any(
                 dep.target.module is p for p in ignored):
             continue
         pairs = list(seen[key])
         group.add_dep(dep, pairs)
     group._DG = graph
+    # add_dep keeps the pairs as the items' idxs; split them in two lists.
     for i in range(len(group)):
         pairs = group[i].idxs
         item = _helpers.GroupItem(group[i].dep, [p.idx for p in pairs])
