@@ -3,6 +3,7 @@ one baseline, pruned, exported and fine-tuned through real Runners."""
 import json
 import os.path as osp
 
+import pytest
 import torch
 from mmengine.registry import init_default_scope
 
@@ -41,7 +42,9 @@ default_hooks = dict(checkpoint=dict(interval=1))
 """
 
 
-def test_two_settings_side_by_side(tmp_path):
+@pytest.fixture
+def setup(tmp_path):
+    """The toy prune/fine-tune configs, a baseline checkpoint and the tool."""
     init_default_scope('mmpretrain')
     (tmp_path / 'prune.py').write_text(PRUNE)
     (tmp_path / 'finetune.py').write_text(FINETUNE)
@@ -49,12 +52,16 @@ def test_two_settings_side_by_side(tmp_path):
     ckpt = str(tmp_path / 'baseline.pth')
     torch.save(dict(state_dict=MODELS.build(TINY_CLASSIFIER).state_dict(),
                     meta={}), ckpt)
-    tool = load_tool('analysis', 'compare_hook_settings.py')
+    args = [str(tmp_path / 'prune.py'), str(tmp_path / 'finetune.py'), ckpt]
+    return load_tool('analysis', 'compare_hook_settings.py'), args
+
+
+def test_two_settings_side_by_side(setup, tmp_path):
+    tool, args = setup
     work = tmp_path / 'work'
     result = tool.main([
-        str(tmp_path / 'prune.py'), str(tmp_path / 'finetune.py'), ckpt,
-        '--variant', 'shipped', '--variant', 'window', 'score_window=1',
-        '--work-dir', str(work), '--out', 'ab'])
+        *args, '--variant', 'shipped', '--variant', 'window',
+        'score_window=1', '--work-dir', str(work), '--out', 'ab'])
     runs = {r['variant']: r for r in result['runs']}
     assert runs['window']['hook_options'] == dict(score_window=1)
     for r in runs.values():
@@ -71,3 +78,22 @@ def test_two_settings_side_by_side(tmp_path):
     assert set(saved['summary']) == {'shipped', 'window'}
     table = (work / 'ab.md').read_text()
     assert '| window | score_window=1 |' in table
+
+
+def test_a_variant_short_of_its_target_stops_with_advice(setup, tmp_path):
+    """A variant that prunes too rarely for the run's iterations ends the
+    comparison naming it and the fix; the finished runs are kept."""
+    tool, args = setup
+    work = tmp_path / 'work'
+    with pytest.raises(SystemExit) as err:
+        tool.main([
+            *args, '--variant', 'shipped', '--variant', 'rare',
+            'interval=64', '--cfg-options', 'train_cfg.max_epochs=3',
+            '--work-dir', str(work), '--out', 'ab'])
+    assert str(err.value).startswith(
+        "compare_hook_settings.py: variant 'rare' (seed 0) ended after 24 "
+        'iterations and 0 pruning steps before its flops target 0.7')
+    assert '--cfg-options train_cfg.max_epochs=N' in str(err.value)
+    saved = json.load(open(work / 'ab.json'))
+    assert [r['variant'] for r in saved['runs']] == ['shipped']
+    assert saved['cfg_options'] == {'train_cfg.max_epochs': 3}

@@ -6,6 +6,7 @@ Usage:
         --variant shipped \\
         --variant window score_window=1 \\
         [--seeds 0 1 2] [--work-dir work_dirs/hook_settings] [--out NAME]
+        [--cfg-options KEY=VALUE ...]
 
 Each variant is a name and ``KEY=VALUE`` overrides of the config's
 ``PruningHook`` (none: the config as shipped; dotted keys reach nested
@@ -26,7 +27,13 @@ the pruning run took, the batches the criterion scored, and the pruning
 run's wall time (one run each, not interleaved: ``benchmark.py
 --prune-run --prune-variant`` measures the cost side by side).
 
-Writes ``<out>.json`` and ``<out>.md`` into ``--work-dir``.
+``--cfg-options`` overrides the prune config for every variant (e.g.
+``train_cfg.max_epochs=60`` when a variant that prunes less often needs more
+iterations to reach the target; the hook stops each run at its target). A
+run that ends before its target stops the comparison with what to change.
+
+Writes ``<out>.json`` (after every run, so finished runs are kept if a later
+one fails) and ``<out>.md`` into ``--work-dir``.
 """
 import argparse
 import os.path as osp
@@ -45,7 +52,8 @@ from mmifso.apis import (export_checkpoint, pruning_hook_index,  # noqa: E402
 from mmifso.engine.hooks import PruningHook  # noqa: E402
 from mmifso.engine.hooks.pruning_hook import \
     threshold_checkpoint_name  # noqa: E402
-from mmifso.utils import KeyValueAction, save_json  # noqa: E402
+from mmifso.utils import (KeyValueAction, add_cfg_options,  # noqa: E402
+                          merge_cfg_options, save_json)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='test metric to report (default: the first)')
     parser.add_argument('--work-dir', default='work_dirs/hook_settings')
     parser.add_argument('--out', default='hook_settings')
+    add_cfg_options(parser)
     args = parser.parse_args(argv)
     variants = {}
     for name, *options in args.variant:
@@ -96,6 +105,7 @@ def run_variant(args: argparse.Namespace, name: str, options: Dict,
     """
     run_dir = osp.join(args.work_dir, f'{name}_seed{seed}')
     cfg = Config.fromfile(args.prune_config)
+    merge_cfg_options(cfg, args.cfg_options)
     cfg.load_from = args.checkpoint
     cfg.randomness = dict(seed=seed)
     # Dotted keys reach nested settings (selection.round_to=8).
@@ -106,6 +116,13 @@ def run_variant(args: argparse.Namespace, name: str, options: Dict,
     runner, metrics = run_config(cfg, osp.join(run_dir, 'prune'))
     prune_s = time.perf_counter() - t0
     hook = next(h for h in runner.hooks if isinstance(h, PruningHook))
+    if not hook.done:
+        raise SystemExit(
+            f'compare_hook_settings.py: variant {name!r} (seed {seed}) ended '
+            f'after {runner.iter} iterations and {hook._steps} pruning steps '
+            f'before its {hook.metric} target {hook.target} (see the '
+            f'PruningHook warning in {runner.log_dir}); give the runs more '
+            'iterations, e.g. --cfg-options train_cfg.max_epochs=N')
     masked = osp.join(runner.work_dir,
                       threshold_checkpoint_name(hook.target, hook.metric))
     exported = export_checkpoint(cfg, masked, osp.join(run_dir, 'export'))
@@ -161,17 +178,16 @@ def markdown(summary: Dict[str, Dict]) -> str:
 
 def main(argv=None) -> Dict:
     args = parse_args(argv)
-    rows = []
-    for seed in args.seeds:
-        for name, options in args.variants.items():
-            rows.append(run_variant(args, name, options, seed))
-    summary = summarise(rows)
     result = dict(prune_config=args.prune_config,
                   finetune_config=args.finetune_config,
-                  checkpoint=args.checkpoint, seeds=args.seeds, runs=rows,
-                  summary=summary)
-    save_json(result, osp.join(args.work_dir, f'{args.out}.json'))
-    table = markdown(summary)
+                  checkpoint=args.checkpoint, seeds=args.seeds,
+                  cfg_options=args.cfg_options, runs=[])
+    for seed in args.seeds:
+        for name, options in args.variants.items():
+            result['runs'].append(run_variant(args, name, options, seed))
+            result['summary'] = summarise(result['runs'])
+            save_json(result, osp.join(args.work_dir, f'{args.out}.json'))
+    table = markdown(result['summary'])
     with open(osp.join(args.work_dir, f'{args.out}.md'), 'w') as f:
         f.write(table)
     print(table)
