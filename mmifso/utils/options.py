@@ -134,13 +134,16 @@ def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
     Raises:
         ParseTimeVariableError: An override of a substituted variable.
     """
+    tree = None  # the config as plain dicts, built once when needed
     for key, value in (options or {}).items():
         name = key.split('.', 1)[0]
         if name in READ_FIELDS:
             continue
         current = cfg.get(name, None)
+        if tree is None:
+            tree = cfg.to_dict()
         uses = [] if isinstance(current, (bool, type(None))) else [
-            path for path in _paths_holding(cfg.to_dict(), current)
+            path for path in _paths_holding(tree, current)
             if path.split('.', 1)[0] in READ_FIELDS
         ]
         # A field named like the variable is where it went

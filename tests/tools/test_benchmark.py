@@ -232,3 +232,13 @@ def test_coco_projection_scales_with_scored_batches():
     p = bench.coco_projection(run, coco)
     assert p['extra_per_scored_batch'] == pytest.approx(8.0)
     assert p['extra_cost_epochs'] == pytest.approx(6.4)
+
+
+def test_speed_round_to_must_be_positive(capsys):
+    bench = load_tool('analysis', 'benchmark.py')
+    assert bench.parse_args(['--speed', '--speed-round-to', '16']
+                            ).speed_round_to == 16
+    with pytest.raises(SystemExit) as err:
+        bench.parse_args(['--speed', '--speed-round-to', '0'])
+    assert err.value.code == 2
+    assert '--speed-round-to must be >= 1' in capsys.readouterr().err

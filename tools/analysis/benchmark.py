@@ -568,7 +568,6 @@ def bench_latency(name: str, arch_cfg: dict, size: int,
 SPEED_TARGET = 0.5
 
 
-
 def speed_selections(round_to: int = 8) -> Tuple[Tuple[str, dict], ...]:
     """``(label, ChannelSelector.select target)`` of the section's
     structures: the FLOPs and the latency target, each with free widths and
@@ -1269,7 +1268,11 @@ def parse_args(argv=None):
         '--speed-batches', type=int, nargs='+', default=None,
         help='batch sizes of section 4 (default 1 8; the table is built at '
         'the first)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.speed_round_to < 1:
+        # Refused here, not minutes later when the structures are selected.
+        parser.error('--speed-round-to must be >= 1 (1: free widths)')
+    return args
 
 
 def finish_section(result: Dict, start: float, out: Optional[str],
