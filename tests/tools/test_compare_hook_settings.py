@@ -97,3 +97,18 @@ def test_a_variant_short_of_its_target_stops_with_advice(setup, tmp_path):
     saved = json.load(open(work / 'ab.json'))
     assert [r['variant'] for r in saved['runs']] == ['shipped']
     assert saved['cfg_options'] == {'train_cfg.max_epochs': 3}
+
+
+def test_an_override_that_would_change_nothing_stops_first(setup, tmp_path):
+    """A --cfg-options override of a config-file variable ends the tool with
+    the field to override, before any run trains."""
+    tool, args = setup
+    work = tmp_path / 'work'
+    with pytest.raises(SystemExit) as err:
+        tool.main([
+            *args, '--variant', 'shipped', '--cfg-options',
+            'dataset_type=Other', '--work-dir', str(work), '--out', 'ab'])
+    assert str(err.value).startswith(
+        'compare_hook_settings.py: ParseTimeVariableError: --cfg-options '
+        'dataset_type=Other would change nothing')
+    assert not (work / 'ab.json').exists()

@@ -47,13 +47,13 @@ sys.path.insert(0, ROOT)
 
 from mmengine.config import Config  # noqa: E402
 
-from mmifso.apis import (export_checkpoint, pruning_hook_index,  # noqa: E402
-                         run_config)
+from mmifso.apis import (exit_on_errors, export_checkpoint,  # noqa: E402
+                         pruning_hook_index, run_config)
 from mmifso.engine.hooks import PruningHook  # noqa: E402
 from mmifso.engine.hooks.pruning_hook import \
     threshold_checkpoint_name  # noqa: E402
-from mmifso.utils import (KeyValueAction, add_cfg_options,  # noqa: E402
-                          merge_cfg_options, save_json)
+from mmifso.utils import (KeyValueAction, ParseTimeVariableError,  # noqa
+                          add_cfg_options, merge_cfg_options, save_json)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -184,7 +184,12 @@ def main(argv=None) -> Dict:
                   cfg_options=args.cfg_options, runs=[])
     for seed in args.seeds:
         for name, options in args.variants.items():
-            result['runs'].append(run_variant(args, name, options, seed))
+            # A --cfg-options override that would change nothing stops the
+            # first run before it trains.
+            with exit_on_errors('compare_hook_settings.py',
+                                ParseTimeVariableError):
+                row = run_variant(args, name, options, seed)
+            result['runs'].append(row)
             result['summary'] = summarise(result['runs'])
             save_json(result, osp.join(args.work_dir, f'{args.out}.json'))
     table = markdown(result['summary'])
