@@ -1,5 +1,5 @@
 """ResNet for 32x32 inputs (He et al. 2016, Sec. 4.2): ResNet-20/32/56/110."""
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,25 +10,35 @@ from mmengine.model import BaseModule
 from mmifso.registry import MODELS
 
 
+def _conv_norm(norm_cfg: Optional[dict], in_channels: int,
+               out_channels: int, kernel_size: int,
+               stride: int) -> Tuple[nn.Module, nn.Module]:
+    """A conv and its norm layer; without a norm (``norm_cfg=None``) the
+    conv gets a bias and the norm is ``nn.Identity``."""
+    conv = build_conv_layer(None, in_channels, out_channels, kernel_size,
+                            stride, kernel_size // 2,
+                            bias=norm_cfg is None)
+    norm = nn.Identity() if norm_cfg is None else build_norm_layer(
+        norm_cfg, out_channels)[1]
+    return conv, norm
+
+
 class CifarBasicBlock(BaseModule):
     """Two 3x3 convs with a 1x1-conv projection when the shape changes."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int,
-                 norm_cfg: dict, act_cfg: dict = dict(type='ReLU')) -> None:
+                 norm_cfg: Optional[dict],
+                 act_cfg: dict = dict(type='ReLU')) -> None:
         super().__init__()
-        self.conv1 = build_conv_layer(
-            None, in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = build_norm_layer(norm_cfg, out_channels)[1]
-        self.conv2 = build_conv_layer(
-            None, out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = build_norm_layer(norm_cfg, out_channels)[1]
+        self.conv1, self.bn1 = _conv_norm(norm_cfg, in_channels,
+                                          out_channels, 3, stride)
+        self.conv2, self.bn2 = _conv_norm(norm_cfg, out_channels,
+                                          out_channels, 3, 1)
         self.relu = build_activation_layer(act_cfg)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                build_conv_layer(
-                    None, in_channels, out_channels, 1, stride, bias=False),
-                build_norm_layer(norm_cfg, out_channels)[1])
+            self.downsample = nn.Sequential(*_conv_norm(
+                norm_cfg, in_channels, out_channels, 1, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -47,7 +57,10 @@ class CifarResNet(BaseModule):
             stages are 1x, 2x and 4x as wide.
         in_channels (int): Image channels.
         out_indices (Sequence[int]): Stages whose outputs are returned.
-        norm_cfg (dict): Normalisation layer config.
+        norm_cfg (dict, optional): Normalisation layer config; ``None``:
+            no normalisation, convs with biases (a model whose training
+            objective has no scale invariance, for converged-retraining
+            benchmarks).
         act_cfg (dict): Activation config (default ReLU; a smooth one such
             as ``dict(type='SiLU')`` makes the loss twice differentiable,
             which converged-retraining benchmarks need).
@@ -59,7 +72,7 @@ class CifarResNet(BaseModule):
                  base_channels: int = 16,
                  in_channels: int = 3,
                  out_indices: Sequence[int] = (2, ),
-                 norm_cfg: dict = dict(type='BN'),
+                 norm_cfg: Optional[dict] = dict(type='BN'),
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=[
                      dict(type='Kaiming', layer=['Conv2d']),
@@ -71,9 +84,8 @@ class CifarResNet(BaseModule):
                              f'got {depth}')
         blocks = (depth - 2) // 6
         self.out_indices = tuple(out_indices)
-        self.conv1 = build_conv_layer(
-            None, in_channels, base_channels, 3, 1, 1, bias=False)
-        self.bn1 = build_norm_layer(norm_cfg, base_channels)[1]
+        self.conv1, self.bn1 = _conv_norm(norm_cfg, in_channels,
+                                          base_channels, 3, 1)
         self.relu = build_activation_layer(act_cfg)
         self.stages = nn.ModuleList()
         channels = base_channels
