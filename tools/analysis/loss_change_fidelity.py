@@ -65,6 +65,13 @@ in the JSON. A run where any retrain missed the tolerance is refused
 ``--converge-start`` to converge the unmasked model first (criteria are
 then scored there, on the same batch, in eval mode); without it a checkpoint
 whose ``||grad J||`` exceeds the tolerance is refused, saying by how much.
+``--retrain-params REGEX`` retrains only the conv/linear weights whose
+names (in the architecture, e.g. ``head.fc.weight``) match; every other
+parameter is frozen, so the criteria's ``w`` (and IFSO's ``H_ww``) is the
+same subset. With the classifier alone, ``J`` is strictly convex in ``w``
+for every mask (logistic regression on the masked features plus
+``lam/2 ||w||^2``): ``w*(m)`` is unique and reached in seconds, the regime
+where the implicit-function argument holds exactly.
 ``--mask-steps S`` lowers the removed channels' mask ``1 -> 0`` in ``S``
 steps, re-converging after each (following the locally continued optimum
 rather than jumping). IFSO variants whose Neumann series diverges are
@@ -536,6 +543,39 @@ def as_float64(algo) -> None:
     algo.architecture.register_forward_pre_hook(cast, with_kwargs=True)
 
 
+def freeze_except(algo, pattern: str) -> List[str]:
+    """Freeze every parameter of the architecture except the conv/linear
+    weights whose names match ``pattern`` (``re.search``).
+
+    The criteria's ``w`` (:class:`ScoringContext` takes the trainable
+    conv/linear weights) and the objective's variables become that subset.
+
+    Returns:
+        list[str]: The names of the weights left trainable.
+
+    Raises:
+        ValueError: No conv/linear weight matches.
+    """
+    regex = re.compile(pattern)
+    weights = {
+        f'{name}.weight' if name else 'weight'
+        for name, m in algo.architecture.named_modules()
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))
+    }
+    kept = sorted(n for n in weights if regex.search(n))
+    if not kept:
+        raise ValueError(
+            f'--retrain-params {pattern!r} matches no conv/linear weight of '
+            f'the model (they are: {", ".join(sorted(weights)[:8])}'
+            f'{", ..." if len(weights) > 8 else ""})')
+    for name, p in algo.architecture.named_parameters():
+        p.requires_grad_(name in kept)
+    print_log(f'[fidelity] retraining {len(kept)} weight tensors '
+              f'({", ".join(kept[:4])}{", ..." if len(kept) > 4 else ""}); '
+              'every other parameter is frozen', logger='current')
+    return kept
+
+
 def objective_lam(args, algo, optim_wrapper_cfg: dict) -> float:
     """``--lam``, or IFSO's ``lam``: the weight decay of the scored weights
     (:meth:`IFSOImportance.bind_optimizer`)."""
@@ -604,6 +644,8 @@ def prepare_converged(args, cfg, algo,
     """
     from mmifso.apis.fidelity import NotConvergedError
     as_float64(algo)
+    if args.retrain_params is not None:
+        freeze_except(algo, args.retrain_params)
     lam = objective_lam(args, algo, cfg.optim_wrapper)
     with torch.no_grad():
         fit_data = algo.data_preprocessor(copy.deepcopy(fit_batch), False)
@@ -687,6 +729,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--converge-start', action='store_true',
                         help='converged: first converge the unmasked model '
                         'and score every criterion there')
+    parser.add_argument(
+        '--retrain-params', default=None, metavar='REGEX',
+        help='converged: retrain (and score with) only the conv/linear '
+        'weights whose names in the architecture match REGEX (re.search, '
+        "e.g. '^head\\.'); every other parameter is frozen")
     parser.add_argument('--lam', type=float, default=None,
                         help="converged: lam of the objective, also given "
                         "to IFSO criteria without their own (default: "
@@ -724,9 +771,17 @@ def _check_args(parser: argparse.ArgumentParser,
         parser.error('--grad-tol must be > 0')
     if args.topk is not None and args.topk < 1:
         parser.error('--topk must be >= 1')
-    if args.retrain != 'converged' and (args.converge_start or
-                                        args.lam is not None):
-        parser.error('--converge-start and --lam need --retrain converged')
+    if args.retrain != 'converged' and (
+            args.converge_start or args.lam is not None
+            or args.retrain_params is not None):
+        parser.error('--converge-start, --lam and --retrain-params need '
+                     '--retrain converged')
+    if args.retrain_params is not None:
+        try:
+            re.compile(args.retrain_params)
+        except re.error as e:
+            parser.error(f'--retrain-params {args.retrain_params!r} is not '
+                         f'a regular expression: {e}')
 
 
 def _file_label(label: str) -> str:
@@ -946,6 +1001,7 @@ def run(args: argparse.Namespace) -> Dict:
         score_batches=len(score_b), score_mode='eval' if converged else
         'train', grad_tol=args.grad_tol if converged else None,
         mask_steps=args.mask_steps if converged else None,
+        retrain_params=args.retrain_params,
         cost=args.cost, cost_power=args.cost_power, seeds=seeds, **extra,
         criteria=results, samples=samples,
         seconds=round(time.time() - start, 1),
