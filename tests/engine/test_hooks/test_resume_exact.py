@@ -51,6 +51,10 @@ def tiny_options(num_workers: int, samples: int = 160) -> dict:
         'test_dataloader.dataset.indices': 64,
         'custom_hooks.0.target_flops': 0.5,
         'custom_hooks.0.channels_per_step': 2,
+        # Prune every 2 iterations from scores accumulated over both, so
+        # kills land between scoring and pruning (score state to restore).
+        'custom_hooks.0.interval': 2,
+        'custom_hooks.0.score_window': None,
         'custom_hooks.0.save_thresholds': (0.9, 0.8, 0.7),
         'default_hooks.logger.interval': 4,
     }
