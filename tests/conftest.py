@@ -1,13 +1,17 @@
 """Shared fixtures; ``tests/`` is on ``sys.path`` (rootdir conftest), so
 test modules import their helpers as ``from helpers import ...``."""
 import copy
+import json
 import os
 import random
 
 import pytest
 import torch
 
-from helpers import (OTHER_ARCH, build_algorithm, random_prune, runner_cfg)
+from helpers import (LATENCY_FAST, LATENCY_SHAPE, OTHER_ARCH, build_algorithm,
+                     random_prune, runner_cfg)
+from mmifso.models.mutators.latency import build_model_latency_table
+from mmifso.models.task_modules.latency import LatencyTable
 from mmifso.structures import make_structure, save_structure
 
 os.environ.setdefault('OMP_NUM_THREADS', '2')
@@ -72,4 +76,36 @@ def structure_file(tmp_path_factory):
     random_prune(algo.mutator, 0.3)
     path = str(tmp_path_factory.mktemp('structure') / 'structure.json')
     save_structure(make_structure(algo.mutator), path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def table_path(tmp_path_factory):
+    """A latency table of the tiny classifier, measured (fast settings)."""
+    torch.manual_seed(0)
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    table = build_model_latency_table(algo.architecture, algo.mutator,
+                                      LATENCY_SHAPE, **LATENCY_FAST)
+    path = str(tmp_path_factory.mktemp('latency') / 'table.json')
+    table.save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def synthetic_path(table_path, tmp_path_factory):
+    """The measured table with deterministic values: every layer costs its
+    MACs (1e-6 ms each) plus 0.01 ms, the rest 10 % of the unpruned model.
+    Selection tests then do not depend on the load of the machine."""
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    data = json.load(open(table_path))
+    for name, lay in data['layers'].items():
+        rec = algo.mutator.layer_records[name]
+        lay['ms'] = [[
+            0.01 + 1e-6 * rec.macs(ci, ci if lay['depthwise'] else co)
+            for co in lay['out_widths']
+        ] for ci in lay['in_widths']]
+    table = LatencyTable(dict(data, calibration=dict(a_ms=0.0, b_ms=0.0)))
+    table.calibration['a_ms'] = 0.1 * table.full_ms / 0.9
+    path = str(tmp_path_factory.mktemp('latency') / 'synthetic.json')
+    table.save(path)
     return path

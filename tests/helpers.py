@@ -67,6 +67,13 @@ OTHER_ARCH_MSG = (
     r'checkpoint \(next to it: .*prune_other.py\)')
 
 
+#: Input shape and fast settings of the tiny classifier's latency tables
+#: (the ``table_path`` fixture).
+LATENCY_SHAPE = (2, 3, 16, 16)
+LATENCY_FAST = dict(rounds=1, whole_rounds=1, warmup=0, min_sample_s=0.0,
+                    log=lambda msg: None)
+
+
 def build_algorithm(arch=None, input_shape=(1, 3, 32, 32), **mutator_kw):
     init_default_scope('mmpretrain')
     from mmifso.registry import MODELS

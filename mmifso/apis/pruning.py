@@ -20,6 +20,8 @@ from mmifso.models.algorithms import PruneStepResult, prune_step
 from mmifso.models.importance import BaseImportance, ScoringContext
 from mmifso.models.mutators import (ChannelMutator, ChannelSelector,
                                     export_pruned_model)
+from mmifso.models.mutators.latency import (LatencyFeedback,
+                                            measure_latency_ratio)
 from mmifso.registry import TASK_UTILS
 from mmifso.utils import pipeline_input_size
 
@@ -183,7 +185,9 @@ def prune_to_target(model: nn.Module,
                     selection: Optional[Dict] = None,
                     optimizer=None,
                     seed: Optional[int] = None,
-                    target_latency: Optional[float] = None) -> Dict:
+                    target_latency: Optional[float] = None,
+                    latency_feedback: Union[bool, Dict, None] = None
+                    ) -> Dict:
     """Iteratively re-score and prune until the FLOPs (or predicted
     latency) ratio hits the target.
 
@@ -212,11 +216,21 @@ def prune_to_target(model: nn.Module,
             needs ``selection=dict(latency_table=PATH)``. If every unit
             reaches its floor first, pruning stops there with a warning
             (``reached=False`` in the result).
+        latency_feedback (bool | dict, optional): With ``target_latency``:
+            hit the target on the *measured* latency of the exported model
+            on this machine (the table's input shape, backend and threads),
+            not only the predicted one: pruning stops short of the target,
+            measures, and corrects the predicted goal
+            (:class:`~mmifso.models.mutators.latency.LatencyFeedback`; a
+            dict holds its ``tol``, ``approach``, ``max_measurements``).
+            Run it on the device the table was measured on.
 
     Returns:
         dict: ``mutator.resources()`` after pruning plus ``steps``,
         ``reached``, and with a latency table ``latency_ratio`` and
-        ``latency_ms`` (predicted).
+        ``latency_ms`` (predicted); with ``latency_feedback`` also
+        ``measured_latency_ratio`` and ``latency_feedback`` (one entry per
+        measurement: predicted, measured, goal).
     """
     metric, target = _checked_target(target_flops, target_latency)
     imp = build_criterion(criterion, **(criterion_kwargs or {}))
@@ -225,26 +239,60 @@ def prune_to_target(model: nn.Module,
         raise ValueError(
             'target_latency needs selection=dict(latency_table=PATH); build '
             'the table with tools/analysis/latency_table.py')
+    feedback = _latency_feedback(latency_feedback, metric, target)
     ctx = ScoringContext(model, mutator)
     if optimizer is not None:
         imp.bind_optimizer(optimizer, ctx)
     steps = 0
-    reached = True
-    while selector.ratio(mutator, metric) > target:
-        scores = imp.score(ctx, data_batches, seed)
-        alive = sum(u.num_alive for u in mutator.units)
-        k = max(1, int(alive * step_fraction))
-        step = prune_step(ctx, imp, selector, scores, k,
-                          **{f'target_{metric}': target})
-        steps += 1
-        if not _step_pruned(step, imp, mutator, selector, metric, target):
-            reached = False
+    goal = target if feedback is None else feedback.goal
+    while True:
+        floor = False
+        while not floor and selector.ratio(mutator, metric) > goal:
+            scores = imp.score(ctx, data_batches, seed)
+            alive = sum(u.num_alive for u in mutator.units)
+            k = max(1, int(alive * step_fraction))
+            step = prune_step(ctx, imp, selector, scores, k,
+                              **{f'target_{metric}': goal})
+            steps += 1
+            floor = not _step_pruned(step, imp, mutator, selector, metric,
+                                     target)
+        if feedback is None:
+            reached = not floor
             break
+        measured = measure_latency_ratio(model, mutator,
+                                         selector.latency_table)['ratio']
+        if feedback.update(selector.ratio(mutator, metric),
+                           measured) or floor:
+            reached = feedback.reached
+            break
+        goal = feedback.goal
     out = dict(mutator.resources(), steps=steps, reached=reached)
     if selector.latency_table is not None:
         out.update(latency_ratio=selector.ratio(mutator, 'latency'),
                    latency_ms=selector.predicted_latency_ms(mutator))
+    if feedback is not None:
+        print_log(f'[mmifso] {feedback.summary()}', logger='current',
+                  level=logging.INFO if feedback.reached else logging.WARNING)
+        out.update(measured_latency_ratio=feedback.history[-1]['measured'],
+                   latency_feedback=feedback.history)
     return out
+
+
+def _latency_feedback(option: Union[bool, Dict, None], metric: str,
+                      target: float) -> Optional[LatencyFeedback]:
+    """The :class:`LatencyFeedback` of :func:`prune_to_target`'s
+    ``latency_feedback`` option (None: off)."""
+    if option is None or option is False:
+        return None
+    if metric != 'latency':
+        raise ValueError('latency_feedback corrects a target_latency with '
+                         'measurements; it needs target_latency, not '
+                         'target_flops')
+    if option is not True and not isinstance(option, dict):
+        raise TypeError('latency_feedback must be True or a dict of '
+                        'LatencyFeedback options (tol, approach, '
+                        f'max_measurements), got {option!r}')
+    return LatencyFeedback(target, **({} if option is True else option))
 
 
 def export_model(model: nn.Module,

@@ -150,7 +150,13 @@ def test_speed_section_on_a_tiny_model(tmp_path):
     (entry, ) = res['backends']
     info = entry['structures']
     assert set(info) == {'flops50', 'flops50_x4', 'latency50',
-                         'latency50_x4'}
+                         'latency50_x4', 'latency50_x4_measured'}
+    # Pruned to each corrected goal (the last may stop at the floor), then
+    # measured; the outcome depends on timings taken here.
+    feedback = info['latency50_x4_measured']['feedback']
+    assert 1 <= len(feedback) <= 6
+    assert all(f['predicted'] <= f['goal'] + 1e-9 for f in feedback[:-1])
+    assert all(positive_finite(f['measured']) for f in feedback)
     for label, i in info.items():
         if label.startswith('flops'):
             assert i['flops_ratio'] <= 0.5

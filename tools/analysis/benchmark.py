@@ -586,7 +586,9 @@ def speed_selections(round_to: int = 8) -> Tuple[Tuple[str, dict], ...]:
 def select_speed_structures(mutator, scores: List[torch.Tensor], table,
                             backend: str,
                             max_prune_ratio: Optional[float] = None,
-                            round_to: int = 8) -> Tuple[Dict, Dict]:
+                            round_to: int = 8,
+                            model: Optional[torch.nn.Module] = None
+                            ) -> Tuple[Dict, Dict]:
     """The masks of every :func:`speed_selections` entry, each selected
     from the full model with the same scores (``acts`` cost for FLOPs
     targets, the latency table for latency targets); the mutator is left
@@ -596,36 +598,41 @@ def select_speed_structures(mutator, scores: List[torch.Tensor], table,
         max_prune_ratio (float, optional): No unit loses more than this
             share (keeps random-weight magnitude shapes realistic).
         round_to (int): The channel multiple of the ``_x`` structures.
+        model (nn.Module, optional): The gated architecture; given, a last
+            structure ``latency50_x<round_to>_measured`` goes to the target
+            on measured latency (``LatencyFeedback``).
 
     Returns:
         tuple: ``{label: masks}`` (``unpruned`` first) and ``{label:
         selection info}`` (selection seconds, selector, FLOPs ratio,
-        predicted latency, channel counts).
+        predicted latency, channel counts; the feedback's measurements).
     """
     from mmifso.models.mutators import ChannelSelector
-    from mmifso.models.mutators.latency import predict_latency_ms
     structures = dict(unpruned=[torch.ones_like(u.mask)
                                 for u in mutator.units])
     info = {}
-    for label, target in speed_selections(round_to):
+    selections = list(speed_selections(round_to))
+    if model is not None:
+        selections.append((f'latency50_x{round_to}_measured',
+                           dict(target_latency=SPEED_TARGET,
+                                round_to=round_to, feedback=True)))
+    for label, target in selections:
         kw = dict(target)
         for u in mutator.units:
             u.mask.fill_(1)
-        latency = 'target_latency' in kw
         sel = ChannelSelector(
-            cost='latency' if latency else 'acts', cost_power=0.5,
-            round_to=kw.pop('round_to', 1),
-            max_prune_ratio=max_prune_ratio,
-            latency_table=table)
+            cost='latency' if 'target_latency' in kw else 'acts',
+            cost_power=0.5, round_to=kw.pop('round_to', 1),
+            max_prune_ratio=max_prune_ratio, latency_table=table)
         t1 = time.perf_counter()
-        sel.select(mutator, scores, **kw)
-        info[label] = dict(
-            select_s=time.perf_counter() - t1,
-            selector=repr(sel),
-            flops_ratio=mutator.resources()['flops_ratio'],
-            predicted_ms=predict_latency_ms(table, mutator),
-            predicted_ratio=sel.ratio(mutator, 'latency'),
-            unit_channels=mutator.channel_counts())
+        if kw.pop('feedback', False):
+            history = select_with_feedback(sel, mutator, scores, table,
+                                           model, kw['target_latency'])
+        else:
+            sel.select(mutator, scores, **kw)
+            history = None
+        info[label] = speed_info(sel, mutator, table,
+                                 time.perf_counter() - t1, history)
         structures[label] = [u.mask.clone() for u in mutator.units]
         log(f'{backend} {label}: FLOPs {info[label]["flops_ratio"]:.3f}'
             f', predicted latency ratio '
@@ -633,6 +640,47 @@ def select_speed_structures(mutator, scores: List[torch.Tensor], table,
     for u in mutator.units:
         u.mask.fill_(1)
     return structures, info
+
+
+def select_with_feedback(selector, mutator, scores: List[torch.Tensor],
+                         table, model: torch.nn.Module,
+                         target: float) -> List[Dict]:
+    """Select (from the current masks, same scores) until the exported
+    structure *measures* ``target`` of the unpruned latency: the goals of
+    :class:`~mmifso.models.mutators.latency.LatencyFeedback`, each measured
+    at the table's shape, backend and threads.
+
+    Returns:
+        list[dict]: Predicted, measured and goal per measurement.
+    """
+    from mmifso.models.mutators.latency import (LatencyFeedback,
+                                                measure_latency_ratio)
+    fb = LatencyFeedback(target)
+    while True:
+        goal = fb.goal
+        selector.select(mutator, scores, target_latency=goal)
+        predicted = selector.ratio(mutator, 'latency')
+        measured = measure_latency_ratio(model, mutator, table)['ratio']
+        log(f'  feedback: predicted {predicted:.3f} -> measured '
+            f'{measured:.3f}')
+        if fb.update(predicted, measured) or predicted > goal:  # floor
+            return fb.history
+
+
+def speed_info(selector, mutator, table, select_s: float,
+               feedback: Optional[List[Dict]] = None) -> Dict:
+    """A selected structure's JSON entry: selection time, selector, FLOPs
+    ratio, predicted latency (ms and ratio), channel counts, and the
+    feedback's measurements where it had any."""
+    from mmifso.models.mutators.latency import predict_latency_ms
+    out = dict(select_s=select_s, selector=repr(selector),
+               flops_ratio=mutator.resources()['flops_ratio'],
+               predicted_ms=predict_latency_ms(table, mutator),
+               predicted_ratio=selector.ratio(mutator, 'latency'),
+               unit_channels=mutator.channel_counts())
+    if feedback is not None:
+        out['feedback'] = feedback
+    return out
 
 
 def measure_speed_batch(algo, structures: Dict, info: Dict, n: int,
@@ -699,7 +747,8 @@ def bench_speed(name: str, arch_cfg: dict, size: int, batches: Sequence[int],
         table.save(os.path.join(work_dir, f'latency_{backend}.json'))
         table_cpu = foreign_share(s0, _cpu_sample())
         structures, info = select_speed_structures(
-            mutator, scores, table, backend, max_prune_ratio, round_to)
+            mutator, scores, table, backend, max_prune_ratio, round_to,
+            algo.architecture)
         entry = dict(backend=backend, table_build_s=build_s,
                      table_foreign_share=table_cpu,
                      predicted_unpruned_ms=table.full_ms,
@@ -723,7 +772,7 @@ def print_speed(speed: Dict) -> None:
                   f' (other processes {b["foreign_share"]:.0%})')
             for label, r in b['structures'].items():
                 i = e['structures'][label]
-                print(f'      {label:<13} FLOPs {i["flops_ratio"]:.3f}  '
+                print(f'      {label:<22} FLOPs {i["flops_ratio"]:.3f}  '
                       f'predicted {i["predicted_ratio"]:.3f}  measured '
                       f'{r["measured_ratio"]:.3f}  speed-up '
                       f'{r["speedup"]:.2f}x  efficiency '

@@ -3,10 +3,10 @@ import copy
 import logging
 import numbers
 from contextlib import nullcontext
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
-from mmengine.dist import broadcast, is_main_process
+from mmengine.dist import broadcast, broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -16,7 +16,8 @@ from mmifso.models.algorithms import (PruneStepResult, PruningAlgorithm,
 from mmifso.models.importance import (BaseImportance, ScoringContext,
                                       registered_criteria)
 from mmifso.models.mutators import ChannelSelector
-from mmifso.models.mutators.latency import measure_structures_ms
+from mmifso.models.mutators.latency import (LatencyFeedback,
+                                            measure_latency_ratio)
 from mmifso.models.task_modules.latency import device_name
 from mmifso.registry import HOOKS, TASK_UTILS
 from mmifso.utils import ATOMIC_BACKEND_ARGS, check_checkpoint_fits_model
@@ -161,6 +162,16 @@ class PruningHook(Hook):
     the machine that trains, rank 0, interleaved medians of 10) and log the
     measured next to the predicted latency.
 
+    ``latency_feedback`` (bool | dict, last argument, default None): with
+    ``target_latency``, meet the target on the *measured* latency of the
+    exported structure on the machine that trains (the table's shape,
+    backend and threads, rank 0): pruning stops short of the target, is
+    measured, and goes on to a predicted goal corrected by each measurement
+    (:class:`~mmifso.models.mutators.latency.LatencyFeedback`; a dict holds
+    its ``tol``, ``approach``, ``max_measurements``); ``latency_{xx}.pth``
+    of the target is saved when the measured ratio is within ``tol``. Train
+    on the device you deploy to, or leave it off.
+
     A pruning step whose scores contain NaN or Inf (a diverging loss, a
     criterion failing numerically) is skipped with a warning: nothing is
     pruned on such scores, and the next step starts from fresh scores.
@@ -197,7 +208,8 @@ class PruningHook(Hook):
                  sync_scoring: bool = True,
                  target_latency: Optional[float] = None,
                  measure_latency: bool = False,
-                 score_window: Optional[int] = None) -> None:
+                 score_window: Optional[int] = None,
+                 latency_feedback: Union[bool, dict, None] = None) -> None:
         """Check and store the arguments (see the class docstring).
 
         Long on purpose: one check per argument, each raising the error that
@@ -276,6 +288,7 @@ class PruningHook(Hook):
                 'dict(latency_table=PATH) (its input shape, backend and '
                 'threads are measured)')
         self.measure_latency = measure_latency
+        self.feedback = self._build_feedback(latency_feedback)
         self._seed_base = 0
         self.crossed: List[float] = []
         self.done = False
@@ -284,6 +297,24 @@ class PruningHook(Hook):
         self._steps = 0
         self._pruned_total = 0
         self._skipped_nonfinite = 0
+
+    def _build_feedback(self, option: Union[bool, dict, None]
+                        ) -> Optional[LatencyFeedback]:
+        """The :class:`LatencyFeedback` of ``latency_feedback`` (None: off)."""
+        if option is None or option is False:
+            return None
+        if self.metric != 'latency':
+            raise ValueError(
+                f'{type(self).__name__}: latency_feedback corrects a '
+                'target_latency with measurements; set target_latency (and '
+                'cost=\'latency\'), not target_flops')
+        if option is not True and not isinstance(option, dict):
+            raise TypeError(
+                f'{type(self).__name__}: latency_feedback must be True or a '
+                'dict of LatencyFeedback options (tol, approach, '
+                f'max_measurements), got {option!r}')
+        return LatencyFeedback(self.target,
+                               **({} if option is True else option))
 
     # ------------------------------------------------------------------ #
     @staticmethod
@@ -410,8 +441,9 @@ class PruningHook(Hook):
         algo = self._algorithm(runner)
         scores = self.importance.compute(self.ctx)
         self.importance.reset()
+        goal = self.target if self.feedback is None else self.feedback.goal
         step = prune_step(self.ctx, self.importance, self.selector, scores,
-                          self.channels_per_step, **self._targets(self.target))
+                          self.channels_per_step, **self._targets(goal))
         if not self._step_done(runner, step):
             return
         removed = step.removed
@@ -428,14 +460,40 @@ class PruningHook(Hook):
                 runner, algo, force=self.metric == 'latency')
             return
         self._log_state(runner, algo, 'step', removed)
-        self.done = self._ratio(algo) <= self.target
-        self._save_crossed_thresholds(runner, algo)
+        self.done = self._ratio(algo) <= goal and self._feedback_done(
+            runner, algo)
+        self._save_crossed_thresholds(runner, algo,
+                                      force=self.feedback is not None
+                                      and self.done)
         if self.done:
             runner.logger.info(
                 f'[mmifso] reached target {self.metric} {self.target} after '
                 f'{self._steps} steps ({self._pruned_total} channels)')
             if self.stop_at_target:
                 runner.train_loop.stop_training = True
+
+    def _feedback_done(self, runner, algo: PruningAlgorithm) -> bool:
+        """At a goal of ``latency_feedback``: measure the exported structure
+        (rank 0, broadcast so every rank decides alike) and move the goal;
+        whether the target is met on measured latency. True without
+        feedback."""
+        if self.feedback is None:
+            return True
+        measured = [None]
+        if is_main_process():
+            with preserved_rng_state():
+                measured[0] = measure_latency_ratio(
+                    algo.architecture, algo.mutator,
+                    self.selector.latency_table)['ratio']
+        broadcast_object_list(measured, src=0)
+        done = self.feedback.update(self._ratio(algo), measured[0])
+        log = runner.logger.warning if done and not self.feedback.reached \
+            else runner.logger.info
+        log(f'[mmifso] latency feedback: predicted ratio '
+            f'{self._ratio(algo):.4f}, measured {measured[0]:.4f} (target '
+            f'{self.target}); ' + (self.feedback.summary() if done else
+                                   f'next goal {self.feedback.goal:.4f}'))
+        return done
 
     def _step_done(self, runner, step: PruneStepResult) -> bool:
         """False (and a warning) if the step was skipped on NaN/Inf scores.
@@ -480,7 +538,11 @@ class PruningHook(Hook):
         target, best point reached)."""
         ratio = self._ratio(algo)
         for thr in self.thresholds:
-            hit = ratio <= thr or (force and thr == self.target)
+            # With latency feedback the target is met when measured, not
+            # when predicted.
+            hit = (ratio <= thr and (self.feedback is None
+                                     or thr != self.target)) or (
+                                         force and thr == self.target)
             if hit and thr not in self.crossed:
                 self.crossed.append(thr)
                 name = threshold_checkpoint_name(thr, self.metric)
@@ -502,26 +564,14 @@ class PruningHook(Hook):
         """Measured latency of the exported structure and of the unpruned
         model, for the log."""
         key = self.selector.latency_table.key
-        full = [torch.ones_like(u.mask) for u in algo.mutator.units]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(key['threads'])
-        try:
-            with preserved_rng_state():
-                ms = measure_structures_ms(
-                    algo.architecture,
-                    algo.mutator,
-                    dict(unpruned=full, pruned=None),
-                    key['input_shape'],
-                    key['backend'],
-                    key['threads'],
-                    rounds=10)
-        finally:
-            torch.set_num_threads(threads)
+        with preserved_rng_state():
+            ms = measure_latency_ratio(algo.architecture, algo.mutator,
+                                       self.selector.latency_table)
         here = device_name()
         where = '' if here == key['device'] else (
             f' on {here}, not the table\'s {key["device"]}')
-        return (f', measured {ms["pruned"]:.2f} ms / unpruned '
-                f'{ms["unpruned"]:.2f} ms = {ms["pruned"] / ms["unpruned"]:.4f}'
+        return (f', measured {ms["pruned_ms"]:.2f} ms / unpruned '
+                f'{ms["unpruned_ms"]:.2f} ms = {ms["ratio"]:.4f}'
                 f' ({key["backend"]}, input {tuple(key["input_shape"])}, '
                 f'{key["threads"]} threads{where})')
 

@@ -65,6 +65,12 @@ class ScheduledPruningHook(PruningHook):
                 f'{type(self).__name__}: score_window is a PruningHook '
                 'setting; a schedule scores score_batches batches at each '
                 'of its pruning steps only, remove score_window')
+        if kwargs.get('latency_feedback'):
+            raise ValueError(
+                f'{type(self).__name__}: latency_feedback is a PruningHook '
+                'setting (a schedule prunes to the ratios of its own '
+                'steps); use PruningHook or prune_to_target for a measured '
+                'latency target')
         super().__init__(
             importance=importance,
             target_flops=target_flops,

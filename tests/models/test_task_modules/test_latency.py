@@ -10,8 +10,9 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-from helpers import (TINY_CLASSIFIER, build_algorithm, digits_batch,
-                     runner_cfg, warnings_logged)
+from helpers import (LATENCY_FAST, LATENCY_SHAPE, TINY_CLASSIFIER,
+                     build_algorithm, digits_batch, runner_cfg,
+                     warnings_logged)
 from mmifso.apis import prune_to_target
 from mmifso.models.mutators import ChannelSelector
 from mmifso.models.mutators.latency import (build_model_latency_table,
@@ -23,40 +24,7 @@ from mmifso.models.task_modules.latency import (ORT_TIMING_CONFIG,
                                                 LatencyTableMismatch,
                                                 calibrate, latency_key)
 
-SHAPE = (2, 3, 16, 16)
-FAST = dict(rounds=1, whole_rounds=1, warmup=0, min_sample_s=0.0,
-            log=lambda msg: None)
-
-
-@pytest.fixture(scope='module')
-def table_path(tmp_path_factory):
-    torch.manual_seed(0)
-    algo = build_algorithm(input_shape=(1, 3, 16, 16))
-    table = build_model_latency_table(algo.architecture, algo.mutator, SHAPE,
-                                      **FAST)
-    path = str(tmp_path_factory.mktemp('latency') / 'table.json')
-    table.save(path)
-    return path
-
-
-@pytest.fixture(scope='module')
-def synthetic_path(table_path, tmp_path_factory):
-    """The measured table with deterministic values: every layer costs its
-    MACs (1e-6 ms each) plus 0.01 ms, the rest 10 % of the unpruned model.
-    Selection tests then do not depend on the load of the machine."""
-    algo = build_algorithm(input_shape=(1, 3, 16, 16))
-    data = json.load(open(table_path))
-    for name, lay in data['layers'].items():
-        rec = algo.mutator.layer_records[name]
-        lay['ms'] = [[
-            0.01 + 1e-6 * rec.macs(ci, ci if lay['depthwise'] else co)
-            for co in lay['out_widths']
-        ] for ci in lay['in_widths']]
-    table = LatencyTable(dict(data, calibration=dict(a_ms=0.0, b_ms=0.0)))
-    table.calibration['a_ms'] = 0.1 * table.full_ms / 0.9
-    path = str(tmp_path_factory.mktemp('latency') / 'synthetic.json')
-    table.save(path)
-    return path
+SHAPE, FAST = LATENCY_SHAPE, LATENCY_FAST
 
 
 def test_table_contents_and_calibration(table_path):
@@ -241,3 +209,48 @@ def test_hook_prunes_to_a_latency_target(tmp_path, synthetic_path):
     # Measured at each threshold (the synthetic table's timings are not this
     # machine's, so only the presence of the figures is checked).
     assert log.count('measured ') >= 2 and 'unpruned' in log
+
+
+def test_hook_latency_feedback(tmp_path, synthetic_path):
+    """The hook stops short of the target, measures, and saves the target's
+    checkpoint once the measured ratio is within tol or the measurements
+    are spent (which, depends on this machine's timings of the tiny model;
+    the synthetic table predicts them poorly)."""
+    cfg = runner_cfg(tmp_path, max_iters=120)
+    hook = cfg.custom_hooks[0]
+    hook.pop('target_flops', None)
+    hook.update(target_latency=0.8, cost='latency',
+                selection=dict(latency_table=synthetic_path),
+                save_thresholds=(0.9, ),
+                latency_feedback=dict(max_measurements=2))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    hook = [h for h in runner.hooks if type(h).__name__ == 'PruningHook'][0]
+    fb = hook.feedback
+    assert hook.done and 1 <= len(fb.history) <= 2
+    assert fb.history[0]['goal'] == pytest.approx(0.8 + 0.3 * 0.2)
+    assert all(h['predicted'] <= h['goal'] for h in fb.history)
+    assert fb.reached == (fb.history[-1]['measured'] <= 0.8 * 1.03)
+    assert osp.isfile(tmp_path / 'latency_80.pth')
+    log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    assert log.count('latency feedback: predicted ratio') == len(fb.history)
+
+
+def test_latency_feedback_bad_input(synthetic_path):
+    from mmifso.engine.hooks import OneShotPruningHook, PruningHook
+    with pytest.raises(ValueError, match='set target_latency'):
+        PruningHook(importance=dict(type='mmifso.MagnitudeImportance'),
+                    target_flops=0.5, latency_feedback=True)
+    with pytest.raises(TypeError, match='True or a dict'):
+        PruningHook(importance=dict(type='mmifso.MagnitudeImportance'),
+                    target_latency=0.5, latency_feedback=0.03,
+                    selection=dict(latency_table=synthetic_path))
+    with pytest.raises(ValueError, match='tol'):
+        PruningHook(importance=dict(type='mmifso.MagnitudeImportance'),
+                    target_latency=0.5, latency_feedback=dict(tol=2),
+                    selection=dict(latency_table=synthetic_path))
+    with pytest.raises(ValueError, match='PruningHook setting'):
+        OneShotPruningHook(
+            importance=dict(type='mmifso.MagnitudeImportance'),
+            target_latency=0.5, latency_feedback=True,
+            selection=dict(latency_table=synthetic_path))

@@ -1,0 +1,116 @@
+"""A latency target hit on the measured latency: the goal correction of
+``LatencyFeedback`` and ``prune_to_target(latency_feedback=...)``. No timed
+assertions: the corrections are checked on stated table errors, and the real
+measurements of the tiny model only for their bookkeeping."""
+import pytest
+
+from helpers import build_algorithm, digits_batch, warnings_logged
+from mmifso.apis import prune_to_target
+from mmifso.models.mutators.latency import LatencyFeedback
+
+# The structure of ``predicted`` measures ``factor x predicted`` (a table
+# that is pessimistic below 1, optimistic above) and the selection stops
+# exactly at each goal.
+
+
+@pytest.mark.parametrize('factor', [0.9, 1.15, 1.0])
+def test_feedback_reaches_the_measured_target(factor):
+    fb = LatencyFeedback(0.5, tol=0.03, approach=0.3)
+    assert fb.goal == pytest.approx(0.65)  # short of the target first
+    while not fb.done:
+        fb.update(fb.goal, factor * fb.goal)
+    assert fb.reached
+    assert fb.history[-1]['measured'] == pytest.approx(0.5, rel=0.03)
+    # A constant factor is corrected after one measurement.
+    assert len(fb.history) == 2
+    goals = [h['goal'] for h in fb.history]
+    assert goals[1] == pytest.approx(0.5 / factor)
+
+
+def test_feedback_approaches_from_above_when_the_factor_drifts():
+    # The table is pessimistic near the unpruned model and optimistic
+    # further down: each goal still moves down and the target is met.
+    def measured(p):
+        return p * (0.9 + 0.6 * (0.65 - p))
+
+    fb = LatencyFeedback(0.5, tol=0.03, max_measurements=8)
+    while not fb.done:
+        fb.update(fb.goal, measured(fb.goal))
+    goals = [h['goal'] for h in fb.history]
+    assert goals == sorted(goals, reverse=True)
+    assert fb.reached and fb.history[-1]['measured'] <= 0.5 * 1.03
+    assert 'reached' in fb.summary()
+
+
+def test_feedback_gives_up_after_max_measurements():
+    fb = LatencyFeedback(0.5, max_measurements=2)
+    fb.update(0.65, 0.99)  # the latency does not follow at all
+    assert not fb.done and fb.goal < 0.65
+    fb.update(fb.goal, 0.99)
+    assert fb.done and not fb.reached
+    assert 'not reached after 2 measurements' in fb.summary()
+
+
+def test_feedback_already_below_the_target():
+    fb = LatencyFeedback(0.5)
+    fb.update(0.65, 0.45)  # measured far faster than predicted: keep it
+    assert fb.done and fb.reached and len(fb.history) == 1
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(target=1.0), 'target'),
+    (dict(target=0.5, tol=0), 'tol'),
+    (dict(target=0.5, approach=1), 'approach'),
+    (dict(target=0.5, max_measurements=0), 'max_measurements'),
+])
+def test_feedback_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LatencyFeedback(**kwargs)
+
+
+def test_prune_to_target_with_measured_feedback(synthetic_path):
+    """Real exports and measurements of the tiny model; which structure
+    reaches the target depends on the machine's timings, so only the
+    bookkeeping is checked."""
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    res = prune_to_target(
+        algo.architecture, algo.mutator, 'mmifso.MagnitudeImportance',
+        [digits_batch(4, size=16)], target_latency=0.6, step_fraction=0.1,
+        selection=dict(latency_table=synthetic_path),
+        latency_feedback=dict(tol=0.05, max_measurements=3))
+    hist = res['latency_feedback']
+    assert 1 <= len(hist) <= 3
+    assert hist[0]['goal'] == pytest.approx(0.6 + 0.3 * 0.4)
+    # Pruned to each goal, then measured; the last may stop at the floor.
+    assert all(h['predicted'] <= h['goal'] + 1e-9 for h in hist[:-1])
+    assert all(h['measured'] > 0 for h in hist)
+    goals = [h['goal'] for h in hist]
+    assert goals == sorted(goals, reverse=True)
+    assert res['measured_latency_ratio'] == hist[-1]['measured']
+    assert res['reached'] == (hist[-1]['measured'] <= 0.6 * 1.05)
+    assert res['latency_ratio'] == pytest.approx(hist[-1]['predicted'])
+
+
+def test_prune_to_target_feedback_bad_input(synthetic_path):
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    args = (algo.architecture, algo.mutator, 'mmifso.MagnitudeImportance',
+            [digits_batch(4, size=16)])
+    with pytest.raises(ValueError, match='needs target_latency'):
+        prune_to_target(*args, target_flops=0.5, latency_feedback=True)
+    with pytest.raises(TypeError, match='True or a dict'):
+        prune_to_target(*args, target_latency=0.5, latency_feedback='yes',
+                        selection=dict(latency_table=synthetic_path))
+    assert all(u.num_alive == u.num_channels for u in algo.mutator.units)
+
+
+def test_unreached_feedback_warns(synthetic_path):
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    with warnings_logged() as out:
+        res = prune_to_target(
+            algo.architecture, algo.mutator, 'mmifso.MagnitudeImportance',
+            [digits_batch(4, size=16)], target_latency=0.02,
+            step_fraction=0.2,
+            selection=dict(latency_table=synthetic_path, max_prune_ratio=0.5),
+            latency_feedback=dict(max_measurements=2))
+    assert res['reached'] is False
+    assert any('cannot be reached' in m for m in out)
