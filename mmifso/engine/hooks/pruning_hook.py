@@ -600,7 +600,9 @@ class PruningHook(Hook):
     def _log_state(self, runner, algo: PruningAlgorithm, when: str,
                    removed: Optional[list] = None) -> None:
         res = algo.mutator.resources()
-        span = 1 - self.target
+        # With latency feedback the bar runs to the current predicted goal.
+        goal = self.target if self.feedback is None else self.feedback.goal
+        span = 1 - goal
         done = (1 - self._ratio(algo)) / span if span > 0 else 1.0
         ms = self.selector.predicted_latency_ms(algo.mutator)
         runner.message_hub.update_scalar('train/flops_ratio',
@@ -629,7 +631,9 @@ class PruningHook(Hook):
                ('' if ms is None else
                 f'predicted latency {ms:.2f} ms '
                 f'({ms / self.selector.latency_table.full_ms:.4f}) | ') +
-               f'target {self.target} ({self.metric}) {progress_bar(done)} '
+               f'target {self.target} ({self.metric}'
+               f'{"" if goal == self.target else f", goal {goal:.4f}"}) '
+               f'{progress_bar(done)} '
                f'| params {res["params"] / 1e6:.3f}M '
                f'({res["params_ratio"]:.4f})')
         if removed:

@@ -351,5 +351,10 @@ class LatencyFeedback:
         last = self.history[-1]['measured'] if self.history else float('nan')
         state = 'reached' if self.reached else (
             f'not reached after {len(self.history)} measurements')
+        if self.reached and last < self.target * (1 - self.tol):
+            # Pruning cannot be undone: the last step went past the goal.
+            state += (f', {1 - last / self.target:.0%} below it (the last '
+                      'pruning step was coarse: fewer channels per step '
+                      'approach it closer)')
         return (f'measured latency ratio {last:.4f} for target '
                 f'{self.target} (tol {self.tol:.0%}): {state} ({steps})')

@@ -55,6 +55,7 @@ def test_feedback_already_below_the_target():
     fb = LatencyFeedback(0.5)
     fb.update(0.65, 0.45)  # measured far faster than predicted: keep it
     assert fb.done and fb.reached and len(fb.history) == 1
+    assert '10% below it' in fb.summary()
 
 
 @pytest.mark.parametrize('kwargs, match', [
