@@ -99,3 +99,24 @@ def test_two_ranks_prune_like_one_process_with_the_whole_batch(
     print(f'{criterion["type"]}: {len(diffs)} pruning steps, max relative '
           f'score difference {max(diffs):.2e}')
     assert max(diffs) < 1e-4
+
+
+def test_latency_feedback_keeps_ranks_in_step(tmp_path, synthetic_path):
+    """Rank 0 measures the exported structure and broadcasts the result:
+    every rank moves the goal and stops alike (masks identical after every
+    iteration, one log line per measurement)."""
+    cfg = runner_cfg(tmp_path / 'work', max_iters=60)
+    hook = cfg.custom_hooks[0]
+    hook.pop('target_flops', None)
+    hook.update(target_latency=0.8, cost='latency', save_thresholds=(),
+                selection=dict(latency_table=synthetic_path),
+                latency_feedback=dict(max_measurements=2))
+    cfg.custom_hooks.append(dict(type='MaskProbeHook'))
+    log = _train(cfg, tmp_path, 'cfg', nproc=2)
+    r0 = torch.load(str(tmp_path / 'work' / 'masks_rank0.pt'))
+    r1 = torch.load(str(tmp_path / 'work' / 'masks_rank1.pt'))
+    assert torch.equal(r0, r1)
+    measurements = log.count('latency feedback: predicted ratio')
+    assert 1 <= measurements <= 2
+    assert 'reached target latency 0.8' in log
+    assert os.path.isfile(tmp_path / 'work' / 'latency_80.pth')
