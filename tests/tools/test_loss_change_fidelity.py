@@ -328,3 +328,27 @@ def test_converged_mode_retraining_the_classifier_only(tool, tmp_path):
     assert data['criteria'][exact]['last_residual'] < 1e-6
     head = data['objective']['converge_start']
     assert head['converged'] and head['distance'] > 0
+
+
+def test_command_line_refusal_is_one_line(tmp_path):
+    """From the shell, a refusal is ``tool: Error: message`` with exit
+    status 1 and no traceback."""
+    import os
+    import sys
+
+    from helpers import ROOT, run_command
+    cfg, ckpt = _tiny_config(tmp_path)
+    out = tmp_path / 'fid.json'
+    proc = run_command([
+        sys.executable,
+        os.path.join(ROOT, 'tools', 'analysis', 'loss_change_fidelity.py'),
+        cfg, ckpt, '--retrain', 'converged', '--retrain-params',
+        'no_such_layer', '--num-samples', '2', '--fit-samples', '8',
+        '--criteria', 'MagnitudeImportance', '--out', str(out)
+    ], dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    assert ('tools/analysis/loss_change_fidelity.py: ValueError: '
+            "--retrain-params 'no_such_layer' matches no conv/linear "
+            'weight') in proc.stderr
+    assert not out.exists()

@@ -1018,4 +1018,11 @@ def main(argv=None) -> Dict:
 
 
 if __name__ == '__main__':
-    main()
+    from mmifso.apis import exit_on_errors
+    from mmifso.apis.fidelity import NotConvergedError
+
+    # The tool's refusals name their fix: one line, exit status 1.
+    with exit_on_errors('tools/analysis/loss_change_fidelity.py',
+                        FileNotFoundError, KeyError, ValueError,
+                        NotConvergedError):
+        main()
