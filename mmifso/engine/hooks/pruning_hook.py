@@ -346,7 +346,9 @@ class PruningHook(Hook):
         self._seed_base = int(seed.item())
         self._log_state(runner, algo, 'start')
         self._sync_averaged_masks(runner)
-        if self._ratio(algo) <= self.target:
+        # With latency feedback a predicted ratio below the target says
+        # nothing yet: the next step measures first (see _goal).
+        if self.feedback is None and self._ratio(algo) <= self.target:
             self.done = True
             runner.logger.info(f'[mmifso] the model is already at the '
                                f'{self._what} target; nothing to prune')
@@ -441,7 +443,10 @@ class PruningHook(Hook):
         algo = self._algorithm(runner)
         scores = self.importance.compute(self.ctx)
         self.importance.reset()
-        goal = self.target if self.feedback is None else self.feedback.goal
+        goal = self._goal(runner, algo)
+        if goal is None:  # met on measured latency before this step
+            self._reached(runner, algo)
+            return
         step = prune_step(self.ctx, self.importance, self.selector, scores,
                           self.channels_per_step, **self._targets(goal))
         if not self._step_done(runner, step):
@@ -460,17 +465,33 @@ class PruningHook(Hook):
                 runner, algo, force=self.metric == 'latency')
             return
         self._log_state(runner, algo, 'step', removed)
-        self.done = self._ratio(algo) <= goal and self._feedback_done(
-            runner, algo)
+        if self._ratio(algo) <= goal and self._feedback_done(runner, algo):
+            self._reached(runner, algo)
+        else:
+            self._save_crossed_thresholds(runner, algo)
+
+    def _goal(self, runner, algo: PruningAlgorithm) -> Optional[float]:
+        """The ratio this step prunes to: the target, or with latency
+        feedback its current goal, measured first where the model is
+        already there (a resumed run, a pruned ``load_from``); None: the
+        target is met on measured latency."""
+        if self.feedback is None:
+            return self.target
+        while self._ratio(algo) <= self.feedback.goal:
+            if self._feedback_done(runner, algo):
+                return None
+        return self.feedback.goal
+
+    def _reached(self, runner, algo: PruningAlgorithm) -> None:
+        """The target is met: save its checkpoint, log, stop if asked."""
+        self.done = True
         self._save_crossed_thresholds(runner, algo,
-                                      force=self.feedback is not None
-                                      and self.done)
-        if self.done:
-            runner.logger.info(
-                f'[mmifso] reached target {self.metric} {self.target} after '
-                f'{self._steps} steps ({self._pruned_total} channels)')
-            if self.stop_at_target:
-                runner.train_loop.stop_training = True
+                                      force=self.feedback is not None)
+        runner.logger.info(
+            f'[mmifso] reached target {self.metric} {self.target} after '
+            f'{self._steps} steps ({self._pruned_total} channels)')
+        if self.stop_at_target:
+            runner.train_loop.stop_training = True
 
     def _feedback_done(self, runner, algo: PruningAlgorithm) -> bool:
         """At a goal of ``latency_feedback``: measure the exported structure
@@ -707,7 +728,9 @@ class PruningHook(Hook):
             pruned_total=self._pruned_total,
             consumed=self._consumed,
             skipped_nonfinite=self._skipped_nonfinite,
-            importance=self.importance.state_dict())
+            importance=self.importance.state_dict(),
+            feedback=None if self.feedback is None else
+            self.feedback.state_dict())
 
     def _sync_averaged_checkpoint_masks(self, runner,
                                         checkpoint: dict) -> None:
@@ -743,6 +766,8 @@ class PruningHook(Hook):
         self._pruned_total = state['pruned_total']
         self._consumed = state.get('consumed', 0)
         self._skipped_nonfinite = state.get('skipped_nonfinite', 0)
+        if self.feedback is not None and state.get('feedback'):
+            self.feedback.load_state_dict(state['feedback'])
         self._score_iter = None
         self.importance.load_state_dict(state['importance'])
         print_log(

@@ -343,6 +343,17 @@ class LatencyFeedback:
                             predicted * (1 - 1e-3))
         return self.done
 
+    def state_dict(self) -> Dict:
+        """Goal, measurements and outcome (for a resumed run)."""
+        return dict(goal=self.goal, history=[dict(h) for h in self.history],
+                    reached=self.reached)
+
+    def load_state_dict(self, state: Dict) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.goal = float(state['goal'])
+        self.history = [dict(h) for h in state['history']]
+        self.reached = bool(state['reached'])
+
     def summary(self) -> str:
         """One line for the log: each measurement and the outcome."""
         steps = '; '.join(

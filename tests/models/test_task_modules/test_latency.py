@@ -254,3 +254,42 @@ def test_latency_feedback_bad_input(synthetic_path):
             importance=dict(type='mmifso.MagnitudeImportance'),
             target_latency=0.5, latency_feedback=True,
             selection=dict(latency_table=synthetic_path))
+
+
+def test_hook_latency_feedback_resumes(tmp_path, synthetic_path):
+    """The feedback's goal and measurements are in the checkpoint: a resumed
+    run goes on from them (it does not restart at the first goal, which the
+    pruned model is already below, and stop as if at its floor)."""
+
+    def cfg_for(max_iters, resume):
+        cfg = runner_cfg(tmp_path, max_iters=max_iters)
+        cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
+                                            interval=24, by_epoch=False)
+        cfg.resume = resume
+        hook = cfg.custom_hooks[0]
+        hook.pop('target_flops', None)
+        hook.update(target_latency=0.5, cost='latency', save_thresholds=(),
+                    selection=dict(latency_table=synthetic_path),
+                    latency_feedback=dict(max_measurements=3))
+        return cfg
+
+    first = Runner.from_cfg(cfg_for(24, False))
+    first.train()
+    hook = [h for h in first.hooks if type(h).__name__ == 'PruningHook'][0]
+    before = [dict(h) for h in hook.feedback.history]
+    assert before and not hook.done  # measured once, goal moved on
+    ckpt = torch.load(str(tmp_path / 'iter_24.pth'), map_location='cpu')
+    saved = ckpt['meta']['mmifso_pruning_hook']['feedback']
+    assert saved['history'] == before and saved['goal'] < 0.65
+
+    steps = hook._steps
+    resumed = Runner.from_cfg(cfg_for(48, True))
+    resumed.train()
+    hook = [h for h in resumed.hooks
+            if type(h).__name__ == 'PruningHook'][0]
+    assert hook.feedback.history[:len(before)] == before
+    # It went on pruning towards the restored goal (the tiny model's
+    # measured latency barely follows, so it may end at its floor).
+    assert hook._steps > steps
+    log = open(sorted(glob.glob(str(tmp_path / '*' / '*.log')))[-1]).read()
+    assert 'nothing to prune' not in log
