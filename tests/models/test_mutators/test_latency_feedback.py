@@ -4,7 +4,7 @@ assertions: the corrections are checked on stated table errors, and the real
 measurements of the tiny model only for their bookkeeping."""
 import pytest
 
-from helpers import build_algorithm, digits_batch, warnings_logged
+from helpers import build_algorithm, digits_batch
 from mmifso.apis import prune_to_target
 from mmifso.models.mutators.latency import LatencyFeedback
 
@@ -103,15 +103,3 @@ def test_prune_to_target_feedback_bad_input(synthetic_path):
                         selection=dict(latency_table=synthetic_path))
     assert all(u.num_alive == u.num_channels for u in algo.mutator.units)
 
-
-def test_unreached_feedback_warns(synthetic_path):
-    algo = build_algorithm(input_shape=(1, 3, 16, 16))
-    with warnings_logged() as out:
-        res = prune_to_target(
-            algo.architecture, algo.mutator, 'mmifso.MagnitudeImportance',
-            [digits_batch(4, size=16)], target_latency=0.02,
-            step_fraction=0.2,
-            selection=dict(latency_table=synthetic_path, max_prune_ratio=0.5),
-            latency_feedback=dict(max_measurements=2))
-    assert res['reached'] is False
-    assert any('cannot be reached' in m for m in out)

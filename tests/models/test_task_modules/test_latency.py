@@ -172,8 +172,9 @@ def test_both_targets_and_missing_table():
                         target_latency=0.5)
 
 
-def test_unreachable_latency_target_stops_at_best_point(synthetic_path,
-                                                       ):
+@pytest.mark.parametrize('feedback', [None, dict(max_measurements=2)])
+def test_unreachable_latency_target_stops_at_best_point(
+        synthetic_path, feedback):
     algo = build_algorithm(input_shape=(1, 3, 16, 16))
     with warnings_logged() as out:
         res = prune_to_target(
@@ -181,9 +182,12 @@ def test_unreachable_latency_target_stops_at_best_point(synthetic_path,
             [digits_batch(4, size=16)], target_latency=0.01,
             step_fraction=0.2,
             selection=dict(latency_table=synthetic_path,
-                           max_prune_ratio=0.5))
+                           max_prune_ratio=0.5),
+            latency_feedback=feedback)
     assert res['reached'] is False and res['latency_ratio'] > 0.01
     assert any('cannot be reached' in m for m in out)
+    if feedback:  # measured once, at the floor
+        assert len(res['latency_feedback']) == 1
     for u in algo.mutator.units:  # at the floor of max_prune_ratio
         assert u.num_alive == -(-u.num_channels // 2)
 
