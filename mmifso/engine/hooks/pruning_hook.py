@@ -169,7 +169,8 @@ class PruningHook(Hook):
     measured, and goes on to a predicted goal corrected by each measurement
     (:class:`~mmifso.models.mutators.latency.LatencyFeedback`; a dict holds
     its ``tol``, ``approach``, ``max_measurements``); ``latency_{xx}.pth``
-    of the target is saved when the measured ratio is within ``tol``. Train
+    of the target is saved when the measured ratio is at most the target
+    (each correction aims ``tol / 2`` below it). Train
     on the device you deploy to, or leave it off.
 
     A pruning step whose scores contain NaN or Inf (a diverging loss, a

@@ -15,16 +15,17 @@ from mmifso.models.mutators.latency import LatencyFeedback
 
 @pytest.mark.parametrize('factor', [0.9, 1.15, 1.0])
 def test_feedback_reaches_the_measured_target(factor):
-    fb = LatencyFeedback(0.5, tol=0.03, approach=0.3)
+    fb = LatencyFeedback(0.5, tol=0.04, approach=0.3)
     assert fb.goal == pytest.approx(0.65)  # short of the target first
     while not fb.done:
         fb.update(fb.goal, factor * fb.goal)
     assert fb.reached
-    assert fb.history[-1]['measured'] == pytest.approx(0.5, rel=0.03)
-    # A constant factor is corrected after one measurement.
+    # A constant factor is corrected after one measurement, to the middle
+    # of the accepted band [0.48, 0.5].
+    assert fb.history[-1]['measured'] == pytest.approx(0.49)
     assert len(fb.history) == 2
     goals = [h['goal'] for h in fb.history]
-    assert goals[1] == pytest.approx(0.5 / factor)
+    assert goals[1] == pytest.approx(0.49 / factor)
 
 
 def test_feedback_approaches_from_above_when_the_factor_drifts():
@@ -33,12 +34,12 @@ def test_feedback_approaches_from_above_when_the_factor_drifts():
     def measured(p):
         return p * (0.9 + 0.6 * (0.65 - p))
 
-    fb = LatencyFeedback(0.5, tol=0.03, max_measurements=8)
+    fb = LatencyFeedback(0.5, tol=0.05, max_measurements=8)
     while not fb.done:
         fb.update(fb.goal, measured(fb.goal))
     goals = [h['goal'] for h in fb.history]
     assert goals == sorted(goals, reverse=True)
-    assert fb.reached and fb.history[-1]['measured'] <= 0.5 * 1.03
+    assert fb.reached and 0.475 <= fb.history[-1]['measured'] <= 0.5
     assert 'reached' in fb.summary()
 
 
@@ -88,7 +89,7 @@ def test_prune_to_target_with_measured_feedback(synthetic_path):
     goals = [h['goal'] for h in hist]
     assert goals == sorted(goals, reverse=True)
     assert res['measured_latency_ratio'] == hist[-1]['measured']
-    assert res['reached'] == (hist[-1]['measured'] <= 0.6 * 1.05)
+    assert res['reached'] == (hist[-1]['measured'] <= 0.6)
     assert res['latency_ratio'] == pytest.approx(hist[-1]['predicted'])
 
 
