@@ -20,12 +20,14 @@ def test_feedback_reaches_the_measured_target(factor):
     while not fb.done:
         fb.update(fb.goal, factor * fb.goal)
     assert fb.reached
-    # A constant factor is corrected after one measurement, to the middle
-    # of the accepted band [0.48, 0.5].
+    # Halfway after the first measurement (far from the target), then the
+    # constant factor carries the goal to the middle of the accepted band
+    # [0.48, 0.5].
     assert fb.history[-1]['measured'] == pytest.approx(0.49)
-    assert len(fb.history) == 2
+    assert len(fb.history) == 3
     goals = [h['goal'] for h in fb.history]
-    assert goals[1] == pytest.approx(0.49 / factor)
+    assert goals[1] == pytest.approx((0.65 + 0.49 / factor) / 2)
+    assert goals[2] == pytest.approx(0.49 / factor)
 
 
 def test_feedback_approaches_from_above_when_the_factor_drifts():
@@ -40,6 +42,10 @@ def test_feedback_approaches_from_above_when_the_factor_drifts():
     goals = [h['goal'] for h in fb.history]
     assert goals == sorted(goals, reverse=True)
     assert fb.reached and 0.475 <= fb.history[-1]['measured'] <= 0.5
+    # The factor is linear in the predicted ratio here, so the secant
+    # through two measurements finds the goal exactly.
+    assert len(fb.history) == 3
+    assert fb.history[-1]['measured'] == pytest.approx(0.4875)
     assert 'reached' in fb.summary()
 
 
