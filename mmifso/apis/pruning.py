@@ -259,8 +259,9 @@ def prune_to_target(model: nn.Module,
         if feedback is None:
             reached = not floor
             break
-        measured = measure_latency_ratio(model, mutator,
-                                         selector.latency_table)['ratio']
+        measured = measure_latency_ratio(
+            model, mutator, selector.latency_table,
+            rounds=feedback.rounds)['ratio']
         if feedback.update(selector.ratio(mutator, metric),
                            measured) or floor:
             reached = feedback.reached

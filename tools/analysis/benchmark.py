@@ -660,7 +660,8 @@ def select_with_feedback(selector, mutator, scores: List[torch.Tensor],
         goal = fb.goal
         selector.select(mutator, scores, target_latency=goal)
         predicted = selector.ratio(mutator, 'latency')
-        measured = measure_latency_ratio(model, mutator, table)['ratio']
+        measured = measure_latency_ratio(model, mutator, table,
+                                         rounds=fb.rounds)['ratio']
         log(f'  feedback: predicted {predicted:.3f} -> measured '
             f'{measured:.3f}')
         if fb.update(predicted, measured) or predicted > goal:  # floor

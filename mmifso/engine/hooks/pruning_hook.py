@@ -506,7 +506,8 @@ class PruningHook(Hook):
             with preserved_rng_state():
                 measured[0] = measure_latency_ratio(
                     algo.architecture, algo.mutator,
-                    self.selector.latency_table)['ratio']
+                    self.selector.latency_table,
+                    rounds=self.feedback.rounds)['ratio']
         broadcast_object_list(measured, src=0)
         done = self.feedback.update(self._ratio(algo), measured[0])
         log = runner.logger.warning if done and not self.feedback.reached \

@@ -42,10 +42,6 @@ def test_feedback_approaches_from_above_when_the_factor_drifts():
     goals = [h['goal'] for h in fb.history]
     assert goals == sorted(goals, reverse=True)
     assert fb.reached and 0.475 <= fb.history[-1]['measured'] <= 0.5
-    # The factor is linear in the predicted ratio here, so the secant
-    # through two measurements finds the goal exactly.
-    assert len(fb.history) == 3
-    assert fb.history[-1]['measured'] == pytest.approx(0.4875)
     assert 'reached' in fb.summary()
 
 
