@@ -283,21 +283,18 @@ class LatencyFeedback:
     is corrected by measurements of the exported structure.
 
     The target is an upper bound, as a FLOPs target is: it is met when the
-    measured ratio is at most ``target``. The table's per-layer sums miss a
-    pruned model's latency by up to 8-12 % on realistic shapes
-    (docs/benchmarks.md), in either direction, the factor between the two
-    changes as pruning goes deeper, and pruning cannot be undone. So the
-    first goal stops short of the target (``target + approach x (1 -
-    target)``); after a measurement at predicted ratio ``p`` measuring
-    ``m > target``, the next goal heads for ``p x aim / m`` (halfway where
-    that is far; the measured/predicted factor of the structure just
-    measured, carried to
+    measured ratio is at most ``target``. The table's per-layer sums missed
+    pruned ResNet-50s by -8 to +19 % (docs/benchmarks.md), the factor
+    between the two changes as pruning goes deeper, and pruning cannot be
+    undone. So the first goal stops short of the target (``target +
+    approach x (1 - target)``). After a measurement at predicted ratio ``p``
+    measuring ``m > target``, the next goal heads for ``p x aim / m``: the
+    measured/predicted factor of the structure just measured, carried to
     ``aim = target x (1 - tol / 2)``, the middle of the accepted band
-    ``[target x (1 - tol), target]``, so that measurement noise under
-    ``tol / 2`` needs no further round; see :meth:`_corrected_goal`).
-    This goes on until ``m <= target`` or ``max_measurements`` are spent;
-    each measurement takes ``rounds`` interleaved samples. Pruning in the hooks and the API goes
-    to :attr:`goal` instead of the target.
+    ``[target x (1 - tol), target]`` (see :meth:`_corrected_goal`). This
+    goes on until ``m <= target`` or ``max_measurements`` are spent; each
+    measurement takes ``rounds`` interleaved samples. Pruning in the hooks
+    and the API goes to :attr:`goal` instead of the target.
 
     Args:
         target (float): Measured latency ratio to reach, in (0, 1).
@@ -319,10 +316,12 @@ class LatencyFeedback:
                     value, (int, float)) or not lo < value < hi:
                 raise ValueError(f'LatencyFeedback: {name} must be in '
                                  f'({max(lo, 0)}, {hi}), got {value!r}')
-        if isinstance(max_measurements, bool) or not isinstance(
-                max_measurements, int) or max_measurements < 1:
-            raise ValueError('LatencyFeedback: max_measurements must be an '
-                             f'integer >= 1, got {max_measurements!r}')
+        for name, value in (('max_measurements', max_measurements),
+                            ('rounds', rounds)):
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    value < 1:
+                raise ValueError(f'LatencyFeedback: {name} must be an '
+                                 f'integer >= 1, got {value!r}')
         self.target = float(target)
         self.tol = float(tol)
         self.rounds = int(rounds)
@@ -331,7 +330,7 @@ class LatencyFeedback:
         self.goal = self.target + approach * (1 - self.target)
         #: ``dict(predicted, measured, goal)`` per measurement.
         self.history: List[Dict[str, float]] = []
-        #: The measured ratio is within the tolerance (or below the target).
+        #: The last measured ratio is at most the target.
         self.reached = False
 
     @property
@@ -394,8 +393,8 @@ class LatencyFeedback:
             f'not reached after {len(self.history)} measurements')
         if self.reached and last < self.target * (1 - self.tol):
             # Pruning cannot be undone: the last step went past the goal.
-            state += (f', {1 - last / self.target:.0%} below it (the last '
-                      'pruning step was coarse: fewer channels per step '
-                      'approach it closer)')
+            state += (f', {1 - last / self.target:.0%} below it (a coarse '
+                      'last pruning step or a noisy measurement; fewer '
+                      'channels per step approach it closer)')
         return (f'measured latency ratio {last:.4f} for target '
                 f'{self.target} (band {self.tol:.0%}): {state} ({steps})')

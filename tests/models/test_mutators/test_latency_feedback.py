@@ -66,6 +66,7 @@ def test_feedback_already_below_the_target():
     (dict(target=0.5, tol=0), 'tol'),
     (dict(target=0.5, approach=1), 'approach'),
     (dict(target=0.5, max_measurements=0), 'max_measurements'),
+    (dict(target=0.5, rounds=0), 'rounds'),
 ])
 def test_feedback_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
