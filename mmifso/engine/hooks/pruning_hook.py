@@ -170,8 +170,8 @@ class PruningHook(Hook):
     (:class:`~mmifso.models.mutators.latency.LatencyFeedback`; a dict holds
     its ``tol``, ``approach``, ``max_measurements``); ``latency_{xx}.pth``
     of the target is saved when the measured ratio is at most the target
-    (each correction aims ``tol / 2`` below it). Train
-    on the device you deploy to, or leave it off.
+    (each correction aims ``tol / 2`` below it). Train on the device you
+    deploy to, or leave it off.
 
     A pruning step whose scores contain NaN or Inf (a diverging loss, a
     criterion failing numerically) is skipped with a warning: nothing is
@@ -488,9 +488,17 @@ class PruningHook(Hook):
         self.done = True
         self._save_crossed_thresholds(runner, algo,
                                       force=self.feedback is not None)
-        runner.logger.info(
-            f'[mmifso] reached target {self.metric} {self.target} after '
-            f'{self._steps} steps ({self._pruned_total} channels)')
+        if self.feedback is None or self.feedback.reached:
+            runner.logger.info(
+                f'[mmifso] reached target {self.metric} {self.target} after '
+                f'{self._steps} steps ({self._pruned_total} channels)')
+        else:  # measurements spent: the warning above gave the figures
+            runner.logger.warning(
+                f'[mmifso] stopped pruning above target {self.metric} '
+                f'{self.target} after {self._steps} steps '
+                f'({self._pruned_total} channels): latency_feedback used its '
+                f'{self.feedback.max_measurements} measurements; raise '
+                'max_measurements or lower target_latency')
         if self.stop_at_target:
             runner.train_loop.stop_training = True
 
