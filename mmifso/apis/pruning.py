@@ -239,7 +239,8 @@ def prune_to_target(model: nn.Module,
         raise ValueError(
             'target_latency needs selection=dict(latency_table=PATH); build '
             'the table with tools/analysis/latency_table.py')
-    feedback = _latency_feedback(latency_feedback, metric, target)
+    feedback = LatencyFeedback.from_option(latency_feedback, metric, target,
+                                           'prune_to_target')
     ctx = ScoringContext(model, mutator)
     if optimizer is not None:
         imp.bind_optimizer(optimizer, ctx)
@@ -262,8 +263,7 @@ def prune_to_target(model: nn.Module,
         measured = measure_latency_ratio(
             model, mutator, selector.latency_table,
             rounds=feedback.rounds)['ratio']
-        if feedback.update(selector.ratio(mutator, metric),
-                           measured) or floor:
+        if feedback.update(selector.ratio(mutator, metric), measured) or floor:
             reached = feedback.reached
             break
         goal = feedback.goal
@@ -277,23 +277,6 @@ def prune_to_target(model: nn.Module,
         out.update(measured_latency_ratio=feedback.history[-1]['measured'],
                    latency_feedback=feedback.history)
     return out
-
-
-def _latency_feedback(option: Union[bool, Dict, None], metric: str,
-                      target: float) -> Optional[LatencyFeedback]:
-    """The :class:`LatencyFeedback` of :func:`prune_to_target`'s
-    ``latency_feedback`` option (None: off)."""
-    if option is None or option is False:
-        return None
-    if metric != 'latency':
-        raise ValueError('latency_feedback corrects a target_latency with '
-                         'measurements; it needs target_latency, not '
-                         'target_flops')
-    if option is not True and not isinstance(option, dict):
-        raise TypeError('latency_feedback must be True or a dict of '
-                        'LatencyFeedback options (tol, approach, '
-                        f'max_measurements), got {option!r}')
-    return LatencyFeedback(target, **({} if option is True else option))
 
 
 def export_model(model: nn.Module,

@@ -289,7 +289,8 @@ class PruningHook(Hook):
                 'dict(latency_table=PATH) (its input shape, backend and '
                 'threads are measured)')
         self.measure_latency = measure_latency
-        self.feedback = self._build_feedback(latency_feedback)
+        self.feedback = LatencyFeedback.from_option(
+            latency_feedback, self.metric, self.target, type(self).__name__)
         self._seed_base = 0
         self.crossed: List[float] = []
         self.done = False
@@ -298,24 +299,6 @@ class PruningHook(Hook):
         self._steps = 0
         self._pruned_total = 0
         self._skipped_nonfinite = 0
-
-    def _build_feedback(self, option: Union[bool, dict, None]
-                        ) -> Optional[LatencyFeedback]:
-        """The :class:`LatencyFeedback` of ``latency_feedback`` (None: off)."""
-        if option is None or option is False:
-            return None
-        if self.metric != 'latency':
-            raise ValueError(
-                f'{type(self).__name__}: latency_feedback corrects a '
-                'target_latency with measurements; set target_latency (and '
-                'cost=\'latency\'), not target_flops')
-        if option is not True and not isinstance(option, dict):
-            raise TypeError(
-                f'{type(self).__name__}: latency_feedback must be True or a '
-                'dict of LatencyFeedback options (tol, approach, '
-                f'max_measurements), got {option!r}')
-        return LatencyFeedback(self.target,
-                               **({} if option is True else option))
 
     # ------------------------------------------------------------------ #
     @staticmethod

@@ -333,6 +333,30 @@ class LatencyFeedback:
         #: The last measured ratio is at most the target.
         self.reached = False
 
+    @classmethod
+    def from_option(cls, option, metric: str, target: float,
+                    owner: str) -> Optional['LatencyFeedback']:
+        """The feedback of a ``latency_feedback`` option (None: off) of
+        ``owner`` (named in the errors), for a ``metric`` target.
+
+        Raises:
+            ValueError: the target is not a latency target.
+            TypeError: ``option`` is neither a bool nor a dict of options.
+        """
+        if option is None or option is False:
+            return None
+        if metric != 'latency':
+            raise ValueError(
+                f'{owner}: latency_feedback corrects a target_latency with '
+                'measurements; it needs target_latency (set target_latency '
+                "and cost='latency'), not target_flops")
+        if option is not True and not isinstance(option, dict):
+            raise TypeError(
+                f'{owner}: latency_feedback must be True or a dict of '
+                'LatencyFeedback options (tol, approach, max_measurements, '
+                f'rounds), got {option!r}')
+        return cls(target, **({} if option is True else option))
+
     @property
     def done(self) -> bool:
         """Reached, or out of measurements."""
