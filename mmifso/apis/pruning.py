@@ -245,8 +245,9 @@ def prune_to_target(model: nn.Module,
     if optimizer is not None:
         imp.bind_optimizer(optimizer, ctx)
     steps = 0
-    goal = target if feedback is None else feedback.goal
-    while True:
+
+    def prune_to(goal: float) -> Tuple[float, bool]:
+        nonlocal steps
         floor = False
         while not floor and selector.ratio(mutator, metric) > goal:
             scores = imp.score(ctx, data_batches, seed)
@@ -257,16 +258,15 @@ def prune_to_target(model: nn.Module,
             steps += 1
             floor = not _step_pruned(step, imp, mutator, selector, metric,
                                      target)
-        if feedback is None:
-            reached = not floor
-            break
-        measured = measure_latency_ratio(
+        return selector.ratio(mutator, metric), floor
+
+    if feedback is None:
+        reached = not prune_to(target)[1]
+    else:
+        feedback.run(prune_to, lambda: measure_latency_ratio(
             model, mutator, selector.latency_table,
-            rounds=feedback.rounds)['ratio']
-        if feedback.update(selector.ratio(mutator, metric), measured) or floor:
-            reached = feedback.reached
-            break
-        goal = feedback.goal
+            rounds=feedback.rounds)['ratio'])
+        reached = feedback.reached
     out = dict(mutator.resources(), steps=steps, reached=reached)
     if selector.latency_table is not None:
         out.update(latency_ratio=selector.ratio(mutator, 'latency'),

@@ -656,16 +656,21 @@ def select_with_feedback(selector, mutator, scores: List[torch.Tensor],
     from mmifso.models.mutators.latency import (LatencyFeedback,
                                                 measure_latency_ratio)
     fb = LatencyFeedback(target)
-    while True:
-        goal = fb.goal
+
+    def prune_to(goal: float) -> Tuple[float, bool]:
         selector.select(mutator, scores, target_latency=goal)
         predicted = selector.ratio(mutator, 'latency')
+        return predicted, predicted > goal  # above the goal: the floor
+
+    def measure() -> float:
         measured = measure_latency_ratio(model, mutator, table,
                                          rounds=fb.rounds)['ratio']
-        log(f'  feedback: predicted {predicted:.3f} -> measured '
-            f'{measured:.3f}')
-        if fb.update(predicted, measured) or predicted > goal:  # floor
-            return fb.history
+        log(f'  feedback: predicted {selector.ratio(mutator, "latency"):.3f}'
+            f' -> measured {measured:.3f}')
+        return measured
+
+    fb.run(prune_to, measure)
+    return fb.history
 
 
 def speed_info(selector, mutator, table, select_s: float,

@@ -2,7 +2,7 @@
 :class:`~mmifso.models.task_modules.latency.LatencyTable`, measurement of
 the physically pruned model, and the table's accuracy check."""
 import random
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -374,6 +374,26 @@ class LatencyFeedback:
             # each round must prune something.
             self.goal = min(self._corrected_goal(), predicted * (1 - 1e-3))
         return self.done
+
+    def run(self, prune_to: Callable[[float], Tuple[float, bool]],
+            measure: Callable[[], float]) -> None:
+        """Prune to each goal and measure, until :attr:`done` or the
+        selection cannot go lower: the loop of a pruning that owns it (the
+        API, the benchmark; the hook spreads the same :meth:`update` calls
+        over training iterations).
+
+        Args:
+            prune_to (Callable): ``prune_to(goal)`` prunes towards the
+                predicted ratio ``goal`` and returns the predicted ratio it
+                reached and whether every unit is at its floor (nothing
+                more can be pruned).
+            measure (Callable): Measured latency ratio of the current
+                structure (e.g. :func:`measure_latency_ratio`).
+        """
+        while True:
+            predicted, floor = prune_to(self.goal)
+            if self.update(predicted, measure()) or floor:
+                return
 
     def _corrected_goal(self) -> float:
         """The predicted ratio whose measured ratio should be ``aim``, from

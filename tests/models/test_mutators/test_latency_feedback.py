@@ -61,6 +61,28 @@ def test_feedback_already_below_the_target():
     assert '10% below it' in fb.summary()
 
 
+def test_feedback_run_prunes_to_each_goal_until_reached():
+    # The selection stops at each goal it is given, and the structure
+    # measures 0.9 x its predicted ratio: run() is the loop of update().
+    pruned_to, fb = [], LatencyFeedback(0.5, tol=0.04)
+
+    def prune_to(goal):
+        pruned_to.append(goal)
+        return goal, False
+
+    fb.run(prune_to, lambda: 0.9 * pruned_to[-1])
+    assert fb.reached and len(fb.history) == 3
+    assert pruned_to == [h['goal'] for h in fb.history]
+    assert [h['predicted'] for h in fb.history] == pruned_to
+
+
+def test_feedback_run_stops_at_the_floor():
+    # Nothing more can be pruned: one measurement, then stop, not reached.
+    fb = LatencyFeedback(0.5)
+    fb.run(lambda goal: (0.8, True), lambda: 0.8)
+    assert len(fb.history) == 1 and not fb.reached and not fb.done
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(target=1.0), 'target'),
     (dict(target=0.5, tol=0), 'tol'),
