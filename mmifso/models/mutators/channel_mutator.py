@@ -321,6 +321,14 @@ class ChannelMutator(BaseModule):
             name: self._params_per_channel(model.get_submodule(name))
             for name in self._sites['param']
         }
+        # Bare per-channel parameters (one entry per channel): not gated,
+        # but their removed entries count in the params estimate.
+        for spec, unit in zip(self.analysis.units, self.units):
+            for site in spec.bare_params:
+                self._sites['bare'][site.module].append(
+                    (unit, torch.tensor(site.idxs, dtype=torch.long),
+                     torch.tensor(site.root_idxs, dtype=torch.long)))
+                self._per_channel_params[site.module] = 1
         print_log(
             f'[mmifso] {len(self.units)} prunable units, '
             f'{sum(u.num_channels for u in self.units)} channels; '
@@ -332,7 +340,8 @@ class ChannelMutator(BaseModule):
         sites: Dict[str, Dict[str, List]] = {
             'in': defaultdict(list),
             'out': defaultdict(list),
-            'param': defaultdict(list)
+            'param': defaultdict(list),
+            'bare': defaultdict(list)
         }
         for unit in self.units:
             for site in unit.sites:
@@ -440,11 +449,12 @@ class ChannelMutator(BaseModule):
         res = count_resources(self.layer_records, alive_in, alive_out)
         full = count_resources(self.layer_records)
         removed_params = full['layer_params'] - res['layer_params']
-        alive_param = self._alive('param', exclude)
-        for name, n_alive in alive_param.items():
-            parts = self._sites['param'][name]
-            n = max(int(i.max()) + 1 for _, i, _ in parts)
-            removed_params += (n - n_alive) * self._per_channel_params[name]
+        for role in ('param', 'bare'):
+            for name, n_alive in self._alive(role, exclude).items():
+                parts = self._sites[role][name]
+                n = max(int(i.max()) + 1 for _, i, _ in parts)
+                removed_params += (n - n_alive) * \
+                    self._per_channel_params[name]
         params = self._model_param_count - removed_params
         return dict(
             flops=res['flops'],

@@ -35,11 +35,17 @@ class UnitSpec:
             together (a partition of ``range(num_channels)``), from GroupNorm
             groups and grouped convolutions; ``None`` when every channel can
             be removed on its own.
+        bare_params (list[ChannelSite]): Unwrapped per-channel parameters
+            the channels scale (ConvNeXt's layer scale ``gamma``), role
+            ``'param'`` and ``module`` the parameter's name. They need no
+            gate (the masked forward scales dead channels by zero anyway)
+            and the export slices them; only the params count reads them.
     """
     name: str
     num_channels: int
     sites: List[ChannelSite] = field(default_factory=list)
     blocks: Optional[List[List[int]]] = None
+    bare_params: List[ChannelSite] = field(default_factory=list)
 
     def modules(self, role: Optional[str] = None) -> List[str]:
         return [s.module for s in self.sites if role in (None, s.role)]

@@ -16,7 +16,8 @@ from mmpretrain.models.utils import LayerNorm2d
 
 from helpers import prepared_mutator, randomise_norms
 from mmifso.models.mutators import NormGate, export_pruned_model
-from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
+from mmifso.models.task_modules import (ChannelAnalyzer, DemoInput,
+                                        count_params)
 
 
 class ScaledNorm(nn.LayerNorm):
@@ -105,6 +106,8 @@ def test_layer_norm_trunk_is_prunable_and_masked_equals_exported():
         pruned.eval()
         alive = 8 - len(drop)
         assert pruned.gamma.shape == (alive, )
+        # The params estimate counts the layer scale's removed entries too.
+        assert count_params(pruned) == mutator.resources()['params']
         for norm in (pruned.stem_norm, pruned.norm, pruned.last_norm):
             assert norm.normalized_shape == (alive, )
             assert norm.weight.shape == (alive, )
