@@ -435,8 +435,6 @@ def _converge_lbfgs(objective: RegularisedObjective, tol: float,
                    evaluations + evals, start)
 
 
-
-
 def _num_samples(data: dict) -> int:
     inputs = data['inputs']
     return inputs.shape[0] if isinstance(inputs, torch.Tensor) \

@@ -257,7 +257,6 @@ def split_batch(data: Dict, chunks: int) -> List[Dict]:
             for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-
 def channel_slices(ctx: ScoringContext) -> ChannelSlices:
     """The :class:`ChannelSlices` of ``ctx`` (built once per context)."""
     cached = getattr(ctx, '_mmifso_slices', None)

@@ -57,9 +57,6 @@ def demo():
     return DemoInput((1, 3, 8, 8))
 
 
-
-
-
 @pytest.mark.parametrize('cut', ['slice', 'chunk'])
 @pytest.mark.parametrize('swap', [False, True])
 def test_halves_are_tied_and_masked_equals_exported(cut, swap):

@@ -67,7 +67,6 @@ class Trunk(BaseModel):
         return self.head(x.permute(0, 3, 1, 2))
 
 
-
 def randomise(model, seed):
     """Random norms (:func:`randomise_norms`) and layer scale."""
     randomise_norms(model, seed)

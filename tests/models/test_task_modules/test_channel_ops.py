@@ -79,8 +79,6 @@ def demo():
     return DemoInput((1, 3, 8, 8))
 
 
-
-
 @pytest.mark.parametrize('cut', ['attr', 'list', 'chunk', 'computed'])
 @pytest.mark.parametrize('stage', [False, True])
 def test_equal_pieces_are_tied_and_masked_equals_exported(cut, stage):

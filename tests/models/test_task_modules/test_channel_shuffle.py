@@ -61,8 +61,6 @@ def demo():
     return DemoInput((1, 3, 8, 8))
 
 
-
-
 def test_shuffle_maps_the_permutation_and_ties_the_pieces():
     result = ChannelAnalyzer(demo()).analyse(ShuffleStage())
     # a, b and c are one unit (rooted at a or b, as DepGraph meets them).

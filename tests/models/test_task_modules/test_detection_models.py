@@ -73,7 +73,6 @@ def build(arch, demo, **mutator):
                 type='mmifso.ChannelMutator', demo_input=demo, **mutator)))
 
 
-
 def prune_blocks(mutator, fraction=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     for unit in mutator.units:
