@@ -150,8 +150,6 @@ class ChannelAnalyzer:
             AnalysisResult: Prunable units and the skipped groups with reasons.
         """
         names = {m: n for n, m in model.named_modules()}
-        # Tensors hash by identity: the names of bare per-channel params.
-        self._param_names = {p: n for n, p in model.named_parameters()}
         call_counts: Dict[str, int] = {}
         # grad_fns of every conv/linear output: a layer whose output *is* a
         # model output has no OUTPUT node of its own in DepGraph.
@@ -318,9 +316,11 @@ class ChannelAnalyzer:
                 # Pseudo-ops of DepGraph (add, concat, reshape, ...).
                 reasons.append(self._pseudo_op_reason(target, group, ties))
                 if isinstance(target.module, nn.Parameter):
+                    name = next((n for n, p in model.named_parameters()
+                                 if p is target.module), '<unregistered>')
                     spec.bare_params.append(ChannelSite(
-                        self._param_names[target.module], 'param',
-                        list(item.idxs), list(item.root_idxs)))
+                        name, 'param', list(item.idxs),
+                        list(item.root_idxs)))
             else:
                 site, reason = self._site(graph, item, names[target.module],
                                           root_name, num_channels, ties)
