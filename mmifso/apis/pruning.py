@@ -10,6 +10,7 @@ Example:
     >>> pruned, structure = export_model(model, mutator)
 """
 import logging
+from operator import itemgetter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -263,9 +264,9 @@ def prune_to_target(model: nn.Module,
     if feedback is None:
         reached = not prune_to(target)[1]
     else:
-        feedback.run(prune_to, lambda: measure_latency_ratio(
-            model, mutator, selector.latency_table,
-            rounds=feedback.rounds)['ratio'])
+        feedback.run(prune_to, lambda: itemgetter('ratio', 'ratio_se')(
+            measure_latency_ratio(model, mutator, selector.latency_table,
+                                  rounds=feedback.rounds)))
         reached = feedback.reached
     out = dict(mutator.resources(), steps=steps, reached=reached)
     if selector.latency_table is not None:

@@ -662,12 +662,11 @@ def select_with_feedback(selector, mutator, scores: List[torch.Tensor],
         predicted = selector.ratio(mutator, 'latency')
         return predicted, predicted > goal  # above the goal: the floor
 
-    def measure() -> float:
-        measured = measure_latency_ratio(model, mutator, table,
-                                         rounds=fb.rounds)['ratio']
+    def measure() -> Tuple[float, float]:
+        res = measure_latency_ratio(model, mutator, table, rounds=fb.rounds)
         log(f'  feedback: predicted {selector.ratio(mutator, "latency"):.3f}'
-            f' -> measured {measured:.3f}')
-        return measured
+            f' -> measured {res["ratio"]:.3f} (se {res["ratio_se"]:.3f})')
+        return res['ratio'], res['ratio_se']
 
     fb.run(prune_to, measure)
     return fb.history

@@ -498,15 +498,17 @@ class PruningHook(Hook):
                 measured[0] = measure_latency_ratio(
                     algo.architecture, algo.mutator,
                     self.selector.latency_table,
-                    rounds=self.feedback.rounds)['ratio']
+                    rounds=self.feedback.rounds)
         broadcast_object_list(measured, src=0)
-        done = self.feedback.update(self._ratio(algo), measured[0])
+        ratio, se = measured[0]['ratio'], measured[0]['ratio_se']
+        done = self.feedback.update(self._ratio(algo), ratio, se)
         log = runner.logger.warning if done and not self.feedback.reached \
             else runner.logger.info
         log(f'[mmifso] latency feedback: predicted ratio '
-            f'{self._ratio(algo):.4f}, measured {measured[0]:.4f} (target '
-            f'{self.target}); ' + (self.feedback.summary() if done else
-                                   f'next goal {self.feedback.goal:.4f}'))
+            f'{self._ratio(algo):.4f}, measured {ratio:.4f} +- {se:.4f} '
+            f'(target {self.target}); ' + (
+                self.feedback.summary() if done else
+                f'next goal {self.feedback.goal:.4f}'))
         return done
 
     def _step_done(self, runner, step: PruneStepResult) -> bool:

@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..task_modules.latency import (LatencyTable, TensorModeWrapper,
                                     acts_ratio, build_latency_table,
                                     latency_key, runner_for, set_uniform,
-                                    time_interleaved)
+                                    interleaved_samples)
 from .channel_mutator import ChannelMutator
 from .export import export_pruned_model
 
@@ -125,6 +125,21 @@ def measure_structures_ms(model: nn.Module, mutator: ChannelMutator,
     Returns:
         dict: ``{label: median ms}``.
     """
+    samples = structure_samples_ms(model, mutator, structures, input_shape,
+                                   backend, threads, device, rounds, warmup,
+                                   seed)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def structure_samples_ms(model: nn.Module, mutator: ChannelMutator,
+                         structures: Dict[str, Optional[List]],
+                         input_shape: Sequence[int], backend: str = 'torch',
+                         threads: Optional[int] = None, device: str = 'cpu',
+                         rounds: int = 15, warmup: int = 3,
+                         seed: int = 0) -> Dict[str, List[float]]:
+    """The samples behind :func:`measure_structures_ms` (same arguments):
+    ``{label: [ms per batch in round 0, 1, ...]}``, one sample of every
+    structure per round, taken back to back."""
     fns = {
         label: _with_masks(
             mutator, masks, lambda: structure_runner(
@@ -132,8 +147,8 @@ def measure_structures_ms(model: nn.Module, mutator: ChannelMutator,
         for label, masks in structures.items()
     }
     sync = torch.cuda.synchronize if str(device).startswith('cuda') else None
-    med = time_interleaved(fns, rounds, warmup, 5e-3, seed, sync)
-    return {k: v * 1e3 for k, v in med.items()}
+    samples = interleaved_samples(fns, rounds, warmup, 5e-3, seed, sync)
+    return {k: [t * 1e3 for t in v] for k, v in samples.items()}
 
 
 def build_model_latency_table(model: nn.Module,
@@ -260,21 +275,31 @@ def measure_latency_ratio(model: nn.Module, mutator: ChannelMutator,
     afterwards.
 
     Returns:
-        dict: ``pruned_ms``, ``unpruned_ms`` and their ``ratio``.
+        dict: ``pruned_ms``, ``unpruned_ms`` (medians), their ``ratio`` and
+        ``ratio_se``, the standard error of the ratio from the spread of
+        the per-round ratios (each round times both back to back):
+        ``1.253 x 1.4826 x MAD / sqrt(rounds)``, the normal-theory error of
+        a median with the MAD as a robust standard deviation.
     """
     key = table.key
     full = [torch.ones_like(u.mask) for u in mutator.units]
     threads = torch.get_num_threads()
     torch.set_num_threads(int(key['threads']))
     try:
-        ms = measure_structures_ms(model, mutator,
-                                   dict(unpruned=full, pruned=None),
-                                   key['input_shape'], key['backend'],
-                                   key['threads'], device, rounds)
+        samples = structure_samples_ms(model, mutator,
+                                       dict(unpruned=full, pruned=None),
+                                       key['input_shape'], key['backend'],
+                                       key['threads'], device, rounds)
     finally:
         torch.set_num_threads(threads)
-    return dict(pruned_ms=ms['pruned'], unpruned_ms=ms['unpruned'],
-                ratio=ms['pruned'] / ms['unpruned'])
+    pruned, unpruned = (np.asarray(samples[k]) for k in ('pruned',
+                                                         'unpruned'))
+    per_round = pruned / unpruned
+    mad = float(np.median(np.abs(per_round - np.median(per_round))))
+    return dict(pruned_ms=float(np.median(pruned)),
+                unpruned_ms=float(np.median(unpruned)),
+                ratio=float(np.median(pruned) / np.median(unpruned)),
+                ratio_se=1.2533 * 1.4826 * mad / np.sqrt(len(per_round)))
 
 
 class LatencyFeedback:
@@ -291,10 +316,15 @@ class LatencyFeedback:
     measuring ``m > target``, the next goal heads for ``p x aim / m``: the
     measured/predicted factor of the structure just measured, carried to
     ``aim = target x (1 - tol / 2)``, the middle of the accepted band
-    ``[target x (1 - tol), target]`` (see :meth:`_corrected_goal`). This
-    goes on until ``m <= target`` or ``max_measurements`` are spent; each
-    measurement takes ``rounds`` interleaved samples. Pruning in the hooks
-    and the API goes to :attr:`goal` instead of the target.
+    ``[target x (1 - tol), target]`` (see :meth:`_corrected_goal`). A
+    measurement within ``agree_z`` standard errors of its prediction does
+    not contradict the table, so the goal heads for ``aim`` itself (the
+    table trusted) until the table has been tried there: correcting a
+    right table by measurement noise sent RetinaNet 8-12 % past the target
+    (docs/benchmarks.md). This goes on until ``m <= target`` or
+    ``max_measurements`` are spent; each measurement takes ``rounds``
+    interleaved samples. Pruning in the hooks and the API goes to
+    :attr:`goal` instead of the target.
 
     Args:
         target (float): Measured latency ratio to reach, in (0, 1).
@@ -304,14 +334,18 @@ class LatencyFeedback:
         max_measurements (int): Measurements before giving up (the last
             goal's structure is kept).
         rounds (int): Interleaved samples per measurement (medians).
+        agree_z (float): Standard errors of a measurement (``se`` of
+            :meth:`update`) within which it agrees with the table; 0
+            corrects by every measurement.
     """
 
     def __init__(self, target: float, tol: float = 0.05,
                  approach: float = 0.3, max_measurements: int = 8,
-                 rounds: int = 20) -> None:
+                 rounds: int = 20, agree_z: float = 2.0) -> None:
         for name, value, lo, hi in (('target', target, 0, 1),
                                     ('tol', tol, 0, 1),
-                                    ('approach', approach, -1e-12, 1)):
+                                    ('approach', approach, -1e-12, 1),
+                                    ('agree_z', agree_z, -1e-12, 1e3)):
             if isinstance(value, bool) or not isinstance(
                     value, (int, float)) or not lo < value < hi:
                 raise ValueError(f'LatencyFeedback: {name} must be in '
@@ -324,6 +358,7 @@ class LatencyFeedback:
                                  f'integer >= 1, got {value!r}')
         self.target = float(target)
         self.tol = float(tol)
+        self.agree_z = float(agree_z)
         self.rounds = int(rounds)
         self.max_measurements = max_measurements
         #: Predicted latency ratio to prune to next.
@@ -354,7 +389,7 @@ class LatencyFeedback:
             raise TypeError(
                 f'{owner}: latency_feedback must be True or a dict of '
                 'LatencyFeedback options (tol, approach, max_measurements, '
-                f'rounds), got {option!r}')
+                f'rounds, agree_z), got {option!r}')
         return cls(target, **({} if option is True else option))
 
     @property
@@ -362,11 +397,14 @@ class LatencyFeedback:
         """Reached, or out of measurements."""
         return self.reached or len(self.history) >= self.max_measurements
 
-    def update(self, predicted: float, measured: float) -> bool:
+    def update(self, predicted: float, measured: float,
+               se: float = 0.0) -> bool:
         """Record a measurement of the structure at predicted ratio
-        ``predicted`` and move the goal; returns :attr:`done`."""
-        self.history.append(
-            dict(predicted=predicted, measured=measured, goal=self.goal))
+        ``predicted`` (measured ratio ``measured`` with standard error
+        ``se``, e.g. ``ratio_se`` of :func:`measure_latency_ratio`) and
+        move the goal; returns :attr:`done`."""
+        self.history.append(dict(predicted=predicted, measured=measured,
+                                 se=float(se), goal=self.goal))
         if measured <= self.target:
             self.reached = True
         else:
@@ -388,16 +426,19 @@ class LatencyFeedback:
                 reached and whether every unit is at its floor (nothing
                 more can be pruned).
             measure (Callable): Measured latency ratio of the current
-                structure (e.g. :func:`measure_latency_ratio`).
+                structure and its standard error (e.g. ``ratio`` and
+                ``ratio_se`` of :func:`measure_latency_ratio`).
         """
         while True:
             predicted, floor = prune_to(self.goal)
-            if self.update(predicted, measure()) or floor:
+            if self.update(predicted, *measure()) or floor:
                 return
 
     def _corrected_goal(self) -> float:
         """The predicted ratio whose measured ratio should be ``aim``, from
-        the factor ``f = m / p`` of the last measurement held constant.
+        the factor ``f = m / p`` of the last measurement held constant
+        (``f = 1`` while the measurements agree with the table, see the
+        class).
 
         After the first measurement (the farthest from the target) only
         halfway there where that is more than ``tol x target`` away: the
@@ -409,8 +450,13 @@ class LatencyFeedback:
         """
         aim = self.target * (1 - self.tol / 2)
         last = self.history[-1]
-        predicted = last['predicted']
-        goal = predicted * aim / last['measured']
+        predicted, measured = last['predicted'], last['measured']
+        agrees = abs(measured - predicted) <= self.agree_z * last.get(
+            'se', 0.0)
+        # Trust the table until it has been tried at the aim: there, a
+        # measurement above the target must move the goal down anyway.
+        goal = aim if agrees and aim < predicted else \
+            predicted * aim / measured
         if len(self.history) == 1 and \
                 predicted - goal > self.tol * self.target:
             return (predicted + goal) / 2

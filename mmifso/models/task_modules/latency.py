@@ -178,7 +178,22 @@ class TensorModeWrapper(nn.Module):
 def time_interleaved(fns: Dict, rounds: int = 7, warmup: int = 2,
                      min_sample_s: float = 2e-3, seed: int = 0,
                      sync: Optional[Callable[[], None]] = None) -> Dict:
-    """Median seconds per call of every function, measured interleaved.
+    """Median seconds per call of every function, measured interleaved
+    (:func:`interleaved_samples`; same arguments).
+
+    Returns:
+        dict: ``{key: median seconds per call}``.
+    """
+    samples = interleaved_samples(fns, rounds, warmup, min_sample_s, seed,
+                                  sync)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def interleaved_samples(fns: Dict, rounds: int = 7, warmup: int = 2,
+                        min_sample_s: float = 2e-3, seed: int = 0,
+                        sync: Optional[Callable[[], None]] = None) -> Dict:
+    """Seconds per call of every function, one sample per round, measured
+    interleaved.
 
     Every function is warmed up, then each round calls every function once
     (one sample: a loop of ``n`` calls, ``n`` chosen so that a sample lasts
@@ -195,7 +210,8 @@ def time_interleaved(fns: Dict, rounds: int = 7, warmup: int = 2,
             ``torch.cuda.synchronize``).
 
     Returns:
-        dict: ``{key: median seconds per call}``.
+        dict: ``{key: [seconds per call of round 0, 1, ...]}``; the
+        samples of one round were taken back to back.
     """
     sync = sync or (lambda: None)
     loops = {}
@@ -221,7 +237,7 @@ def time_interleaved(fns: Dict, rounds: int = 7, warmup: int = 2,
                 fn()
             sync()
             samples[key].append((time.perf_counter() - t0) / n)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    return samples
 
 
 #: Session config entries of every ONNX Runtime session timed here (layers

@@ -70,7 +70,7 @@ def test_feedback_run_prunes_to_each_goal_until_reached():
         pruned_to.append(goal)
         return goal, False
 
-    fb.run(prune_to, lambda: 0.9 * pruned_to[-1])
+    fb.run(prune_to, lambda: (0.9 * pruned_to[-1], 0.0))
     assert fb.reached and len(fb.history) == 3
     assert pruned_to == [h['goal'] for h in fb.history]
     assert [h['predicted'] for h in fb.history] == pruned_to
@@ -79,8 +79,31 @@ def test_feedback_run_prunes_to_each_goal_until_reached():
 def test_feedback_run_stops_at_the_floor():
     # Nothing more can be pruned: one measurement, then stop, not reached.
     fb = LatencyFeedback(0.5)
-    fb.run(lambda goal: (0.8, True), lambda: 0.8)
+    fb.run(lambda goal: (0.8, True), lambda: (0.8, 0.0))
     assert len(fb.history) == 1 and not fb.reached and not fb.done
+
+
+def test_feedback_trusts_a_table_the_measurements_agree_with():
+    # Measured 2.8 % and 3.8 % off the table with a standard error of 2 %:
+    # within agree_z=2 errors, so the goal heads for the aim (halfway
+    # first), not for the noisy factor (RetinaNet, docs/benchmarks.md).
+    fb = LatencyFeedback(0.5, tol=0.05)
+    aim = 0.5 * (1 - 0.025)
+    fb.update(0.65, 0.632, se=0.02)
+    assert fb.goal == pytest.approx((0.65 + aim) / 2)
+    fb.update(fb.goal, fb.goal * 1.038, se=0.02)
+    assert fb.goal == pytest.approx(aim)
+    # Tried at the aim and still above the target: the factor moves the
+    # goal below the aim.
+    fb.update(aim, 0.51, se=0.02)
+    assert not fb.done and fb.goal == pytest.approx(aim * aim / 0.51)
+    # Without the agreement rule (agree_z=0) or with a tight error, the
+    # factor of every measurement moves the goal (halfway the first time).
+    for kwargs, se in ((dict(agree_z=0), 0.02), ({}, 0.001)):
+        fb = LatencyFeedback(0.5, **kwargs)
+        fb.update(0.6, 0.6 * 1.038, se=se)
+        assert fb.goal == pytest.approx((0.6 + aim / 1.038) / 2)
+    assert fb.history[0]['se'] == 0.001
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -89,6 +112,7 @@ def test_feedback_run_stops_at_the_floor():
     (dict(target=0.5, approach=1), 'approach'),
     (dict(target=0.5, max_measurements=0), 'max_measurements'),
     (dict(target=0.5, rounds=0), 'rounds'),
+    (dict(target=0.5, agree_z=-1), 'agree_z'),
 ])
 def test_feedback_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
