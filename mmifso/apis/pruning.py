@@ -223,7 +223,8 @@ def prune_to_target(model: nn.Module,
             not only the predicted one: pruning stops short of the target,
             measures, and corrects the predicted goal
             (:class:`~mmifso.models.mutators.latency.LatencyFeedback`; a
-            dict holds its ``tol``, ``approach``, ``max_measurements``).
+            dict holds its ``tol``, ``approach``, ``max_measurements``,
+            ``agree_z``).
             Run it on the device the table was measured on.
 
     Returns:

@@ -168,10 +168,10 @@ class PruningHook(Hook):
     backend and threads, rank 0): pruning stops short of the target, is
     measured, and goes on to a predicted goal corrected by each measurement
     (:class:`~mmifso.models.mutators.latency.LatencyFeedback`; a dict holds
-    its ``tol``, ``approach``, ``max_measurements``); ``latency_{xx}.pth``
-    of the target is saved when the measured ratio is at most the target
-    (each correction aims ``tol / 2`` below it). Train on the device you
-    deploy to, or leave it off.
+    its ``tol``, ``approach``, ``max_measurements``, ``agree_z``);
+    ``latency_{xx}.pth`` of the target is saved when the measured ratio is
+    at most the target (each correction aims ``tol / 2`` below it). Train
+    on the device you deploy to, or leave it off.
 
     A pruning step whose scores contain NaN or Inf (a diverging loss, a
     criterion failing numerically) is skipped with a warning: nothing is
