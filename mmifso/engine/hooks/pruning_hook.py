@@ -55,7 +55,9 @@ def check_save_thresholds(save_thresholds) -> List[float]:
             f'e.g. (0.9, 0.8, 0.7); got {save_thresholds!r}')
     what = ('each threshold is the FLOPs ratio at which a flops_XX.pth '
             'checkpoint is saved')
-    values = [_check_ratio('save_thresholds', t, what) for t in save_thresholds]
+    values = [
+        _check_ratio('save_thresholds', t, what) for t in save_thresholds
+    ]
     for a, b in zip(values, values[1:]):
         if not b < a:
             raise ValueError(
