@@ -421,7 +421,7 @@ class ChannelMutator(BaseModule):
             n = rec.in_channels if rec is not None and role == 'in' else (
                 rec.out_channels if rec is not None else
                 parts[0][0].num_channels)
-            if rec is None:  # 'param' sites: size from the largest index
+            if rec is None:  # 'param', 'bare': size from the largest index
                 n = max(int(i.max()) + 1 for _, i, _ in parts)
             dead = torch.zeros(n, dtype=torch.bool)
             for unit, idxs, root in parts:

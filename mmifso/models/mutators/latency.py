@@ -364,7 +364,7 @@ class LatencyFeedback:
         self.max_measurements = max_measurements
         #: Predicted latency ratio to prune to next.
         self.goal = self.target + approach * (1 - self.target)
-        #: ``dict(predicted, measured, goal)`` per measurement.
+        #: ``dict(predicted, measured, se, goal)`` per measurement.
         self.history: List[Dict[str, float]] = []
         #: The last measured ratio is at most the target.
         self.reached = False
