@@ -349,8 +349,9 @@ class LatencyFeedback:
                                     ('agree_z', agree_z, -1e-12, 1e3)):
             if isinstance(value, bool) or not isinstance(
                     value, (int, float)) or not lo < value < hi:
+                interval = f'[0, {hi})' if lo < 0 else f'({lo}, {hi})'
                 raise ValueError(f'LatencyFeedback: {name} must be in '
-                                 f'({max(lo, 0)}, {hi}), got {value!r}')
+                                 f'{interval}, got {value!r}')
         for name, value in (('max_measurements', max_measurements),
                             ('rounds', rounds)):
             if isinstance(value, bool) or not isinstance(value, int) or \
@@ -386,11 +387,13 @@ class LatencyFeedback:
                 f'{owner}: latency_feedback corrects a target_latency with '
                 'measurements; it needs target_latency (set target_latency '
                 "and cost='latency'), not target_flops")
-        if option is not True and not isinstance(option, dict):
+        names = ('tol', 'approach', 'max_measurements', 'rounds', 'agree_z')
+        if option is not True and (not isinstance(option, dict)
+                                   or set(option) - set(names)):
             raise TypeError(
                 f'{owner}: latency_feedback must be True or a dict of '
-                'LatencyFeedback options (tol, approach, max_measurements, '
-                f'rounds, agree_z), got {option!r}')
+                f'LatencyFeedback options ({", ".join(names)}), got '
+                f'{option!r}')
         return cls(target, **({} if option is True else option))
 
     @property

@@ -112,7 +112,7 @@ def test_feedback_trusts_a_table_the_measurements_agree_with():
     (dict(target=0.5, approach=1), 'approach'),
     (dict(target=0.5, max_measurements=0), 'max_measurements'),
     (dict(target=0.5, rounds=0), 'rounds'),
-    (dict(target=0.5, agree_z=-1), 'agree_z'),
+    (dict(target=0.5, agree_z=-1), r'agree_z must be in \[0, 1000'),
 ])
 def test_feedback_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -150,6 +150,11 @@ def test_prune_to_target_feedback_bad_input(synthetic_path):
         prune_to_target(*args, target_flops=0.5, latency_feedback=True)
     with pytest.raises(TypeError, match='True or a dict'):
         prune_to_target(*args, target_latency=0.5, latency_feedback='yes',
+                        selection=dict(latency_table=synthetic_path))
+    # A misspelt option names the ones there are.
+    with pytest.raises(TypeError, match=r'options \(tol, .*agree_z\)'):
+        prune_to_target(*args, target_latency=0.5,
+                        latency_feedback=dict(agreez=2),
                         selection=dict(latency_table=synthetic_path))
     assert all(u.num_alive == u.num_channels for u in algo.mutator.units)
 
