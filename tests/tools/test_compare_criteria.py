@@ -197,3 +197,5 @@ def test_seeds_summary_and_bn_recalibration(setup):
          for s in (0, 1)]))
     assert diff['n'] == 2 and len(diff['ci']) == 2
     assert (tmp / 'seeds' / 'seeds.md').read_text().count('±') >= 2
+    # The seeds plot (plot_seeds) was drawn from the same summary.
+    assert (tmp / 'seeds' / 'seeds.png').stat().st_size > 10_000

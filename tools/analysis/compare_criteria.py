@@ -34,8 +34,10 @@ Protocol (identical for every criterion):
 
 Writes ``<prefix>.json``, ``<prefix>.md`` and ``<prefix>.png`` (top-1 or the
 config's first metric vs achieved FLOPs ratio, one line per criterion, the
-baseline as a horizontal line) into ``--work-dir``; the runners' logs and the
-structures of the pruned models go below it.
+baseline as a horizontal line; with ``--seeds``, every seed's metric per
+criterion and the reference's paired differences with their intervals) into
+``--work-dir``; the runners' logs and the structures of the pruned models go
+below it.
 
 Scoring seconds and peak extra memory cover ``update`` + ``compute`` of the
 criterion (every round). Memory is the peak resident set size during
@@ -53,6 +55,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
@@ -735,6 +738,59 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_seeds(result: dict, path: str) -> None:
+    """The multi-seed comparison: per target, every seed's metric after
+    fine-tuning per criterion (dots, with the mean and one std as a bar),
+    and the reference criterion's mean paired difference to every other
+    criterion with its 95 % t interval (an interval that misses 0 is a
+    significant difference)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    summary = result['summary']
+    targets = sorted({r['target'] for r in result['rows']}, reverse=True)
+    labels = list(dict.fromkeys(r['criterion'] for r in result['rows']))
+    key = 'metric_after_finetune'
+    fig, axes = plt.subplots(2, len(targets), squeeze=False,
+                             figsize=(1.6 + 1.3 * len(labels) * len(targets),
+                                      8))
+    for col, target in enumerate(targets):
+        ax = axes[0][col]
+        for k, label in enumerate(labels):
+            vals = [r[key] for r in result['rows']
+                    if r['criterion'] == label and r['target'] == target]
+            jitter = (np.arange(len(vals)) / max(len(vals) - 1, 1) - 0.5)
+            ax.plot(k + 0.3 * jitter, vals, '.', alpha=0.5, color=f'C{k}')
+            ax.errorbar(k + 0.25, np.mean(vals), yerr=np.std(vals, ddof=1)
+                        if len(vals) > 1 else 0, fmt='o', color='k',
+                        capsize=4)
+        ax.axhline(result['baseline']['metric'], color='k', ls='--', lw=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_ylabel(f'{result["metric"]} after '
+                      f'{result["finetune_epochs"]} fine-tuning epochs')
+        ax.set_title(f'FLOPs target {target:.2f}, '
+                     f'{len(result["seeds"])} seeds (dots; bar: mean ± std)')
+        ax.grid(alpha=0.3, axis='y')
+        ax = axes[1][col]
+        paired = summary['paired'].get(f'{target:.2f}', {})
+        others = [label for label in labels if label in paired]
+        for k, label in enumerate(others):
+            d = paired[label][key]
+            low, high = d['ci'] if d['ci'] is not None else (d['mean'], ) * 2
+            ax.errorbar(k, d['mean'], yerr=[[d['mean'] - low],
+                                            [high - d['mean']]],
+                        fmt='o', color='k' if low > 0 or high < 0 else
+                        'grey', capsize=4)
+        ax.axhline(0, color='k', lw=1)
+        ax.set_xticks(range(len(others)), others, rotation=30)
+        ax.set_ylabel(f'{summary["reference"]} − criterion (points)')
+        ax.set_title('mean paired difference, 95 % t interval')
+        ax.grid(alpha=0.3, axis='y')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def seed_summary(runs: Sequence[dict], reference: str) -> dict:
     """Mean +- std over seeds per (criterion, target), and the reference
     criterion's mean paired difference (95 % t interval) to every other.
@@ -748,7 +804,6 @@ def seed_summary(runs: Sequence[dict], reference: str) -> dict:
         ``paired`` (``{target: {criterion: paired_difference}}`` of the
         metric after fine-tuning, and before it).
     """
-    import numpy as np
     keys = ('metric_before_finetune', 'metric_before_finetune_bn_recalibrated',
             'metric_after_finetune')
     groups: Dict[Tuple[str, float], List[dict]] = {}
@@ -838,7 +893,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         text += '\n' + seed_markdown(result['summary'], result['metric'])
     save_json(result, stem + '.json')
     save_text(text, stem + '.md')
-    plot(result, stem + '.png')
+    (plot_seeds if 'summary' in result else plot)(result, stem + '.png')
     print_log(
         '\n' + text + f'wall time {result["wall_seconds"]}'
         f' s; wrote {stem}.json, {stem}.md, {stem}.png',
