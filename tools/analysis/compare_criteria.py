@@ -739,11 +739,18 @@ def plot(result: dict, path: str) -> None:
 
 
 def plot_seeds(result: dict, path: str) -> None:
-    """The multi-seed comparison: per target, every seed's metric after
-    fine-tuning per criterion (dots, with the mean and one std as a bar),
-    and the reference criterion's mean paired difference to every other
-    criterion with its 95 % t interval (an interval that misses 0 is a
-    significant difference)."""
+    """The multi-seed comparison, one column per target.
+
+    Top: every seed's metric after fine-tuning per criterion (dots, with
+    the mean and one std as a bar). Bottom: the reference criterion's mean
+    paired difference to every other criterion with its 95 % t interval,
+    black where the interval misses 0 (a significant difference).
+
+    Args:
+        result (dict): The tool's result with ``seeds`` and ``summary``
+            (:func:`seed_summary`).
+        path (str): The PNG to write.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -759,8 +766,9 @@ def plot_seeds(result: dict, path: str) -> None:
         for k, label in enumerate(labels):
             vals = [r[key] for r in result['rows']
                     if r['criterion'] == label and r['target'] == target]
-            jitter = (np.arange(len(vals)) / max(len(vals) - 1, 1) - 0.5)
-            ax.plot(k + 0.3 * jitter, vals, '.', alpha=0.5, color=f'C{k}')
+            # Seeds side by side (in seed order) so equal values stay seen.
+            spread = np.arange(len(vals)) / max(len(vals) - 1, 1) - 0.5
+            ax.plot(k + 0.3 * spread, vals, '.', alpha=0.5, color=f'C{k}')
             ax.errorbar(k + 0.25, np.mean(vals), yerr=np.std(vals, ddof=1)
                         if len(vals) > 1 else 0, fmt='o', color='k',
                         capsize=4)
@@ -773,7 +781,8 @@ def plot_seeds(result: dict, path: str) -> None:
         ax.grid(alpha=0.3, axis='y')
         ax = axes[1][col]
         paired = summary['paired'].get(f'{target:.2f}', {})
-        others = [label for label in labels if label in paired]
+        others = [label for label in labels
+                  if key in paired.get(label, {})]
         for k, label in enumerate(others):
             d = paired[label][key]
             low, high = d['ci'] if d['ci'] is not None else (d['mean'], ) * 2
@@ -783,7 +792,8 @@ def plot_seeds(result: dict, path: str) -> None:
                         'grey', capsize=4)
         ax.axhline(0, color='k', lw=1)
         ax.set_xticks(range(len(others)), others, rotation=30)
-        ax.set_ylabel(f'{summary["reference"]} − criterion (points)')
+        ax.set_ylabel(f'{summary["reference"]} − criterion '
+                      f'({result["metric"]})')
         ax.set_title('mean paired difference, 95 % t interval')
         ax.grid(alpha=0.3, axis='y')
     fig.tight_layout()
