@@ -758,6 +758,8 @@ def plot_seeds(result: dict, path: str) -> None:
     targets = sorted({r['target'] for r in result['rows']}, reverse=True)
     labels = list(dict.fromkeys(r['criterion'] for r in result['rows']))
     key = 'metric_after_finetune'
+    stats = {(r['criterion'], r['target']): r[key]
+             for r in summary['table'] if key in r}
     fig, axes = plt.subplots(2, len(targets), squeeze=False,
                              figsize=(1.6 + 1.3 * len(labels) * len(targets),
                                       8))
@@ -769,9 +771,9 @@ def plot_seeds(result: dict, path: str) -> None:
             # Seeds side by side (in seed order) so equal values stay seen.
             spread = np.arange(len(vals)) / max(len(vals) - 1, 1) - 0.5
             ax.plot(k + 0.3 * spread, vals, '.', alpha=0.5, color=f'C{k}')
-            ax.errorbar(k + 0.25, np.mean(vals), yerr=np.std(vals, ddof=1)
-                        if len(vals) > 1 else 0, fmt='o', color='k',
-                        capsize=4)
+            mean_std = stats[(label, target)]
+            ax.errorbar(k + 0.25, mean_std['mean'], yerr=mean_std['std'],
+                        fmt='o', color='k', capsize=4)
         ax.axhline(result['baseline']['metric'], color='k', ls='--', lw=1)
         ax.set_xticks(range(len(labels)), labels, rotation=30)
         ax.set_ylabel(f'{result["metric"]} after '
