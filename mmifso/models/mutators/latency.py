@@ -1,6 +1,7 @@
 """Latency of a gated model's structures: prediction from a
 :class:`~mmifso.models.task_modules.latency.LatencyTable`, measurement of
 the physically pruned model, and the table's accuracy check."""
+import inspect
 import random
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -387,7 +388,7 @@ class LatencyFeedback:
                 f'{owner}: latency_feedback corrects a target_latency with '
                 'measurements; it needs target_latency (set target_latency '
                 "and cost='latency'), not target_flops")
-        names = ('tol', 'approach', 'max_measurements', 'rounds', 'agree_z')
+        names = tuple(inspect.signature(cls).parameters)[1:]  # not target
         if option is not True and (not isinstance(option, dict)
                                    or set(option) - set(names)):
             raise TypeError(
