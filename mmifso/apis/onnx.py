@@ -28,9 +28,10 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmifso.models.task_modules.latency import (TensorModeWrapper,
+from mmifso.models.task_modules.latency import (TORCH_BACKENDS,
+                                                TensorModeWrapper,
                                                 ort_timing_options,
-                                                time_interleaved)
+                                                runner_for, time_interleaved)
 from mmifso.utils import (atomic_write, check_checkpoint_matches_config,
                           checkpoint_kind, load_checkpoint_file,
                           remove_stale_temp_files)
@@ -270,8 +271,9 @@ def time_onnx(config: Union[str, Config],
               rounds: int = 20,
               threads: Optional[int] = None) -> Dict:
     """Median latency of the model in PyTorch (eval, ``no_grad``, tensor
-    mode) and of its ONNX file in ONNX Runtime, measured interleaved after
-    warm-up.
+    mode; eager and as TorchScript optimised for inference,
+    :func:`~mmifso.models.task_modules.latency.script_for_inference`) and of
+    its ONNX file in ONNX Runtime, measured interleaved after warm-up.
 
     Args:
         config (str | Config): The config the ONNX file was exported from.
@@ -284,7 +286,8 @@ def time_onnx(config: Union[str, Config],
             torch's).
 
     Returns:
-        dict: ``torch_ms``, ``onnxruntime_ms``, ``threads``, ``shape``.
+        dict: ``torch_ms`` (eager), ``torchscript_ms``, ``onnxruntime_ms``,
+        ``threads``, ``shape``.
     """
     threads = int(threads or torch.get_num_threads())
     torch.set_num_threads(threads)
@@ -293,13 +296,10 @@ def time_onnx(config: Union[str, Config],
     sess = ort_session(onnx_path, threads)
     feed = {sess.get_inputs()[0].name: x.numpy()}
 
-    def run_torch():
-        with torch.no_grad():
-            model(x)
-
-    med = time_interleaved(
-        dict(torch=run_torch, onnxruntime=lambda: sess.run(None, feed)),
-        rounds=rounds, warmup=3, min_sample_s=0.0)
+    fns = {b: runner_for(model, x, b, threads) for b in TORCH_BACKENDS}
+    fns['onnxruntime'] = lambda: sess.run(None, feed)
+    med = time_interleaved(fns, rounds=rounds, warmup=3, min_sample_s=0.0)
     return dict(torch_ms=med['torch'] * 1e3,
+                torchscript_ms=med['torchscript'] * 1e3,
                 onnxruntime_ms=med['onnxruntime'] * 1e3, threads=threads,
                 shape=list(shape))

@@ -152,6 +152,7 @@ def test_tool(classifier, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert osp.isfile(out) and 'max relative' in done.stdout
     assert 'PyTorch' in done.stdout and 'ONNX Runtime' in done.stdout
+    assert 'TorchScript optimised for inference' in done.stdout
     done = subprocess.run(
         [sys.executable, tool, exp['config'], masked, '--shape', '1', '3',
          '16', '16', '--out', str(tmp_path / 'bad.onnx')],

@@ -1237,6 +1237,7 @@ def parse_args(argv=None):
 
     Long on purpose: one ``add_argument`` per option, each with its help.
     """
+    from mmifso.models.task_modules.latency import BACKENDS
     from mmifso.utils import KeyValueAction
     parser = argparse.ArgumentParser(
         description='Time mmifso gate overhead, IFSO scoring and pruned '
@@ -1297,7 +1298,7 @@ def parse_args(argv=None):
         help='work dirs and shapes data of section 5')
     parser.add_argument(
         '--speed-backends', nargs='+', default=['torch', 'onnxruntime'],
-        choices=['torch', 'onnxruntime'])
+        choices=BACKENDS)
     parser.add_argument(
         '--speed-dir', default='work_dirs/benchmark_speed',
         help='where section 4 writes its latency tables')

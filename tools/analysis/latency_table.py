@@ -30,6 +30,7 @@ import torch
 
 
 def parse_args():
+    from mmifso.models.task_modules.latency import BACKENDS
     from mmifso.utils import add_cfg_options
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='the pruning config')
@@ -37,8 +38,10 @@ def parse_args():
                         metavar=('N', 'C', 'H', 'W'))
     parser.add_argument('--out', help='table JSON to write')
     parser.add_argument('--table', help='check this existing table instead')
-    parser.add_argument('--backend', default='torch',
-                        choices=['torch', 'onnxruntime'])
+    parser.add_argument(
+        '--backend', default='torch', choices=BACKENDS,
+        help='torch: eager; torchscript: traced, frozen and optimised for '
+        'inference; onnxruntime: the ONNX export in ONNX Runtime')
     parser.add_argument('--threads', type=int,
                         default=int(os.environ.get('OMP_NUM_THREADS', 0) or
                                     torch.get_num_threads()))

@@ -45,8 +45,8 @@ def parse_args():
         type=int,
         default=0,
         metavar='ROUNDS',
-        help='then time PyTorch and ONNX Runtime (interleaved medians of '
-        'ROUNDS samples, torch\'s thread count)')
+        help='then time PyTorch (eager and TorchScript) and ONNX Runtime '
+        '(interleaved medians of ROUNDS samples, torch\'s thread count)')
     add_cfg_options(parser)
     return parser.parse_args()
 
@@ -68,7 +68,8 @@ def main():
     if args.time:
         t = time_onnx(cfg, args.checkpoint, args.out, args.shape, args.time)
         print(f'latency at {tuple(args.shape)}, {t["threads"]} threads: '
-              f'PyTorch {t["torch_ms"]:.2f} ms, ONNX Runtime '
+              f'PyTorch {t["torch_ms"]:.2f} ms (TorchScript optimised for '
+              f'inference {t["torchscript_ms"]:.2f} ms), ONNX Runtime '
               f'{t["onnxruntime_ms"]:.2f} ms (medians of {args.time})')
 
 

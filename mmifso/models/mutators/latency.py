@@ -169,9 +169,11 @@ def build_model_latency_table(model: nn.Module,
         model (nn.Module): The gated architecture of ``mutator``.
         mutator (ChannelMutator): Its units.
         input_shape (Sequence[int]): ``(N, C, H, W)`` timed.
-        backend (str): ``'torch'`` (eval, ``no_grad``) or ``'onnxruntime'``.
+        backend (str): ``'torch'`` (eager, eval, ``no_grad``),
+            ``'torchscript'`` (traced, frozen, optimised for inference) or
+            ``'onnxruntime'``.
         threads (int, optional): Intra-op threads (default: torch's).
-        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch only).
+        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch backends only).
         rounds (int): Samples per layer grid point.
         whole_rounds (int): Samples per whole-model calibration structure.
         seed (int): Seed of the inputs and orders.

@@ -19,7 +19,9 @@ model fuses what the isolated layers cannot). The table of a unit
 (``unit_curves`` in the JSON) is the latency of the layers it touches as a
 function of its alive channels, the other units at full width.
 
-Measurement: eval mode, ``torch.no_grad()`` (or ONNX Runtime with
+Measurement: eval mode, ``torch.no_grad()`` (``backend='torch'``, eager;
+``'torchscript'``, the traced module frozen and optimised for inference,
+see :func:`script_for_inference`; or ONNX Runtime with
 ``backend='onnxruntime'``, one session per layer and grid point, worker
 threads not spinning: :data:`ORT_TIMING_CONFIG`), untimed warm-up calls,
 each sample a loop long enough to be timed (>= ``min_sample_s``), the grid
@@ -47,7 +49,9 @@ from mmifso.utils import save_json
 from ..utils import forward_with_pre_hooks
 from .resource import LayerRecord
 
-BACKENDS = ('torch', 'onnxruntime')
+BACKENDS = ('torch', 'torchscript', 'onnxruntime')
+#: The backends that run in torch's own intra-op thread pool.
+TORCH_BACKENDS = ('torch', 'torchscript')
 #: Fractions of a layer's full width measured for each pruned dimension.
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 #: Grid widths from 16 channels on are multiples of this: the widths the
@@ -103,20 +107,20 @@ def latency_key(mutator, input_shape: Sequence[int], backend: str = 'torch',
     Args:
         mutator (ChannelMutator): Built on the model.
         input_shape (Sequence[int]): ``(N, C, H, W)`` timed.
-        backend (str): ``'torch'`` or ``'onnxruntime'``.
+        backend (str): One of :data:`BACKENDS`.
         threads (int, optional): Intra-op threads (default: torch's).
-        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch backend only).
+        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch backends only).
 
     Returns:
         dict: ``model``, ``input_shape``, ``device``, ``threads``,
         ``backend``, ``torch``.
     """
-    if backend == 'torch' and threads is not None and \
+    if backend in TORCH_BACKENDS and threads is not None and \
             int(threads) != torch.get_num_threads():
         raise ValueError(
             f'threads={threads} but torch runs {torch.get_num_threads()} '
             'threads: call torch.set_num_threads(threads) first (the torch '
-            'backend times with torch\'s own thread pool)')
+            f'backend {backend!r} times with torch\'s own thread pool)')
     return dict(
         model=structure_hash(mutator.layer_records, mutator.units),
         input_shape=[int(s) for s in input_shape],
@@ -281,18 +285,46 @@ def ort_timing_options(threads: int):
     return opts
 
 
+def script_for_inference(module: nn.Module,
+                         x: torch.Tensor) -> torch.jit.ScriptModule:
+    """``module`` as deployed with TorchScript: traced on ``x`` in eval
+    mode, frozen (weights become constants) and optimised for inference
+    (``torch.jit.optimize_for_inference``: BatchNorm folded into the
+    convolutions, oneDNN weight layouts on CPU).
+
+    The eager model runs every BatchNorm and activation as an op of its own
+    and reorders between layouts at every convolution; that cost grows with
+    the activations, not the FLOPs, so a FLOPs cut buys less eager latency
+    than it buys here.
+
+    Args:
+        module (nn.Module): Takes the one tensor ``x``.
+        x (Tensor): An input of the shape it will run at.
+
+    Returns:
+        torch.jit.ScriptModule: Call it as ``module`` (under ``no_grad``).
+    """
+    module.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(module, (x, ), check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
 def runner_for(module: nn.Module, x: torch.Tensor, backend: str,
                threads: int) -> Callable[[], None]:
     """A no-argument callable running ``module(x)`` in eval mode without
-    autograd (torch) or as an ONNX Runtime session of its export (options:
-    :func:`ort_timing_options`; the session is the callable's ``session``
-    attribute)."""
+    autograd: eager (``'torch'``), as :func:`script_for_inference`
+    (``'torchscript'``) or as an ONNX Runtime session of its export
+    (``'onnxruntime'``, options: :func:`ort_timing_options`; the session is
+    the callable's ``session`` attribute)."""
     module.eval()
-    if backend == 'torch':
+    if backend in TORCH_BACKENDS:
+        run_module = module if backend == 'torch' else \
+            script_for_inference(module, x)
 
         def run():
             with torch.no_grad():
-                module(x)
+                run_module(x)
 
         return run
     if backend != 'onnxruntime':
@@ -409,7 +441,8 @@ def _check_backend(backend: str, device: str) -> None:
                          f'{backend!r}')
     if backend == 'onnxruntime' and device != 'cpu':
         raise ValueError('the onnxruntime backend runs on the CPU here; '
-                         f'device={device!r} needs backend="torch"')
+                         f'device={device!r} needs backend="torch" or '
+                         '"torchscript"')
 
 
 def _input_shapes(model: nn.Module, forward_fn, names: Sequence[str]
@@ -559,7 +592,7 @@ def build_latency_table(model: nn.Module,
             the physically pruned model where every unit keeps the share
             ``keep`` of its channels (``None``: unpruned); used for the
             calibration of the non-conv part.
-        backend (str): ``'torch'`` or ``'onnxruntime'``.
+        backend (str): One of :data:`BACKENDS`.
         threads (int, optional): Intra-op threads (default: torch's).
         device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch only).
         fractions (Sequence[float]): Widths measured per pruned dimension,

@@ -15,6 +15,7 @@ from helpers import (LATENCY_FAST, LATENCY_SHAPE, TINY_CLASSIFIER,
                      warnings_logged)
 from mmifso.apis import prune_to_target
 from mmifso.models.mutators import ChannelSelector
+from mmifso.models.mutators.export import export_pruned_model
 from mmifso.models.mutators.latency import (build_model_latency_table,
                                             latency_ratio,
                                             predict_latency_ms,
@@ -22,7 +23,10 @@ from mmifso.models.mutators.latency import (build_model_latency_table,
 from mmifso.models.task_modules.latency import (ORT_TIMING_CONFIG,
                                                 TABLE_VERSION, LatencyTable,
                                                 LatencyTableMismatch,
-                                                calibrate, latency_key)
+                                                TensorModeWrapper,
+                                                calibrate, latency_key,
+                                                runner_for,
+                                                script_for_inference)
 
 SHAPE, FAST = LATENCY_SHAPE, LATENCY_FAST
 
@@ -134,6 +138,44 @@ def test_onnxruntime_sessions_do_not_spin(monkeypatch):
         assert opts.intra_op_num_threads == 1
         for key, value in ORT_TIMING_CONFIG.items():
             assert opts.get_session_config_entry(key) == value
+
+
+def test_torchscript_backend(tmp_path):
+    """The TorchScript module of an exported model computes what the eager
+    one does, with every BatchNorm folded into its convolution; a table of
+    that backend is built and keyed as such, and refuses a thread count
+    torch does not run."""
+    from helpers import random_prune, randomise_norms
+    algo = build_algorithm(input_shape=(1, 3, 16, 16))
+    randomise_norms(algo)
+    random_prune(algo.mutator, 0.4)
+    pruned, _ = export_pruned_model(algo.architecture, algo.mutator)
+    for u in algo.mutator.units:
+        u.mask.fill_(1)
+    wrapper = TensorModeWrapper(pruned).eval()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    scripted = script_for_inference(wrapper, x)
+    kinds = {n.kind() for n in scripted.graph.nodes()}
+    assert 'aten::batch_norm' not in kinds
+    assert any('conv' in k for k in kinds)
+    with torch.no_grad():
+        ref, got = wrapper(x)[0], scripted(x)[0]
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max())
+    runner_for(wrapper, x, 'torchscript', torch.get_num_threads())()
+    table = build_model_latency_table(
+        algo.architecture, algo.mutator, SHAPE, backend='torchscript',
+        fractions=(0.5, 1.0), **FAST)
+    assert table.key['backend'] == 'torchscript'
+    assert table.key == latency_key(algo.mutator, SHAPE, 'torchscript')
+    assert table.full_ms > 0 and all(
+        min(min(r) for r in lay['ms']) > 0 for lay in table.layers.values())
+    path = str(tmp_path / 'ts.json')
+    table.save(path)
+    with pytest.raises(LatencyTableMismatch, match='backend: table'):
+        LatencyTable.load(path, latency_key(algo.mutator, SHAPE))
+    with pytest.raises(ValueError, match='torch.set_num_threads'):
+        latency_key(algo.mutator, SHAPE, 'torchscript',
+                    threads=torch.get_num_threads() + 1)
 
 
 @pytest.mark.parametrize('round_to, target', [(1, 0.6), (4, 0.85)])
