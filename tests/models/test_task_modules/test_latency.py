@@ -162,6 +162,14 @@ def test_torchscript_backend(tmp_path):
         ref, got = wrapper(x)[0], scripted(x)[0]
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max())
     runner_for(wrapper, x, 'torchscript', torch.get_num_threads())()
+    # The README's deployment: save the frozen trace, optimise after load.
+    with torch.no_grad():
+        torch.jit.save(torch.jit.freeze(torch.jit.trace(wrapper, x)),
+                       str(tmp_path / 'model.pt'))
+        loaded = torch.jit.optimize_for_inference(
+            torch.jit.load(str(tmp_path / 'model.pt')))
+        assert torch.allclose(loaded(x)[0], ref, rtol=1e-4,
+                              atol=1e-5 * ref.abs().max())
     table = build_model_latency_table(
         algo.architecture, algo.mutator, SHAPE, backend='torchscript',
         fractions=(0.5, 1.0), **FAST)
