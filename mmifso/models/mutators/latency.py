@@ -327,8 +327,10 @@ class LatencyFeedback:
     ``m <= target`` or ``max_measurements`` are spent; each measurement
     takes ``rounds`` interleaved samples. Pruning in the hooks and the API
     goes to :attr:`goal` instead of the target. Measured (docs/benchmarks.md,
-    three runs each): within 5 % on ResNet-50 in 6 of 6 runs; on RetinaNet,
-    whose table alone was within 1 %, 8-16 % faster than asked.
+    independent measurements afterwards): within 5 % on ResNet-50 in 9 of
+    11 runs (torch 5 of 5, ONNX Runtime 3 of 4, TorchScript 1 of 2; the
+    misses 9-14 % faster than asked); on RetinaNet, whose table alone was
+    within 1 %, 8-16 % faster than asked in 3 of 3.
 
     Args:
         target (float): Measured latency ratio to reach, in (0, 1).
