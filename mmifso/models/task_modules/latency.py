@@ -594,7 +594,7 @@ def build_latency_table(model: nn.Module,
             calibration of the non-conv part.
         backend (str): One of :data:`BACKENDS`.
         threads (int, optional): Intra-op threads (default: torch's).
-        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch only).
+        device (str): ``'cpu'`` or ``'cuda[:i]'`` (torch backends only).
         fractions (Sequence[float]): Widths measured per pruned dimension,
             as fractions of the full width.
         rounds (int): Timed samples per grid point (median).
