@@ -132,6 +132,21 @@ def measure_structures_ms(model: nn.Module, mutator: ChannelMutator,
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
+def structure_runners_of(model: nn.Module, mutator: ChannelMutator,
+                         structures: Dict[str, Optional[List]],
+                         input_shape: Sequence[int], backend: str = 'torch',
+                         threads: Optional[int] = None, device: str = 'cpu',
+                         seed: int = 0) -> Dict[str, Callable[[], None]]:
+    """:func:`structure_runner` of every structure (``{label: masks}``;
+    None: the current masks); the mutator's masks are left as they were."""
+    return {
+        label: _with_masks(
+            mutator, masks, lambda: structure_runner(
+                model, mutator, input_shape, backend, threads, device, seed))
+        for label, masks in structures.items()
+    }
+
+
 def structure_samples_ms(model: nn.Module, mutator: ChannelMutator,
                          structures: Dict[str, Optional[List]],
                          input_shape: Sequence[int], backend: str = 'torch',
@@ -141,12 +156,8 @@ def structure_samples_ms(model: nn.Module, mutator: ChannelMutator,
     """The samples behind :func:`measure_structures_ms` (same arguments):
     ``{label: [ms per batch in round 0, 1, ...]}``, one sample of every
     structure per round, taken back to back."""
-    fns = {
-        label: _with_masks(
-            mutator, masks, lambda: structure_runner(
-                model, mutator, input_shape, backend, threads, device, seed))
-        for label, masks in structures.items()
-    }
+    fns = structure_runners_of(model, mutator, structures, input_shape,
+                               backend, threads, device, seed)
     sync = torch.cuda.synchronize if str(device).startswith('cuda') else None
     samples = interleaved_samples(fns, rounds, warmup, 5e-3, seed, sync)
     return {k: [t * 1e3 for t in v] for k, v in samples.items()}

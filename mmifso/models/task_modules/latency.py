@@ -244,6 +244,46 @@ def interleaved_samples(fns: Dict, rounds: int = 7, warmup: int = 2,
     return samples
 
 
+def block_samples(fns: Dict, blocks: int = 8, calls: int = 3,
+                  seed: int = 0,
+                  sync: Optional[Callable[[], None]] = None) -> Dict:
+    """Seconds per call of every function, timed the way a deployment runs
+    one model: blocks of ``calls`` back-to-back calls of one function (after
+    one untimed call), the functions taking turns block by block, in a
+    freshly shuffled order in every round of blocks.
+
+    :func:`interleaved_samples` switches function at every sample; this is
+    its counterpart for checking that switching does not bias a ratio
+    (``tools/analysis/latency_protocols.py``).
+
+    Args:
+        fns (dict): ``{key: callable}``.
+        blocks (int): Blocks per function.
+        calls (int): Timed calls per block.
+        seed (int): Seed of the shuffled orders.
+        sync (Callable, optional): Called before reading the clock.
+
+    Returns:
+        dict: ``{key: [seconds of each timed call]}``, ``blocks x calls``
+        per function.
+    """
+    sync = sync or (lambda: None)
+    samples: Dict = {k: [] for k in fns}
+    order = list(fns)
+    rng = random.Random(seed)
+    for _ in range(blocks):
+        rng.shuffle(order)
+        for key in order:
+            fns[key]()
+            for _ in range(calls):
+                sync()
+                t0 = time.perf_counter()
+                fns[key]()
+                sync()
+                samples[key].append(time.perf_counter() - t0)
+    return samples
+
+
 #: Session config entries of every ONNX Runtime session timed here (layers
 #: and whole models). By default the worker threads of a session spin for a
 #: while after each call; the latency table keeps hundreds of one-layer

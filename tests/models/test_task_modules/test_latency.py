@@ -24,7 +24,8 @@ from mmifso.models.task_modules.latency import (ORT_TIMING_CONFIG,
                                                 TABLE_VERSION, LatencyTable,
                                                 LatencyTableMismatch,
                                                 TensorModeWrapper,
-                                                calibrate, latency_key,
+                                                block_samples, calibrate,
+                                                latency_key,
                                                 runner_for,
                                                 script_for_inference)
 
@@ -184,6 +185,18 @@ def test_torchscript_backend(tmp_path):
     with pytest.raises(ValueError, match='torch.set_num_threads'):
         latency_key(algo.mutator, SHAPE, 'torchscript',
                     threads=torch.get_num_threads() + 1)
+
+
+def test_block_samples_runs_each_function_in_blocks():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in 'abc'}
+    samples = block_samples(fns, blocks=4, calls=2, seed=1)
+    assert {k: len(v) for k, v in samples.items()} == dict(a=8, b=8, c=8)
+    # Each block: one untimed call, then the timed ones, back to back.
+    runs = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(runs) == 12 and all(len(set(r)) == 1 for r in runs)
+    assert all(sorted(r[0] for r in runs[i:i + 3]) == list('abc')
+               for i in range(0, 12, 3))
 
 
 @pytest.mark.parametrize('round_to, target', [(1, 0.6), (4, 0.85)])
