@@ -222,26 +222,32 @@ def interleaved_samples(fns: Dict, rounds: int = 7, warmup: int = 2,
     for key, fn in fns.items():
         for _ in range(warmup):
             fn()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        dt = max(time.perf_counter() - t0, 1e-7)
+        dt = max(_seconds_per_call(fn, 1, sync), 1e-7)
         loops[key] = max(1, int(np.ceil(min_sample_s / dt)))
     samples: Dict = {k: [] for k in fns}
-    order = list(fns)
+    for key in _shuffled_turns(fns, rounds, seed):
+        samples[key].append(_seconds_per_call(fns[key], loops[key], sync))
+    return samples
+
+
+def _shuffled_turns(keys, rounds: int, seed: int):
+    """Every key once per round, in a freshly shuffled order each round."""
+    order = list(keys)
     rng = random.Random(seed)
     for _ in range(rounds):
         rng.shuffle(order)
-        for key in order:
-            fn, n = fns[key], loops[key]
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync()
-            samples[key].append((time.perf_counter() - t0) / n)
-    return samples
+        yield from order
+
+
+def _seconds_per_call(fn: Callable[[], None], n: int,
+                      sync: Callable[[], None]) -> float:
+    """Mean seconds of ``n`` back-to-back calls of ``fn``."""
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / n
 
 
 def block_samples(fns: Dict, blocks: int = 8, calls: int = 3,
@@ -269,18 +275,10 @@ def block_samples(fns: Dict, blocks: int = 8, calls: int = 3,
     """
     sync = sync or (lambda: None)
     samples: Dict = {k: [] for k in fns}
-    order = list(fns)
-    rng = random.Random(seed)
-    for _ in range(blocks):
-        rng.shuffle(order)
-        for key in order:
-            fns[key]()
-            for _ in range(calls):
-                sync()
-                t0 = time.perf_counter()
-                fns[key]()
-                sync()
-                samples[key].append(time.perf_counter() - t0)
+    for key in _shuffled_turns(fns, blocks, seed):
+        fns[key]()
+        samples[key] += [_seconds_per_call(fns[key], 1, sync)
+                         for _ in range(calls)]
     return samples
 
 
