@@ -68,7 +68,7 @@ def structure_runners(args: argparse.Namespace) -> Dict:
     from mmifso.models.mutators.latency import (structure_runners_of,
                                                 uniform_masks)
     torch.manual_seed(0)
-    algo, _ = bench.build_pair(bench.model_cfg(args.model), args.size)
+    algo = bench.build_gated(bench.model_cfg(args.model), args.size)
     mutator = algo.mutator
     scores = MagnitudeImportance(p=1).score(
         ScoringContext(algo.architecture, mutator))
