@@ -52,11 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=10,
                         help='samples per model of the interleaved protocols')
+    parser.add_argument('--out', help='JSON file to write')
     parser.add_argument('--blocks', type=int, default=8,
                         help='blocks per model of the blocks protocol')
     parser.add_argument('--calls', type=int, default=3,
                         help='timed calls per block')
-    parser.add_argument('--out', help='JSON file to write')
     return parser.parse_args(argv)
 
 
