@@ -3,6 +3,7 @@
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -33,3 +34,15 @@ def test_three_protocols_per_repeat(tmp_path):
         assert len(ratios) == 2 and all(r > 0 for r in ratios)
     assert data['args']['backend'] == 'torchscript'
     assert 'repeat 1: two' in done.stdout
+
+
+def test_bad_counts_and_target_are_refused():
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    for bad, message in ((['--repeats', '0'], '--repeats must be >= 1'),
+                         (['--calls', '0'], '--calls must be >= 1'),
+                         (['--target-flops', '1.5'], 'in \\(0, 1\\)')):
+        done = subprocess.run([sys.executable, TOOL, 'any.py', *bad],
+                              capture_output=True, text=True, env=env,
+                              cwd=ROOT)
+        assert done.returncode == 2
+        assert re.search(message, done.stderr), done.stderr[-500:]

@@ -57,7 +57,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='blocks per model of the blocks protocol')
     parser.add_argument('--calls', type=int, default=3,
                         help='timed calls per block')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ('threads', 'round_to', 'repeats', 'rounds', 'blocks',
+                 'calls'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got '
+                         f'{getattr(args, name)}')
+    if not 0 < args.target_flops < 1:
+        parser.error('--target-flops is the FLOPs ratio the pruned '
+                     f'structure keeps, in (0, 1); got {args.target_flops}')
+    return args
 
 
 def structure_runners(args: argparse.Namespace) -> Dict:
