@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from types import ModuleType
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 import torch
@@ -240,6 +240,73 @@ def randomise_norms(model, seed: int = 0) -> None:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)
+
+
+def export_trials(build: Callable[[], torch.nn.Module],
+                  trials: int) -> Iterator[tuple]:
+    """Seeded trials of a masked-equals-exported check on a hand-made block.
+
+    Trial ``t`` seeds torch with ``t``, builds the model, prepares a mutator
+    on it (:func:`prepared_mutator`), then randomises its norms
+    (:func:`randomise_norms` with seed ``t``) and sets it to eval mode.
+
+    Args:
+        build (callable): Builds a fresh model.
+        trials (int): How many trials.
+
+    Yields:
+        tuple: ``(model, mutator, units, g)``: the model, its mutator, the
+        mutator's units by name and a ``torch.Generator`` seeded with
+        ``100 + t`` for the random pruning and input.
+    """
+    for trial in range(trials):
+        torch.manual_seed(trial)
+        model = build()
+        mutator = prepared_mutator(model)
+        randomise_norms(model, trial)
+        model.eval()
+        yield (model, mutator, {u.name: u for u in mutator.units},
+               torch.Generator().manual_seed(100 + trial))
+
+
+def prune_at_random(unit, g: torch.Generator) -> None:
+    """Prune a random number (none up to all but one) of random channels
+    of ``unit``, drawn from ``g``."""
+    n = unit.num_channels
+    drop = torch.randperm(n, generator=g)[:int(
+        torch.randint(0, n, (1, ), generator=g))].tolist()
+    if drop:
+        unit.prune(drop)
+
+
+def assert_masked_equals_exported(
+        model: torch.nn.Module,
+        mutator,
+        g: torch.Generator,
+        input_shape: Sequence[int] = (2, 3, 8, 8)) -> torch.nn.Module:
+    """Export ``model`` as ``mutator`` masks it and check that the exported
+    model gives the masked model's outputs (within 1e-5) on a random input.
+
+    Args:
+        model (nn.Module): The masked model, in eval mode.
+        mutator (ChannelMutator): Its mutator.
+        g (torch.Generator): Draws the input.
+        input_shape (Sequence[int]): The input's shape.
+
+    Returns:
+        nn.Module: The exported model, in eval mode.
+    """
+    from mmifso.models.mutators import export_pruned_model
+    x = torch.rand(*input_shape, generator=g)
+    with torch.no_grad():
+        masked = model(x)
+    pruned, _ = export_pruned_model(model, mutator)
+    pruned.eval()
+    with torch.no_grad():
+        exported = pruned(x)
+    assert exported.shape == masked.shape
+    assert (masked - exported).abs().max() <= 1e-5
+    return pruned
 
 
 def load_tool(*parts: str) -> ModuleType:

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import prepared_mutator, randomise_norms
-from mmifso.models.mutators import export_pruned_model
+from helpers import (assert_masked_equals_exported, export_trials,
+                     prepared_mutator, prune_at_random)
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 from mmifso.models.task_modules.groups import get_all_groups
 
@@ -60,11 +60,8 @@ def demo():
 @pytest.mark.parametrize('cut', ['slice', 'chunk'])
 @pytest.mark.parametrize('swap', [False, True])
 def test_halves_are_tied_and_masked_equals_exported(cut, swap):
-    for trial in range(8):
-        torch.manual_seed(trial)
-        model = Halves(cut, swap)
-        mutator = prepared_mutator(model)
-        units = {u.name: u for u in mutator.units}
+    for model, mutator, units, g in export_trials(
+            lambda: Halves(cut, swap), 8):
         # Rooted at the producer before the cut (also when DepGraph meets
         # the block first), with both halves and the block's residual.
         assert set(units) == {'stem', 'expand', 'after'}
@@ -72,28 +69,14 @@ def test_halves_are_tied_and_masked_equals_exported(cut, swap):
         assert expand.blocks == [[i, i + 6] for i in range(6)]
         assert {'block', 'expand'} <= set(
             s.module for s in expand.sites if s.role == 'out')
-        randomise_norms(model, trial)
-        model.eval()
-        g = torch.Generator().manual_seed(100 + trial)
         k = int(torch.randint(1, 6, (1, ), generator=g))
         pairs = torch.randperm(6, generator=g)[:k].tolist()
         expand.prune([c for i in pairs for c in (i, i + 6)])
-        for name, n in (('stem', 8), ('after', 6)):
-            drop = torch.randperm(n, generator=g)[:int(
-                torch.randint(0, n, (1, ), generator=g))].tolist()
-            if drop:
-                units[name].prune(drop)
-        x = torch.rand(2, 3, 8, 8, generator=g)
-        with torch.no_grad():
-            masked = model(x)
-        pruned, _ = export_pruned_model(model, mutator)
-        pruned.eval()
+        prune_at_random(units['stem'], g)
+        prune_at_random(units['after'], g)
+        pruned = assert_masked_equals_exported(model, mutator, g)
         assert pruned.expand.out_channels == 12 - 2 * k
         assert pruned.block.in_channels == 6 - k
-        with torch.no_grad():
-            exported = pruned(x)
-        assert exported.shape == masked.shape
-        assert (masked - exported).abs().max() <= 1e-5
 
 
 def test_group_is_rooted_before_the_cut():

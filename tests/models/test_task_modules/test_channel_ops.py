@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import prepared_mutator, randomise_norms
-from mmifso.models.mutators import export_pruned_model
+from helpers import (assert_masked_equals_exported, export_trials,
+                     prune_at_random)
 from mmifso.models.task_modules import ChannelAnalyzer, DemoInput
 from mmifso.models.task_modules.channel_ops import (ChannelCutError,
                                                     fix_split_sizes,
@@ -82,43 +82,24 @@ def demo():
 @pytest.mark.parametrize('cut', ['attr', 'list', 'chunk', 'computed'])
 @pytest.mark.parametrize('stage', [False, True])
 def test_equal_pieces_are_tied_and_masked_equals_exported(cut, stage):
-    for trial in range(4):
-        torch.manual_seed(trial)
-        model = Res2Block(cut, stage)
-        mutator = prepared_mutator(model)
-        units = {u.name: u for u in mutator.units}
+    for model, mutator, units, g in export_trials(
+            lambda: Res2Block(cut, stage), 4):
         conv1 = units['conv1']
         assert conv1.blocks == [[c + k * WIDTH for k in range(SCALES)]
                                 for c in range(WIDTH)]
-        randomise_norms(model, trial)
-        model.eval()
-        g = torch.Generator().manual_seed(100 + trial)
         k = int(torch.randint(1, WIDTH, (1, ), generator=g))
         drop = torch.randperm(WIDTH, generator=g)[:k].tolist()
         conv1.prune([c for b in drop for c in conv1.blocks[b]])
         for unit in units.values():
-            if unit is conv1 or unit.blocks is not None:
-                continue
-            n = unit.num_channels
-            idxs = torch.randperm(n, generator=g)[:int(
-                torch.randint(0, n, (1, ), generator=g))].tolist()
-            if idxs:
-                unit.prune(idxs)
-        x = torch.rand(2, 3, 8, 8, generator=g)
-        with torch.no_grad():
-            masked = model(x)
-        pruned, _ = export_pruned_model(model, mutator)
-        pruned.eval()
+            if unit is not conv1 and unit.blocks is None:
+                prune_at_random(unit, g)
+        pruned = assert_masked_equals_exported(model, mutator, g)
         assert pruned.conv1.out_channels == SCALES * (WIDTH - k)
         assert pruned.convs[0].in_channels == WIDTH - k
         # The attribute the split reads holds the new piece size; the
         # unpruned model keeps its own.
         expected = WIDTH - k if cut in ('attr', 'list') else WIDTH
         assert (pruned.width, model.width) == (expected, WIDTH)
-        with torch.no_grad():
-            exported = pruned(x)
-        assert exported.shape == masked.shape
-        assert (masked - exported).abs().max() <= 1e-5
 
 
 def test_concatenated_pieces_map_to_their_own_channels():
