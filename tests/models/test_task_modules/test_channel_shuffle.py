@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-from helpers import prepared_mutator, randomise_norms
-from mmifso.models.mutators import export_pruned_model
+from helpers import (assert_masked_equals_exported, prepared_mutator,
+                     randomise_norms)
 from mmifso.models.task_modules import (ChannelAnalyzer, DemoInput,
                                         channel_ties)
 
@@ -94,17 +94,9 @@ def test_masked_equals_exported_across_the_shuffle(trial):
     drop = torch.randperm(6, generator=g)[:trial % 3].tolist()
     if drop:
         units['stem'].prune(drop)
-    x = torch.rand(2, 3, 8, 8, generator=g)
-    with torch.no_grad():
-        masked = model(x)
-    pruned, _ = export_pruned_model(model, mutator)
-    pruned.eval()
+    pruned = assert_masked_equals_exported(model, mutator, g)
     assert (pruned.a.out_channels, pruned.b.out_channels,
             pruned.c.out_channels, pruned.head.in_channels) == (2, 2, 2, 4)
-    with torch.no_grad():
-        exported = pruned(x)
-    assert exported.shape == masked.shape
-    assert (masked - exported).abs().max() <= 1e-5
 
 
 def test_shuffle_at_a_fixed_size_stays_skipped():
@@ -143,15 +135,9 @@ def test_two_units_across_one_shuffle():
     model.eval()
     for i, unit in enumerate(sorted(units.values(), key=lambda u: u.name)):
         unit.prune([i, 2][:i + 1])
-    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        masked = model(x)
-    pruned, _ = export_pruned_model(model, mutator)
-    pruned.eval()
+    pruned = assert_masked_equals_exported(
+        model, mutator, torch.Generator().manual_seed(0))
     assert [p.out_channels for p in pruned.p] == [2, 1, 2, 1]
-    with torch.no_grad():
-        exported = pruned(x)
-    assert (masked - exported).abs().max() <= 1e-5
 
 
 class LongStage(BaseModel):
@@ -189,15 +175,9 @@ def test_halves_are_balanced_along_a_stage(trial):
     randomise_norms(model, trial)
     model.eval()
     unit.prune(unit.blocks[trial % len(unit.blocks)])
-    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        masked = model(x)
-    pruned, _ = export_pruned_model(model, mutator)
-    pruned.eval()
+    pruned = assert_masked_equals_exported(
+        model, mutator, torch.Generator().manual_seed(1))
     assert pruned.head.in_channels < 12
-    with torch.no_grad():
-        exported = pruned(x)
-    assert (masked - exported).abs().max() <= 1e-5
 
 
 class PlainStage(BaseModel):
@@ -317,15 +297,9 @@ def test_an_exact_search_splits_what_greedy_balancing_merges(
     assert sorted(r for b in unit.blocks for r in b) == list(range(13))
     model.eval()
     unit.prune(unit.blocks[trial])
-    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        masked = model(x)
-    pruned, _ = export_pruned_model(model, mutator)
-    pruned.eval()
+    pruned = assert_masked_equals_exported(
+        model, mutator, torch.Generator().manual_seed(1))
     assert pruned.head.in_channels == 26 - 2 * len(unit.blocks[trial])
-    with torch.no_grad():
-        exported = pruned(x)
-    assert (masked - exported).abs().max() <= 1e-5
 
     # Without the exact search the stage is one block.
     monkeypatch.setattr(channel_ties, 'balanced_unions',
