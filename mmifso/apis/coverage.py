@@ -200,7 +200,12 @@ class ModuleTracker:
         handles = []
 
         def pre(module, args):
-            self.stack.append(names.get(module, '?'))
+            # A module the model does not hold as a submodule (e.g. one
+            # created in forward) is named by its type alone.
+            name = names.get(module)
+            self.stack.append(f'{name or "<model>"} ({type(module).__name__})'
+                              if name is not None else
+                              f'<unnamed> ({type(module).__name__})')
 
         def post(module, args, output):
             if self.stack:
@@ -214,10 +219,7 @@ class ModuleTracker:
             yield self
         except Exception:
             if self.stack:
-                name = self.stack[-1]
-                module = self.model.get_submodule(name) if name else \
-                    self.model
-                self.failed = f'{name or "<model>"} ({type(module).__name__})'
+                self.failed = self.stack[-1]
             raise
         finally:
             for h in handles:
@@ -341,7 +343,8 @@ def _stage(record: Dict,
 
 
 def _run_check(record: Dict, config: str, fraction: float, seed: int,
-               cls_size: Optional[int], det_size: Optional[int], num_proposals: int, atol: float,
+               cls_size: Optional[int], det_size: Optional[int],
+               num_proposals: int, atol: float,
                frozen: str, check_apis: bool = False) -> None:
     """The steps of :func:`check_config`; fills ``record``."""
     size = None
@@ -409,9 +412,10 @@ def demo_size(cfg: Config, size: Optional[int],
     Args:
         cfg (Config): The model's config.
         size (int, optional): The size asked for (square); None: the size of
-            the config's test pipeline (:func:`mmifso.utils.pipeline_input_size`),
-            else :data:`FALLBACK_SIZE` (a pipeline without a resize or crop,
-            e.g. CIFAR's).
+            the config's test pipeline
+            (:func:`mmifso.utils.pipeline_input_size`), else
+            :data:`FALLBACK_SIZE` (a pipeline without a resize or crop, e.g.
+            CIFAR's).
         det (bool): Whether the config is a detector's.
 
     Returns:
@@ -482,7 +486,9 @@ def _masked_and_exported_outputs(
     with torch.no_grad(), _stage(record, 'masked forward', tracker):
         torch.manual_seed(seed)
         expected = demo(arch)
-    with _stage(record, 'export', tracker):
+    # Untracked: the export runs a copy, whose modules the tracker cannot
+    # name (and which would keep its hooks); its errors name the module.
+    with _stage(record, 'export'):
         pruned, structure = export_pruned_model(arch, mutator)
     pruned.eval()
     with torch.no_grad(), _stage(record, 'exported forward',

@@ -1,5 +1,8 @@
 """mmifso.apis.coverage: the pieces of tools/analysis/coverage.py's check
 (the whole check on real models is tested with the tool)."""
+import copy
+
+import pytest
 import torch
 
 from helpers import build_algorithm
@@ -83,6 +86,12 @@ def test_module_tracker_names_the_failing_module():
     except RuntimeError:
         pass
     assert tracker.failed == '1 (Linear)'
+    # A copy of the model (as the export makes) carries the hooks; its
+    # modules are named by their type, and the model's error is kept.
+    with pytest.raises(RuntimeError, match='mat1 and mat2'):
+        with tracker.track():
+            copy.deepcopy(model)(torch.rand(1, 3, 4, 4))
+    assert tracker.failed == '<unnamed> (Linear)'
 
 
 def test_check_config_records_the_failing_stage(tmp_path):

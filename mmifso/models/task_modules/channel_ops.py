@@ -40,8 +40,9 @@ _CATS = (torch.cat, torch.concat, getattr(torch, 'concatenate', torch.cat))
 _SIZE_KEYS = ('split_size_or_sections', 'split_size', 'chunks', 'sections')
 
 #: ``{(module name, index of the cut among that module's cuts in one
-#: forward): number of pieces}`` of the splits whose size is an argument.
-CutPieces = Dict[Tuple[str, int], int]
+#: forward): (number of pieces, channels of the cut input)}`` of the splits
+#: whose size is an argument.
+CutPieces = Dict[Tuple[str, int], Tuple[int, int]]
 
 
 class ChannelCutError(RuntimeError):
@@ -118,7 +119,8 @@ class ChannelOpRecorder(TorchFunctionMode):
                                                  kwargs)
         out = func(*args, **kwargs)
         if key is not None:
-            self.pieces[key] = len(out)
+            self.pieces[key] = (len(out),
+                                int(tensor.shape[channel_dim(tensor.shape)]))
         elif func in _CATS and isinstance(out, torch.Tensor) and \
                 out.grad_fn is not None:
             tensors = args[0] if args else kwargs.get('tensors')
@@ -133,12 +135,15 @@ class ChannelOpRecorder(TorchFunctionMode):
         """The arguments of a split of the pruned model that cut ``tensor``
         into ``self.fix[key]`` pieces before pruning: the same, or with the
         new piece size (which the module's attribute also gets)."""
-        pieces = self.fix[key]
+        pieces, before = self.fix[key]
         channels = int(tensor.shape[channel_dim(tensor.shape)])
         listed = isinstance(size, (list, tuple))
         old = list(size) if listed else [size] * pieces
-        if sum(old) == channels and len(old) == pieces:
-            return args, kwargs  # computed from the tensor, or unchanged
+        # Unchanged (also a ragged int split such as 88 channels in pieces
+        # of 30), or the size is computed from the tensor.
+        if channels == before or (sum(old) == channels
+                                  and len(old) == pieces):
+            return args, kwargs
         name = key[0] or 'the model'
         where = (f'{name} cuts its input of {channels} channels with '
                  f'torch.split(size={size}) (before pruning: {pieces} '

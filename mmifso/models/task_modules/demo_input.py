@@ -24,6 +24,10 @@ class DemoInput:
         input_shape (Sequence[int]): ``(N, C, H, W)`` of the demo batch.
     """
 
+    #: Shapes suggested when the model rejects the demo input.
+    example_shapes = ('e.g. (1, 3, 224, 224) for ImageNet classifiers or '
+                      '(1, 3, 32, 32) for CIFAR ones')
+
     def __init__(self, input_shape: Sequence[int] = (1, 3, 224, 224)) -> None:
         if len(input_shape) != 4 or any(int(s) <= 0 for s in input_shape):
             raise DemoInputError(
@@ -56,8 +60,7 @@ class DemoInput:
                 f'{type(model).__name__} rejected the demo input of shape '
                 f'{self.input_shape}: {type(e).__name__}: {e}. Set '
                 "mutator.demo_input.input_shape to a shape the model accepts, "
-                'e.g. (1, 3, 224, 224) for ImageNet classifiers or (1, 3, 32, '
-                '32) for CIFAR ones.') from e
+                f'{self.example_shapes}.') from e
 
     def to_dict(self) -> dict:
         return dict(type='mmifso.DemoInput', input_shape=self.input_shape)
@@ -110,6 +113,11 @@ class DetDemoInput(DemoInput):
             the RoI head count this many RoIs per image (mmdet's test-time
             RPN keeps up to 1000).
     """
+
+    # The coarsest FPN level (1/128 of the image with P7) must still be as
+    # large as the head's kernels, which mmcv's deformable convs check.
+    example_shapes = ("e.g. (1, 3, 800, 1333), mmdet's test size of COCO "
+                      'detectors')
 
     def __init__(self,
                  input_shape: Sequence[int] = (1, 3, 320, 320),
@@ -177,8 +185,8 @@ class DetDemoInput(DemoInput):
                 f'{type(model).__name__} rejected the demo input of shape '
                 f'{self.input_shape} with {self.num_proposals} proposals: '
                 f'{type(e).__name__}: {e}. Set mutator.demo_input.'
-                'input_shape to a size the detector accepts (e.g. a multiple '
-                'of 32).') from e
+                'input_shape to a size the detector accepts (a multiple of '
+                f'32, {self.example_shapes}).') from e
 
     def to_dict(self) -> dict:
         return dict(

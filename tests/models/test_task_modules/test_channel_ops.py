@@ -128,7 +128,7 @@ def test_recorder_sees_concatenations_and_cuts():
         model(x)
     assert sorted(s for _, _, s in recorder.concat_sizes.values()) == [
         [3, 3], [6, 3], [9, 3]]
-    assert recorder.pieces == {('', 0): SCALES}
+    assert recorder.pieces == {('', 0): (SCALES, SCALES * WIDTH)}
 
 
 @pytest.mark.parametrize('cut, reason', [
@@ -152,7 +152,43 @@ def test_fix_split_sizes_refuses_an_ambiguous_attribute():
     model.conv1 = nn.Conv2d(8, 8, 1)  # as if pruned to pieces of 2
     model.bn1 = nn.BatchNorm2d(8)
     with pytest.raises(ChannelCutError, match='must become 2, but several'):
-        fix_split_sizes(model, demo(), {('', 0): SCALES})
+        fix_split_sizes(model, demo(), {('', 0): (SCALES, SCALES * WIDTH)})
     # Nothing to fix when the pieces keep their size.
     assert fix_split_sizes(Res2Block('twice'), demo(),
-                           {('', 0): SCALES}) == {}
+                           {('', 0): (SCALES, SCALES * WIDTH)}) == {}
+
+
+class RaggedSplit(BaseModel):
+    """EdgeNeXt's SDTA encoder in small: the 7-channel trunk is cut with
+    ``torch.split(x, self.width, 1)`` into pieces of 3, 3 and 1 (the last
+    piece is shorter); the first two go through depthwise convs, the pieces
+    are concatenated again and an MLP (``pw1``: 7 -> 12, ``pw2``: 12 -> 7)
+    adds to the trunk."""
+
+    def __init__(self) -> None:
+        super().__init__(data_preprocessor=BaseDataPreprocessor())
+        self.width = 3
+        self.stem = nn.Conv2d(3, 7, 3, padding=1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(3, 3, 3, padding=1, groups=3) for _ in range(2))
+        self.pw1 = nn.Conv2d(7, 12, 1)
+        self.pw2 = nn.Conv2d(12, 7, 1)
+        self.head = nn.Conv2d(7, 2, 1)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.relu(self.stem(inputs))
+        spx = torch.split(x, self.width, 1)
+        out = torch.cat([conv(p) for conv, p in zip(self.convs, spx)] +
+                        [spx[-1]], 1)
+        x = x + self.pw2(torch.relu(self.pw1(out)))
+        return self.head(x)
+
+
+def test_a_ragged_split_that_keeps_its_channels_exports():
+    """A split whose last piece is shorter is left alone by the export when
+    no unit changes its input (EdgeNeXt: every export failed with 'no
+    equal cut exists' before)."""
+    for model, mutator, units, g in export_trials(RaggedSplit, 3):
+        assert set(units) == {'pw1'}  # the trunk is cut unequally: skipped
+        prune_at_random(units['pw1'], g)
+        assert_masked_equals_exported(model, mutator, g)
