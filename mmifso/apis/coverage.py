@@ -28,10 +28,10 @@ from mmifso.models.algorithms.pruning_algorithm import build_architecture
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import (DemoInput, DetDemoInput,
                                         count_resources, record_layers)
-from mmifso.models.utils import preserved_modes
+from mmifso.models.utils import (max_abs_diff, max_abs_value,
+                                 preserved_modes, randomise_norm_parameters)
 from mmifso.utils import pipeline_input_size
 from .api_check import check_upstream_apis
-from .export import max_abs_diff, max_abs_value
 from .runner import load_config
 
 # Demo image size when neither the user nor the config's test pipeline sets
@@ -97,23 +97,14 @@ def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
         seed (int): Seed of the random values and images.
     """
     g = torch.Generator().manual_seed(seed)
+    randomise_norm_parameters(model, g)
     norms = []
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Layer scales (ConvNeXt's gamma starts at 1e-6, which would hide
-            # any error of the branch it scales).
-            if name.split('.')[-1] in ('gamma', 'layer_scale') and \
-                    p.dim() == 1:
-                p.uniform_(0.5, 1.5, generator=g)
-        for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                if getattr(m, 'weight', None) is not None:
-                    m.weight.uniform_(0.5, 1.5, generator=g)
-                    m.bias.uniform_(-0.3, 0.3, generator=g)
-                if getattr(m, 'running_mean', None) is not None:
-                    m.reset_running_stats()
-                    norms.append((m, m.momentum))
-                    m.momentum = None  # cumulative average
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) \
+                and getattr(m, 'running_mean', None) is not None:
+            m.reset_running_stats()
+            norms.append((m, m.momentum))
+            m.momentum = None  # cumulative average
     if not norms:
         return
     shape = (max(2, demo.input_shape[0]), ) + tuple(demo.input_shape[1:])

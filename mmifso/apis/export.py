@@ -12,6 +12,7 @@ from mmengine.registry import init_default_scope
 
 from mmifso.models.task_modules import (count_params, count_resources,
                                         record_layers)
+from mmifso.models.utils import max_abs_diff, max_abs_value
 from mmifso.registry import MODELS
 from mmifso.structures import save_structure
 from mmifso.utils import (load_checkpoint_file, remove_stale_temp_files,
@@ -347,29 +348,3 @@ def write_export(out_dir: str, cfg: Config, pruned: torch.nn.Module,
     save_text(header + deploy.pretty_text, config_path)
     return dict(
         checkpoint=ckpt_path, structure=structure_path, config=config_path)
-
-
-def max_abs_value(a) -> float:
-    """Largest absolute value in a (nested) tensor output."""
-    if isinstance(a, torch.Tensor):
-        return float(a.abs().max()) if a.numel() else 0.0
-    if isinstance(a, (list, tuple)):
-        return max([max_abs_value(x) for x in a] or [0.0])
-    if isinstance(a, dict):
-        return max([max_abs_value(x) for x in a.values()] or [0.0])
-    return 0.0
-
-
-def max_abs_diff(a, b) -> float:
-    """Largest absolute difference between two (nested) tensor outputs."""
-    if isinstance(a, torch.Tensor):
-        if a.shape != b.shape:
-            return float('inf')
-        return float((a - b).abs().max()) if a.numel() else 0.0
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            return float('inf')
-        return max([max_abs_diff(x, y) for x, y in zip(a, b)] or [0.0])
-    if isinstance(a, dict):
-        return max([max_abs_diff(a[k], b[k]) for k in a] or [0.0])
-    return 0.0

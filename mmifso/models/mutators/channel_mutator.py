@@ -1,4 +1,5 @@
 """The channel mutator: builds units, gates consumers, counts resources."""
+import copy
 import logging
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -10,13 +11,17 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from mmifso.registry import MODELS, TASK_UTILS
+from mmifso.structures import make_structure
 from mmifso.utils import check_choice
 from ..mutables import MutableChannelUnit
 from ..task_modules.channel_analyzer import ChannelAnalyzer
 from ..task_modules.channel_norms import masked_layer_norm, norm_channel_dim
-from ..task_modules.channel_units import AnalysisResult
+from ..task_modules.channel_units import AnalysisResult, SkippedUnit
 from ..task_modules.resource import count_resources, record_layers
-from ..utils import eval_mode
+from ..task_modules.structure_pruner import apply_structure
+from ..utils import (eval_mode, max_abs_diff, max_abs_value,
+                     randomise_norm_parameters)
+from .export_check import export_mismatch, failing_items
 
 
 class NoPrunableUnitsError(RuntimeError):
@@ -245,6 +250,20 @@ def strip_gates(model: nn.Module) -> None:
             m._forward_hooks_with_kwargs.pop(key, None)
 
 
+def _probe_channels(unit: MutableChannelUnit) -> List[int]:
+    """Every other block of ``unit`` (every other channel where channels are
+    free), as many as ``min_channels`` allows: the export check removes
+    many channels so that an op that mixes channels shows clearly."""
+    blocks = unit.blocks or [[c] for c in range(unit.num_channels)]
+    removed: List[int] = []
+    for block in blocks[::2]:
+        if unit.num_channels - len(removed) - len(block) < max(
+                unit.min_channels, 1):
+            break
+        removed.extend(block)
+    return removed
+
+
 @MODELS.register_module()
 class ChannelMutator(BaseModule):
     """Builds one :class:`MutableChannelUnit` per coupled channel group.
@@ -264,6 +283,15 @@ class ChannelMutator(BaseModule):
             every consumer gates its input. Both give the same losses,
             gradients and Hessian-vector products (up to float rounding);
             checkpoints do not depend on it.
+        check_export (bool): Check once, on a copy of the model with random
+            norm parameters, that removing channels of each unit gives the
+            outputs that masking them gives (one block of every unit
+            removed; failing units are found by bisection). Units that fail
+            are left out with the reason, and a warning names them: an op
+            the traced graph does not show (a channel count held in an
+            attribute, a mean over the channels) would otherwise make the
+            export differ from the trained masked model. Costs one export
+            and two demo forwards when every unit passes.
         init_cfg (dict, optional): Unused; for the BaseModule interface.
     """
 
@@ -273,10 +301,12 @@ class ChannelMutator(BaseModule):
                  min_channels: int = 1,
                  frozen: str = 'error',
                  gate: str = 'weight',
+                 check_export: bool = True,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         check_choice('gate', gate, ('weight', 'input'))
         self.gate = gate
+        self.check_export = check_export
         if isinstance(demo_input, dict):
             demo_input = TASK_UTILS.build(demo_input)
         self.demo_input = demo_input
@@ -302,16 +332,31 @@ class ChannelMutator(BaseModule):
             self.demo_input, frozen=self.frozen,
             min_channels=self.min_channels)
         self.analysis = analyzer.analyse(model)
+        self._require_units(model)
+        # Eval mode: a demo forward in train mode would overwrite BatchNorm
+        # running statistics (and fails on 1x1 maps with batch size 1).
+        with eval_mode(model), torch.no_grad():
+            self.layer_records = record_layers(model, self.demo_input)
+        self._build_units(model)
+        if self.check_export:
+            self._leave_out_inexact_units(model)
+        print_log(
+            f'[mmifso] {len(self.units)} prunable units, '
+            f'{sum(u.num_channels for u in self.units)} channels; '
+            f'{len(self.analysis.skipped)} groups not prunable.',
+            logger='current',
+            level=logging.INFO)
+
+    def _require_units(self, model: nn.Module) -> None:
         if not self.analysis.units:
             skipped = '; '.join(f'{s.name}: {s.reason}'
                                 for s in self.analysis.skipped) or 'none'
             raise NoPrunableUnitsError(
                 f'{type(model).__name__} has no prunable channel units '
                 f'(groups found and why they were skipped: {skipped}).')
-        # Eval mode: a demo forward in train mode would overwrite BatchNorm
-        # running statistics (and fails on 1x1 maps with batch size 1).
-        with eval_mode(model), torch.no_grad():
-            self.layer_records = record_layers(model, self.demo_input)
+
+    def _build_units(self, model: nn.Module) -> None:
+        """Units and gates from ``self.analysis.units``."""
         self.units = nn.ModuleList(
             MutableChannelUnit.from_spec(spec, self.min_channels)
             for spec in self.analysis.units)
@@ -329,12 +374,6 @@ class ChannelMutator(BaseModule):
                     (unit, torch.tensor(site.idxs, dtype=torch.long),
                      torch.tensor(site.root_idxs, dtype=torch.long)))
                 self._per_channel_params[site.module] = 1
-        print_log(
-            f'[mmifso] {len(self.units)} prunable units, '
-            f'{sum(u.num_channels for u in self.units)} channels; '
-            f'{len(self.analysis.skipped)} groups not prunable.',
-            logger='current',
-            level=logging.INFO)
 
     def _install_gates(self, model: nn.Module) -> None:
         sites: Dict[str, Dict[str, List]] = {
@@ -391,6 +430,85 @@ class ChannelMutator(BaseModule):
         return sum(p.numel() // p.shape[0]
                    for p in module.parameters(recurse=False)
                    if p.dim() >= 1 and p.shape[0] == channels)
+
+    # ------------------------------------------------------------------ #
+    # Export
+    # ------------------------------------------------------------------ #
+    def pruned_copy(self, model: nn.Module,
+                    resources: Optional[Dict] = None
+                    ) -> Tuple[nn.Module, Dict]:
+        """A physically pruned copy of ``model`` as the masks say.
+
+        Args:
+            model (nn.Module): The gated architecture (left unchanged).
+            resources (dict, optional): Stored in the structure for
+                reference.
+
+        Returns:
+            tuple: The pruned copy (no gates) and the structure dict.
+        """
+        structure = make_structure(self, resources)
+        pruned = copy.deepcopy(model)
+        strip_gates(pruned)
+        apply_structure(pruned, structure, self.demo_input)
+        return pruned, structure
+
+    def _leave_out_inexact_units(self, model: nn.Module) -> None:
+        """Leave out (and name) the units whose export does not give the
+        masked model's outputs (see ``check_export``)."""
+        # The probe's gates read these units' masks (shared, not copied).
+        probe = copy.deepcopy(model, memo={id(u): u for u in self.units})
+        randomise_norm_parameters(probe, torch.Generator().manual_seed(0))
+        units = [u for u in self.units if _probe_channels(u)]
+        failing = failing_items(units,
+                                lambda part: self._export_trial(probe, part))
+        if not failing:
+            return
+        reasons = {units[i].name: why for i, why in failing.items()}
+        print_log(
+            f'[mmifso] left out {len(reasons)} units: removing their '
+            'channels does not give the masked model\'s outputs: ' +
+            '; '.join(f'{n} ({why})' for n, why in reasons.items()),
+            logger='current',
+            level=logging.WARNING)
+        self.analysis.skipped.extend(
+            SkippedUnit(spec.name, spec.num_channels,
+                        'removing its channels does not give the masked '
+                        f'model\'s outputs: {reasons[spec.name]}')
+            for spec in self.analysis.units if spec.name in reasons)
+        self.analysis.units = [
+            spec for spec in self.analysis.units if spec.name not in reasons
+        ]
+        self._require_units(model)
+        strip_gates(model)
+        self._build_units(model)
+
+    def _export_trial(self, probe: nn.Module,
+                      units: List[MutableChannelUnit]) -> Optional[str]:
+        """Remove every other block of each of ``units`` from ``probe``;
+        why its export differs from the masked forward, or None."""
+        choices = self.get_choices()
+        try:
+            for unit in units:
+                unit.prune(_probe_channels(unit))
+            with torch.random.fork_rng(devices=[]), eval_mode(probe), \
+                    torch.no_grad():
+                torch.manual_seed(0)
+                masked = self.demo_input(probe)
+                try:
+                    pruned, _ = self.pruned_copy(probe)
+                    pruned.eval()
+                    torch.manual_seed(0)
+                    exported = self.demo_input(pruned)
+                except Exception as e:  # any failure is the answer
+                    # The model's own error, not the demo input's advice.
+                    cause = e.__cause__ or e
+                    return ('the exported model fails: '
+                            f'{type(cause).__name__}: {str(cause)[:200]}')
+        finally:
+            self.set_choices(choices)
+        return export_mismatch(
+            max_abs_diff(masked, exported), max_abs_value(masked))
 
     # ------------------------------------------------------------------ #
     # Choices

@@ -1,19 +1,17 @@
 """A physically pruned copy of a gated model, from its mutator's masks."""
-import copy
 from typing import Dict, Optional, Tuple
 
 import torch.nn as nn
 
-from mmifso.structures import make_structure
-from ..task_modules.structure_pruner import apply_structure
-from .channel_mutator import ChannelMutator, strip_gates
+from .channel_mutator import ChannelMutator
 
 
 def export_pruned_model(model: nn.Module,
                         mutator: ChannelMutator,
                         resources: Optional[Dict] = None
                         ) -> Tuple[nn.Module, Dict]:
-    """A physically pruned copy of a gated model and its structure.
+    """A physically pruned copy of a gated model and its structure
+    (:meth:`ChannelMutator.pruned_copy`).
 
     Args:
         model (nn.Module): The gated architecture (left unchanged).
@@ -23,8 +21,4 @@ def export_pruned_model(model: nn.Module,
     Returns:
         tuple: The pruned copy (no gates) and the structure dict.
     """
-    structure = make_structure(mutator, resources)
-    pruned = copy.deepcopy(model)
-    strip_gates(pruned)
-    apply_structure(pruned, structure)
-    return pruned, structure
+    return mutator.pruned_copy(model, resources)

@@ -5,7 +5,7 @@ The structure format itself (make, save, load, validate) lives in
 model with DepGraph, which slices every coupled layer, and fixes the channel
 counts that a few layers keep as plain attributes.
 """
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch.nn as nn
 
@@ -16,7 +16,8 @@ from .channel_ops import CutPieces, fix_split_sizes
 from .groups import get_pruning_group
 
 
-def apply_structure(model: nn.Module, structure: Dict) -> nn.Module:
+def apply_structure(model: nn.Module, structure: Dict,
+                    demo_input: Optional[Callable] = None) -> nn.Module:
     """Physically remove the structure's pruned channels from ``model``.
 
     Args:
@@ -24,6 +25,8 @@ def apply_structure(model: nn.Module, structure: Dict) -> nn.Module:
             architecture the structure was exported from. Modified in place.
         structure (dict): From :func:`mmifso.structures.make_structure` /
             :func:`mmifso.structures.load_structure`.
+        demo_input (callable, optional): The demo input to trace with; None:
+            the one the structure names.
 
     Returns:
         nn.Module: ``model``, now smaller.
@@ -32,7 +35,8 @@ def apply_structure(model: nn.Module, structure: Dict) -> nn.Module:
         StructureMismatchError: if a unit of the structure does not exist in
             the model or has another number of channels.
     """
-    demo_input = TASK_UTILS.build(structure['demo_input'])
+    if demo_input is None:
+        demo_input = TASK_UTILS.build(structure['demo_input'])
     graph = ChannelAnalyzer(demo_input).build_graph(model)
     names = dict(model.named_modules())
     for unit in structure['units']:
