@@ -285,13 +285,13 @@ class ChannelMutator(BaseModule):
             checkpoints do not depend on it.
         check_export (bool): Check once, on a copy of the model with random
             norm parameters, that removing channels of each unit gives the
-            outputs that masking them gives (one block of every unit
-            removed; failing units are found by bisection). Units that fail
-            are left out with the reason, and a warning names them: an op
-            the traced graph does not show (a channel count held in an
-            attribute, a mean over the channels) would otherwise make the
-            export differ from the trained masked model. Costs one export
-            and two demo forwards when every unit passes.
+            outputs that masking them gives (every other block of every
+            unit removed at once; failing units are found by bisection).
+            Units that fail are left out with the reason, and a warning
+            names them: an op the traced graph does not show (a channel
+            count held in an attribute, a mean over the channels) would
+            otherwise make the export differ from the trained masked model.
+            Costs one export and two demo forwards when every unit passes.
         init_cfg (dict, optional): Unused; for the BaseModule interface.
     """
 
@@ -479,8 +479,8 @@ class ChannelMutator(BaseModule):
         self.analysis.units = [
             spec for spec in self.analysis.units if spec.name not in reasons
         ]
-        self._require_units(model)
         strip_gates(model)
+        self._require_units(model)
         self._build_units(model)
 
     def _export_trial(self, probe: nn.Module,
