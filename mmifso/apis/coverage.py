@@ -83,8 +83,8 @@ def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
     on random images (two train-mode forwards of ``demo``).
 
     With BN bias != 0 a removed channel's activation is not zero, so masking
-    must really remove it. Calibrating the statistics (train-mode forwards,
-    cumulative average) keeps activations near unit scale, so a float32
+    must really remove it. Calibrating the statistics (forwards with the
+    norms in train mode, cumulative average) keeps activations near unit scale, so a float32
     comparison of masked and exported outputs is meaningful (the models are
     built without weights: with default statistics, activations of deep
     multi-branch nets such as MobileOne reach 1e6 and round-off alone
@@ -112,8 +112,13 @@ def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
     calib.input_shape = shape
     try:
         with preserved_modes(model), torch.no_grad():
-            for m in model.modules():  # not model.train(): norm_eval
-                m.training = True
+            # Only the norms whose statistics are calibrated train (not
+            # model.train(), which norm_eval overrides): dropout and drop
+            # paths stay off, and heads that refuse train mode (LeViT's
+            # distillation head) run as they do in the comparison.
+            calibrated = {id(m) for m, _ in norms}
+            for m in model.modules():
+                m.training = id(m) in calibrated
             for i in range(2):
                 torch.manual_seed(seed + 1 + i)
                 calib(model)

@@ -7,7 +7,8 @@ import torch
 
 from helpers import build_algorithm
 from mmifso.apis.coverage import (ModuleTracker, analysis_summary,
-                                  check_config, random_prune)
+                                  check_config, random_prune, randomise_norms)
+from mmifso.models.task_modules import DemoInput
 
 
 def test_random_prune_is_seeded_and_keeps_channels():
@@ -118,3 +119,31 @@ def test_cspnet_stages_cut_in_halves_export_exactly():
     assert record['export_ok'], record['error']
     reasons = [s['reason'] for s in record['skipped'][1:]]
     assert reasons and all('channel shuffle' in r for r in reasons)
+
+
+class _TrainModeRefusingHead(torch.nn.Module):
+    """A conv + BN body and a head that raises in train mode, as LeViT's
+    distillation head does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.drop = torch.nn.Dropout(0.5)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, input):
+        if self.head.training:
+            raise NotImplementedError('no training in distillation mode')
+        x = self.drop(self.bn(self.conv(input))).mean((2, 3))
+        return self.head(x)
+
+
+def test_randomise_norms_trains_only_the_calibrated_norms():
+    model = _TrainModeRefusingHead().eval()
+    randomise_norms(model, DemoInput((1, 3, 8, 8)), seed=0)
+    # Calibrated (statistics of two random batches, not the defaults), and
+    # every module back in eval mode.
+    assert int(model.bn.num_batches_tracked) == 2
+    assert not torch.allclose(model.bn.running_mean, torch.zeros(4))
+    assert not any(m.training for m in model.modules())
