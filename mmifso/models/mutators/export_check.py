@@ -3,9 +3,9 @@ must leave the model's outputs as removing them does.
 
 The analysis finds coupled channels from the traced graph; an op the graph
 does not show (a channel count held in an attribute and used in a reshape,
-a mean over the channels, a softmax across channel groups) makes masking
-and removing differ. :class:`.ChannelMutator` runs this check once, on a
-copy, and leaves such units out with the reason.
+a mean over the channels) makes masking and removing differ.
+:class:`.ChannelMutator` runs this check once, on a copy, and leaves such
+units out with the reason.
 """
 from typing import Callable, Dict, List, Optional, Sequence
 
