@@ -67,10 +67,11 @@ def test_failing_items_bisects():
 
     assert failing_items(list(range(10)), trial) == {3: '[3] fail',
                                                      7: '[7] fail'}
-    # All pass: one trial.
+    # All pass: one trial, of every item.
     calls.clear()
-    assert failing_items(list(range(10)), lambda p: None) == {}
-    assert len(calls) == 0 or calls == [10]
+    assert failing_items(list(range(10)),
+                         lambda p: trial(p, bad=())) == {}
+    assert calls == [10]
     # Failing only together (1 and 4 fall in different halves): the whole
     # failing set is named, and why.
     together = failing_items(
