@@ -80,15 +80,16 @@ def architecture_config(cfg: Config, unfreeze: bool) -> Dict:
 
 def randomise_norms(model: nn.Module, demo: DemoInput, seed: int) -> None:
     """Random norm affine parameters, then BatchNorm statistics calibrated
-    on random images (two train-mode forwards of ``demo``).
+    on random images (two forwards of ``demo`` with the norms in train
+    mode).
 
     With BN bias != 0 a removed channel's activation is not zero, so masking
     must really remove it. Calibrating the statistics (forwards with the
-    norms in train mode, cumulative average) keeps activations near unit scale, so a float32
-    comparison of masked and exported outputs is meaningful (the models are
-    built without weights: with default statistics, activations of deep
-    multi-branch nets such as MobileOne reach 1e6 and round-off alone
-    exceeds any absolute tolerance).
+    norms in train mode, cumulative average) keeps activations near unit
+    scale, so a float32 comparison of masked and exported outputs is
+    meaningful (the models are built without weights: with default
+    statistics, activations of deep multi-branch nets such as MobileOne
+    reach 1e6 and round-off alone exceeds any absolute tolerance).
 
     Args:
         model (nn.Module): Changed in place (train/eval modes restored).

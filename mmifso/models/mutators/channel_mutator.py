@@ -306,6 +306,9 @@ class ChannelMutator(BaseModule):
         super().__init__(init_cfg)
         check_choice('gate', gate, ('weight', 'input'))
         self.gate = gate
+        if not isinstance(check_export, bool):
+            raise TypeError('check_export must be True or False, got '
+                            f'{check_export!r}')
         self.check_export = check_export
         if isinstance(demo_input, dict):
             demo_input = TASK_UTILS.build(demo_input)

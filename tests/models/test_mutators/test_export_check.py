@@ -129,3 +129,9 @@ def test_an_exact_model_keeps_every_unit_untouched():
     ChannelMutator(demo_input=DemoInput((1, 3, 8, 8)),
                    check_export=False).prepare_from_supernet(model)
     assert torch.equal(torch.rand(3), after_rng)
+
+
+def test_check_export_must_be_a_bool():
+    with pytest.raises(TypeError, match="check_export must be True or "
+                       "False, got 'false'"):
+        ChannelMutator(check_export='false')
