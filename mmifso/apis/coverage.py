@@ -28,7 +28,7 @@ from mmifso.models.algorithms.pruning_algorithm import build_architecture
 from mmifso.models.mutators import ChannelMutator, export_pruned_model
 from mmifso.models.task_modules import (DemoInput, DetDemoInput,
                                         count_resources, record_layers)
-from mmifso.models.utils import (max_abs_diff, max_abs_value,
+from mmifso.models.utils import (max_abs_diff, max_abs_value, outputs_agree,
                                  preserved_modes, randomise_norm_parameters)
 from mmifso.utils import pipeline_input_size
 from .api_check import check_upstream_apis
@@ -513,7 +513,7 @@ def _export_error(record: Dict, expected, actual, pruned: nn.Module,
     if counted != masked_flops:
         return (f'FLOPs counted on the exported model ({counted}) differ '
                 f'from the masked count ({masked_flops})')
-    if not diff <= atol * max(1.0, scale):
+    if not outputs_agree(diff, scale, atol):
         return (f'masked and exported outputs differ by {diff:.3g} > {atol} '
                 f'(x the largest output {scale:.3g} when above 1)')
     return None

@@ -9,6 +9,8 @@ units out with the reason.
 """
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..utils import outputs_agree
+
 #: Largest masked/exported output difference, relative to the largest
 #: output when that exceeds 1 (the export's own check uses the same).
 EXPORT_ATOL = 1e-4
@@ -63,7 +65,7 @@ def export_mismatch(diff: float, scale: float,
         scale (float): Largest absolute masked output.
         atol (float): Tolerance, relative to ``scale`` when that exceeds 1.
     """
-    if diff <= atol * max(1.0, scale):
+    if outputs_agree(diff, scale, atol):
         return None
     return (f'the exported model\'s outputs differ from the masked model\'s '
             f'by {diff:.3g} (largest output {scale:.3g})')

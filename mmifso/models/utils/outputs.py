@@ -28,3 +28,10 @@ def max_abs_diff(a, b) -> float:
     if isinstance(a, dict):
         return max([max_abs_diff(a[k], b[k]) for k in a] or [0.0])
     return 0.0
+
+
+def outputs_agree(diff: float, scale: float, atol: float = 1e-4) -> bool:
+    """Whether two outputs agree: their largest absolute difference
+    ``diff`` is within ``atol``, relative to the largest absolute output
+    ``scale`` when that exceeds 1 (float32 round-off grows with it)."""
+    return diff <= atol * max(1.0, scale)
